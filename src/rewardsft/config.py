@@ -1,0 +1,340 @@
+"""Typed run configuration: small dataclass sections, YAML files and dotted overrides.
+
+A config is built from (lowest to highest precedence): the dataclass defaults, the method's preset
+defaults, a YAML file, then ``KEY=VALUE`` overrides such as ``optim.lr=1e-6``. Unknown keys and wrongly
+typed values raise :class:`ConfigError` naming the key (and the closest valid key), so a typo never
+silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+METHODS = ("sft", "irft", "rft")
+
+
+class ConfigError(ValueError):
+    """A bad configuration or bad data: the CLI prints the message and exits with code 2."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""
+    """Hub id or local directory of the policy (a causal LM)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """``auto``: float32 on CPU, bfloat16 on GPU (the paper trains in bf16)."""
+    trust_remote_code: bool = False
+    revision: str | None = None
+    gradient_checkpointing: bool = False
+    gguf_file: str | None = None
+    """File name inside ``name_or_path`` when the weights are a GGUF file (see OFFLINE.md)."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 64
+    """Paper's 7B setting: r=64, alpha=16."""
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | Literal["auto"] = "auto"
+    """``auto`` picks the attention and MLP projections of Llama/Mistral/Qwen2/GPT-NeoX/GPT-2."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Hub dataset id, a local .json/.jsonl/.parquet file, or a directory of such files."""
+    split: str = "train"
+    eval_path: str | None = None
+    eval_split: str | None = None
+    """Split of ``eval_path`` (or of ``path`` when ``eval_path`` is unset); None disables eval."""
+    format: Literal["auto", "prompt_completion", "messages", "chosen_rejected", "spin"] = "auto"
+    max_length: int = 512
+    """Prompt + response tokens (paper: 512)."""
+    max_prompt_length: int = 128
+    """Prompt tokens kept, from the end of the prompt (paper: 128)."""
+    max_rows: int | None = None
+    fallback_template: str = "default"
+    """Chat template for tokenizers without one: ``default`` (role-tagged turns) or a Jinja string."""
+    system_prompt: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    """Optimiser steps; overrides ``epochs`` when set."""
+    batch_size: int = 8
+    """Examples per device per micro-batch; effective batch = batch_size * grad_accum * processes."""
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    save_every: int = 500
+    """Optimiser steps between checkpoints (a checkpoint is always written at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept; older ones are deleted once a newer one is complete."""
+    eval_every: int | None = None
+    log_every: int = 1
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "rmsprop"] = "adamw"
+    """The paper's IRFT runs use RMSprop."""
+    lr: float = 2e-5
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.1
+    """Paper: linear decay with 10% warm-up."""
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    """Paper's 7B setting."""
+    temperature: float = 1.0
+    """1.0 samples from pi_theta as the theory requires (the official code decodes greedily)."""
+    top_p: float = 1.0
+    top_k: int = 0
+    do_sample: bool = True
+    batch_size: int = 16
+
+
+@dataclass
+class LoggingConfig:
+    report_to: list[str] = field(default_factory=list)
+    """Extra trackers through accelerate: tensorboard, wandb, trackio (metrics.jsonl is always written)."""
+    project: str = "rewardsft"
+    progress: bool = True
+
+
+@dataclass
+class IRFTConfig:
+    stages: int = 5
+    """T in Algorithm 2 (paper: T=5 for zephyr-7b); T=1 is SPIN."""
+    beta: float = 0.1
+    loss: Literal["sigmoid", "hinge", "linear"] = "sigmoid"
+    sft_weight: float = 0.0
+    snapshot: Literal["cached", "copy", "lora"] = "cached"
+    reset_optimizer_each_stage: bool = False
+
+
+@dataclass
+class RFTConfig:
+    iterations: int = 1
+    samples_per_prompt: int = 2
+    reward_steps: int = 1
+    policy_steps: int = 1
+    kl_coef: float = 0.05
+    preference_path: str | None = None
+    preference_weight: float = 0.0
+
+
+@dataclass
+class RewardModelConfig:
+    name_or_path: str | None = None
+    """None: start from the policy's initial weights."""
+
+
+@dataclass
+class RunConfig:
+    method: Literal["sft", "irft", "rft"] = "sft"
+    output_dir: str = "runs/sft"
+    seed: int = 42
+    resume: bool = False
+    """Continue from the newest complete checkpoint in ``output_dir``."""
+    overwrite: bool = False
+    """Delete an existing non-empty ``output_dir`` first."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    irft: IRFTConfig = field(default_factory=IRFTConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Per-method defaults that differ from the dataclass defaults, each from the paper.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {"output_dir": "runs/sft"},
+    # Official IRFT setting (PAPER.md, Algorithm 2): RMSprop, lr 5e-7, linear with 10% warm-up.
+    "irft": {"output_dir": "runs/irft", "optim": {"name": "rmsprop", "lr": 5e-7}},
+    "rft": {"output_dir": "runs/rft", "optim": {"lr": 1e-6}},
+}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["optim.lr=1e-6", "lora.enabled=true"]`` into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. optim.lr=1e-6)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {pair!r}: value is not valid YAML ({err})") from None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(method: str, config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve the full config for ``method`` from its defaults, an optional YAML file and overrides."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    merged: dict[str, Any] = dict(METHOD_DEFAULTS[method])
+    if config_file is not None:
+        merged = deep_merge(merged, _read_yaml(Path(config_file)))
+    merged = deep_merge(merged, parse_overrides(overrides or []))
+    file_method = merged.pop("method", method)
+    if file_method != method:
+        raise ConfigError(f"config says method: {file_method!r} but the command trains {method!r}")
+    config = _build(RunConfig, merged, prefix="")
+    config.method = method  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(dotted, prefix, list(fields)))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} must be a mapping of settings, got {value!r}")
+            kwargs[key] = _build(hint, value, prefix=f"{dotted}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(value, hint, dotted)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(dotted: str, prefix: str, valid: list[str]) -> str:
+    candidates = [f"{prefix}{name}" for name in valid]
+    close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(candidates)}"
+    return f"unknown config key {dotted!r}{hint}"
+
+
+def _coerce(value: Any, hint: Any, dotted: str) -> Any:
+    """Check ``value`` against the annotation ``hint``; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, dotted)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"config key {dotted!r}: {value!r} does not fit {_type_name(hint)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {dotted!r} must be a list, got {value!r}")
+        return [_coerce(item, args[0], dotted) for item in value]
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"config key {dotted!r} must be null")
+        return None
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-3" (no dot) as a string; users mean a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {dotted!r} must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    checks = [
+        (
+            config.data.max_prompt_length < config.data.max_length,
+            "data.max_prompt_length must be < data.max_length",
+        ),
+        (config.data.max_prompt_length > 0, "data.max_prompt_length must be positive"),
+        (config.train.batch_size > 0, "train.batch_size must be positive"),
+        (config.train.grad_accum > 0, "train.grad_accum must be positive"),
+        (config.train.epochs > 0, "train.epochs must be positive"),
+        (config.train.max_steps is None or config.train.max_steps > 0, "train.max_steps must be positive"),
+        (config.train.save_every > 0, "train.save_every must be positive"),
+        (config.train.keep_checkpoints > 0, "train.keep_checkpoints must be positive"),
+        (config.optim.lr > 0, "optim.lr must be positive"),
+        (0.0 <= config.optim.warmup_ratio < 1.0, "optim.warmup_ratio must be in [0, 1)"),
+        (len(config.optim.betas) == 2, "optim.betas must have two values"),
+        (config.lora.r > 0, "lora.r must be positive"),
+        (config.irft.stages > 0, "irft.stages must be positive"),
+        (config.irft.beta > 0, "irft.beta must be positive"),
+        (not (config.resume and config.overwrite), "resume=true and overwrite=true contradict each other"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,171 @@
+"""Prompt rendering, tokenisation, masking and truncation: the ONE place that decides token boundaries.
+
+Training, generation and evaluation all call :func:`render_prompt` / :func:`tokenize_example`, so the
+prompt a model is trained on is exactly the prompt it generates from (the official code differs here:
+SPIN issue #33).
+
+Conventions:
+- message-list prompts use the tokenizer's chat template (or ``data.fallback_template``); text prompts are
+  used verbatim (base models, HH-RLHF dialogues);
+- the prompt starts with BOS iff the tokenizer adds one by itself and the rendered text does not already;
+- the response ends with EOS exactly once (a chat template that closes the turn with the EOS token keeps it,
+  whatever whitespace follows it is dropped);
+- truncation keeps the END of the prompt (up to ``max_prompt_length`` tokens, BOS kept), then cuts the
+  response to fit ``max_length``; a row with no response token left is skipped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rewardsft.data.formats import Example, Prompt
+
+IGNORE_INDEX = -100
+
+# Role-tagged turns closed by EOS, in the style of zephyr's template; used only when the tokenizer has none.
+DEFAULT_FALLBACK_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """Token ids of one example; ``labels`` mask the prompt with ``IGNORE_INDEX``."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    index: int = -1
+    """Position of the example in its dataset (used to pair with generations)."""
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.response_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE_INDEX] * len(self.prompt_ids) + self.response_ids
+
+
+@dataclass
+class TokenizeStats:
+    rows: int = 0
+    kept: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    skipped: int = 0
+    skipped_rows: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.kept}/{self.rows} rows kept; prompt truncated in {self.prompt_truncated}, "
+            f"response truncated in {self.response_truncated}, skipped {self.skipped} (no room for a response)"
+        )
+
+
+class Renderer:
+    """Renders prompts and responses to text with a tokenizer's chat template (or the fallback)."""
+
+    def __init__(self, tokenizer: Any, fallback_template: str = "default", system_prompt: str | None = None):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.template: str | None = None
+        if not has_template:
+            self.template = DEFAULT_FALLBACK_TEMPLATE if fallback_template == "default" else fallback_template
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.bos_id: int | None = tokenizer.bos_token_id
+        self.adds_bos = self.bos_id is not None and len(probe) > 0 and probe[0] == self.bos_id
+        self.eos_token: str | None = tokenizer.eos_token
+        self.eos_id: int | None = tokenizer.eos_token_id
+
+    def _messages(self, prompt: list[dict[str, str]]) -> list[dict[str, str]]:
+        if self.system_prompt and not (prompt and prompt[0]["role"] == "system"):
+            return [{"role": "system", "content": self.system_prompt}, *prompt]
+        return prompt
+
+    def _chat(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return str(text)
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self._chat(self._messages(prompt), generation_prompt=True)
+
+    def response_text(self, prompt: Prompt, response: str) -> tuple[str, bool]:
+        """The response as it follows the rendered prompt, and whether it already ends with EOS."""
+        if isinstance(prompt, str):
+            return response, False
+        prompt_text = self.prompt_text(prompt)
+        full = self._chat([*self._messages(prompt), {"role": "assistant", "content": response}], False)
+        # Templates that render the history differently once a reply follows (e.g. thinking models) break
+        # the prefix property; then the bare response is the best we can do, and EOS is appended below.
+        if not full.startswith(prompt_text):
+            return response, False
+        text = full[len(prompt_text) :]
+        if self.eos_token and text.rstrip().endswith(self.eos_token):
+            return text.rstrip(), True
+        return text, False
+
+
+def tokenize_example(
+    example: Example, renderer: Renderer, max_length: int, max_prompt_length: int, index: int = -1
+) -> tuple[TokenizedExample | None, bool, bool]:
+    """Tokenise one example; returns (example or None if skipped, prompt truncated, response truncated)."""
+    prompt_ids = render_prompt_ids(example.prompt, renderer)
+    prompt_ids, prompt_cut = truncate_prompt(prompt_ids, max_prompt_length, renderer)
+    response_ids = response_token_ids(example.prompt, example.response, renderer)
+    room = max_length - len(prompt_ids)
+    response_cut = len(response_ids) > room
+    response_ids = response_ids[: max(room, 0)]
+    if not response_ids:
+        return None, prompt_cut, response_cut
+    return TokenizedExample(prompt_ids, response_ids, index), prompt_cut, response_cut
+
+
+def render_prompt_ids(prompt: Prompt, renderer: Renderer) -> list[int]:
+    """Prompt token ids, BOS included when the tokenizer uses one (untruncated)."""
+    ids: list[int] = renderer.tokenizer(renderer.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+    if renderer.adds_bos and (not ids or ids[0] != renderer.bos_id):
+        ids = [renderer.bos_id, *ids]  # type: ignore[list-item]
+    return ids
+
+
+def response_token_ids(prompt: Prompt, response: str, renderer: Renderer) -> list[int]:
+    text, has_eos = renderer.response_text(prompt, response)
+    ids: list[int] = renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not has_eos and renderer.eos_id is not None and (not ids or ids[-1] != renderer.eos_id):
+        ids = [*ids, renderer.eos_id]
+    return ids
+
+
+def truncate_prompt(ids: list[int], max_prompt_length: int, renderer: Renderer) -> tuple[list[int], bool]:
+    """Keep the last ``max_prompt_length`` tokens (the question is usually at the end); keep BOS first."""
+    if len(ids) <= max_prompt_length:
+        return ids, False
+    if renderer.adds_bos and ids and ids[0] == renderer.bos_id:
+        return [ids[0], *ids[len(ids) - max_prompt_length + 1 :]], True
+    return ids[len(ids) - max_prompt_length :], True
+
+
+def tokenize_examples(
+    examples: Sequence[Example], renderer: Renderer, max_length: int, max_prompt_length: int
+) -> tuple[list[TokenizedExample], TokenizeStats]:
+    stats = TokenizeStats(rows=len(examples))
+    out = []
+    for index, example in enumerate(examples):
+        tokenized, prompt_cut, response_cut = tokenize_example(example, renderer, max_length, max_prompt_length, index)
+        stats.prompt_truncated += prompt_cut
+        stats.response_truncated += response_cut
+        if tokenized is None:
+            stats.skipped += 1
+            stats.skipped_rows.append(index + 1)
+        else:
+            out.append(tokenized)
+    stats.kept = len(out)
+    return out, stats

@@ -1,0 +1,130 @@
+"""Load tokenizers and policies (dtype, LoRA, gradient checkpointing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardsft.config import ConfigError, LoraConfig, ModelConfig
+
+# Attention + MLP projections per architecture: LoRA on all of them is the common, strong default.
+LORA_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
+OUTPUT_HEADS = {"lm_head", "embed_out", "score"}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA (the paper's setting), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _hub_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    return kwargs
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | Path | None = None) -> Any:
+    """Tokenizer of the model; a missing pad token falls back to EOS (padding is always masked)."""
+    from transformers import AutoTokenizer
+
+    source = str(path or cfg.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(cfg))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"could not load the tokenizer of model.name_or_path={source!r}: {err}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer of {source!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig, device: torch.device, path: str | Path | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    source = str(path or cfg.name_or_path)
+    kwargs = _hub_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(cfg.dtype, device), **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"could not load model.name_or_path={source!r}: {err}") from None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def lora_target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
+    if cfg.target_modules != "auto":
+        return list(cfg.target_modules)
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    # Unknown architecture: every Linear leaf except the output head.
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in OUTPUT_HEADS
+    }
+    if not names:
+        raise ConfigError(f"cannot find Linear layers for LoRA in {model_type!r}; set lora.target_modules")
+    return sorted(names)
+
+
+def apply_lora(model: Any, cfg: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
+    import peft
+
+    lora = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=lora_target_modules(model, cfg),
+        task_type=task_type,
+    )
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.enable_input_require_grads()
+    return peft.get_peft_model(model, lora)
+
+
+def load_policy(cfg: ModelConfig, lora: LoraConfig, device: torch.device, checkpoint: Path | None = None) -> Any:
+    """The trainable policy: from ``cfg`` or, on resume, from a checkpoint written by ``save_policy``."""
+    if checkpoint is None:
+        model = load_causal_lm(cfg, device)
+        return apply_lora(model, lora) if lora.enabled else model
+    if lora.enabled:
+        import peft
+
+        base = load_causal_lm(cfg, device)
+        if getattr(base, "is_gradient_checkpointing", False):
+            base.enable_input_require_grads()
+        return peft.PeftModel.from_pretrained(base, str(checkpoint / "adapter"), is_trainable=True)
+    return load_causal_lm(cfg, device, path=checkpoint / "model")
+
+
+def save_policy(model: Any, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the adapter (LoRA) to ``out/adapter`` or the full model to ``out/model``."""
+    if is_peft(model):
+        model.save_pretrained(str(out / "adapter"), state_dict=state_dict)
+    else:
+        model.save_pretrained(str(out / "model"), state_dict=state_dict, safe_serialization=True)
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,92 @@
+"""Atomic checkpoints (write to a temporary folder, then rename) and resume.
+
+Layout of ``output_dir/checkpoints/step-N/``: ``model/`` (full weights, loadable with
+``from_pretrained``) or ``adapter/`` (LoRA), ``optimizer.pt``, ``scheduler.pt`` and ``state.json``
+(step, RNG states, recipe state). A folder without ``state.json`` is incomplete and never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+RNG_FILE = "rng.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = checkpoint_dirs(output_dir)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def begin_checkpoint(output_dir: Path, step: int) -> Path:
+    """A fresh temporary folder to write checkpoint ``step`` into."""
+    tmp = output_dir / CHECKPOINTS / f".tmp-step-{step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_training_state(tmp: Path, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> None:
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / RNG_FILE)
+    # state.json last: its presence marks the checkpoint complete.
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def commit_checkpoint(output_dir: Path, tmp: Path, step: int, keep: int) -> Path:
+    """Rename the finished temporary folder into place, then prune to the newest ``keep``."""
+    final = output_dir / CHECKPOINTS / f"step-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for _, old in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_training_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / STATE_FILE).read_text())  # type: ignore[no-any-return]
+
+
+def restore_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(checkpoint / RNG_FILE, weights_only=False))

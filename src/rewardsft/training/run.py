@@ -1,0 +1,184 @@
+"""A training run's plumbing shared by every recipe: output dir, accelerator, metrics, checkpoints.
+
+Recipes stay readable by calling these few methods; this module and ``recipes/`` are the only code that
+touches the ``Accelerator``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from rewardsft.config import ConfigError, RunConfig
+from rewardsft.data import TokenizedExample, collate
+from rewardsft.logprobs import model_token_logps
+from rewardsft.losses import sft_nll
+from rewardsft.models import is_peft, save_policy
+from rewardsft.training import checkpoint as ckpt
+from rewardsft.training.metrics import MetricsLogger
+
+T = TypeVar("T")
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
+
+
+def prepare_output_dir(config: RunConfig) -> Path:
+    """Refuse a non-empty output dir unless resuming or overwriting; write the resolved ``config.yaml``."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if config.overwrite:
+            shutil.rmtree(out)
+        elif not config.resume:
+            raise ConfigError(
+                f"output_dir {out} is not empty; pass resume=true to continue it or overwrite=true to replace it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class Run:
+    """Accelerator, metrics and checkpoint handling for one ``output_dir``."""
+
+    def __init__(self, config: RunConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        if not config.model.name_or_path:
+            raise ConfigError("model.name_or_path is not set")
+        if not config.data.path:
+            raise ConfigError("data.path is not set")
+        self.config = config
+        trackers = _check_trackers(config.logging.report_to)
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=config.output_dir
+        )
+        self.is_main = self.accelerator.is_main_process
+        self.output_dir = prepare_output_dir(config) if self.is_main else Path(config.output_dir)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            (self.output_dir / "config.yaml").write_text(config.to_yaml())
+        set_seed(config.seed)
+        self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if config.resume else None
+        if trackers:
+            self.accelerator.init_trackers(config.logging.project, config=_flat_scalars(config.to_dict()))
+        tracker_log = self.accelerator.log if trackers else None
+        self.metrics = MetricsLogger(self.output_dir, self.is_main, tracker_log)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device  # type: ignore[no-any-return]
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index  # type: ignore[no-any-return]
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes  # type: ignore[no-any-return]
+
+    def print(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def progress(self, items: Iterable[T], total: int, initial: int, desc: str) -> Iterator[T]:
+        enabled = self.is_main and self.config.logging.progress
+        yield from tqdm(items, total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.metrics.log(step, values, echo=self.print)
+
+    def resume(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+        """Restore optimiser, schedule and RNG from the newest checkpoint; returns the recipe state."""
+        if self.checkpoint is None:
+            if self.config.resume:
+                self.print("resume=true but no complete checkpoint was found: starting from the beginning")
+            return {"step": 0}
+        ckpt.restore_training_state(self.checkpoint, optimizer, scheduler)
+        state = ckpt.read_training_state(self.checkpoint)
+        self.metrics.truncate_after(state["step"])
+        self.print(f"resumed from {self.checkpoint} (step {state['step']})")
+        return state
+
+    def save_checkpoint(
+        self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+    ) -> None:
+        """Write ``checkpoints/step-N`` atomically; ``state`` must hold ``step``."""
+        weights = self.accelerator.get_state_dict(model)
+        if self.is_main:
+            tmp = ckpt.begin_checkpoint(self.output_dir, state["step"])
+            save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights)
+            ckpt.write_training_state(tmp, optimizer, scheduler, state)
+            ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, model: Any, tokenizer: Any) -> Path:
+        """``final/``: a plain model + tokenizer (LoRA merged; the adapter alone also goes to ``adapter/``)."""
+        final = self.output_dir / "final"
+        model = self.accelerator.unwrap_model(model)
+        if self.is_main:
+            tmp = self.output_dir / ".tmp-final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_peft(model):
+                model.save_pretrained(str(self.output_dir / "adapter"))
+                model = model.merge_and_unload()
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return final
+
+    def eval_nll(self, model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float:
+        """Token-weighted mean NLL of the responses, over all processes."""
+        was_training = model.training
+        model.eval()
+        shard = list(examples)[self.rank :: self.world_size]
+        total = torch.zeros(2, device=self.device)
+        with torch.no_grad():
+            for start in range(0, len(shard), batch_size):
+                batch = {k: v.to(self.device) for k, v in collate(shard[start : start + batch_size], pad_id).items()}
+                tokens = model_token_logps(model, **batch)
+                n_tokens = tokens.mask.sum()
+                total += torch.stack([sft_nll(tokens) * n_tokens, n_tokens.float()])
+        total = self.accelerator.reduce(total, reduction="sum")
+        model.train(was_training)
+        return float(total[0] / total[1].clamp(min=1))
+
+
+class StepTimer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+def _check_trackers(names: list[str]) -> list[str]:
+    for name in names:
+        module = TRACKER_PACKAGES.get(name)
+        if module is None:
+            raise ConfigError(f"logging.report_to: unknown tracker {name!r} (choose from {sorted(TRACKER_PACKAGES)})")
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"logging.report_to includes {name!r} but the package {module!r} is not installed")
+    return names
+
+
+def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float | str | bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
