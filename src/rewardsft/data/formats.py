@@ -39,7 +39,7 @@ class Example:
     rejected: str | None = None
 
 
-def detect_format(columns: Iterable[str]) -> str:
+def detect_format(columns: Iterable[str], source: str = "data") -> str:
     """Pick the row format from the column names (first match wins)."""
     cols = set(columns)
     if {"real", "generated"} <= cols:
@@ -51,7 +51,7 @@ def detect_format(columns: Iterable[str]) -> str:
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
     raise DataError(
-        f"cannot tell the data format from the columns {sorted(cols)}; expected prompt+completion, messages, "
+        f"{source}: row 1: cannot tell the data format from the columns {sorted(cols)}; expected prompt+completion, messages, "
         "chosen+rejected or real+generated (or set data.format)"
     )
 
@@ -61,7 +61,7 @@ def parse_rows(rows: Sequence[dict[str, Any]], source: str, fmt: str = "auto") -
     if not rows:
         raise DataError(f"{source}: no rows")
     if fmt == "auto":
-        fmt = detect_format(rows[0].keys())
+        fmt = detect_format(rows[0].keys(), source)
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
     parse = _PARSERS[fmt]

@@ -1,0 +1,68 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardsft.config import OptimConfig
+from rewardsft.training import checkpoint as ckpt
+from rewardsft.training.batches import plan_steps, steps_per_epoch, total_steps
+from rewardsft.training.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def test_each_epoch_sees_every_example_once() -> None:
+    steps = list(plan_steps(10, batch_size=3, grad_accum=2, n_steps=4, seed=1))
+    assert steps_per_epoch(10, 3, 2, 1) == 2
+    for epoch in range(2):
+        seen = [i for s in steps[2 * epoch : 2 * epoch + 2] for mb in s.micro_batches for i in mb]
+        assert sorted(seen) == list(range(10))
+    assert [s.epoch for s in steps] == [0.6, 1.0, 1.6, 2.0]
+    first, second = ([i for s in steps[a : a + 2] for mb in s.micro_batches for i in mb] for a in (0, 2))
+    assert first != second  # reshuffled each epoch
+
+
+def test_ranks_split_each_micro_batch() -> None:
+    per_rank = [list(plan_steps(7, batch_size=2, grad_accum=1, n_steps=2, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    for step in range(2):
+        a, b = per_rank[0][step].micro_batches[0], per_rank[1][step].micro_batches[0]
+        assert a and b and not set(a) & set(b)
+    assert total_steps(7, 2, 1, 2, epochs=1, max_steps=None) == 2
+
+
+def test_resume_plan_is_the_tail_of_the_full_plan() -> None:
+    full = list(plan_steps(9, batch_size=2, grad_accum=2, n_steps=7, seed=3))
+    tail = list(plan_steps(9, batch_size=2, grad_accum=2, n_steps=7, seed=3, start_step=4))
+    assert tail == full[4:]
+
+
+def test_lr_schedule_by_hand() -> None:
+    # 10 steps, 2 warm-up: 0.5, 1.0, then linear decay over the 8 remaining steps.
+    assert [lr_factor(s, 10, 2, "linear") for s in range(4)] == [0.5, 1.0, 1.0, 0.875]
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(9, 10, 2, "constant") == 1.0
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([param], OptimConfig(name="rmsprop", lr=1.0, warmup_ratio=0.2))
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    scheduler = build_scheduler(optimizer, OptimConfig(lr=1.0, warmup_ratio=0.2), total_steps=10)
+    lrs = []
+    for _ in range(4):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == [0.5, 1.0, 1.0, 0.875]
+
+
+def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path: Path) -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    for step in (2, 4, 6):
+        tmp = ckpt.begin_checkpoint(tmp_path, step)
+        ckpt.write_training_state(tmp, optimizer, scheduler, {"step": step})
+        ckpt.commit_checkpoint(tmp_path, tmp, step, keep=2)
+    half = ckpt.begin_checkpoint(tmp_path, 8)  # a run killed while writing step 8
+    (tmp_path / "checkpoints" / "step-10").mkdir()  # a folder without state.json is incomplete
+    assert half.exists()
+    assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path)] == [4, 6]
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and json.loads((latest / "state.json").read_text())["step"] == 6
