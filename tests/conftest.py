@@ -35,8 +35,9 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def neox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("neox"), arch="gpt_neox", hidden_size=32, layers=2,
-                            chat_template=False)
+    return write_tiny_model(
+        tmp_path_factory.mktemp("neox"), arch="gpt_neox", hidden_size=32, layers=2, chat_template=False
+    )
 
 
 @pytest.fixture(scope="session")

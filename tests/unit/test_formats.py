@@ -24,8 +24,13 @@ def test_prompt_completion_messages() -> None:
 
 
 def test_messages_last_assistant_turn_is_the_demonstration() -> None:
-    messages = [{"role": "system", "content": "Be brief."}, USER, ASSISTANT, {"role": "user", "content": "More?"},
-                {"role": "assistant", "content": "No."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        USER,
+        ASSISTANT,
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "No."},
+    ]
     [ex] = parse_rows([{"messages": messages, "prompt_id": "p"}], "x")
     assert ex.prompt == messages[:4] and ex.response == "No."
 

@@ -30,7 +30,9 @@ def test_token_logps_match_naive_loop() -> None:
     tokens = token_logps(logits, labels)
     assert tokens.logps.shape == (3, 6) and tokens.mask.shape == (3, 6)
     for row in range(3):
-        assert float(sequence_logps(tokens)[row]) == pytest.approx(naive_sequence_logp(logits[row], labels[row]), abs=1e-5)
+        assert float(sequence_logps(tokens)[row]) == pytest.approx(
+            naive_sequence_logp(logits[row], labels[row]), abs=1e-5
+        )
     assert (tokens.logps[~tokens.mask] == 0).all()
     n_tokens = tokens.mask.sum(-1).float()
     assert torch.allclose(sequence_logps(tokens, "mean"), sequence_logps(tokens) / n_tokens)

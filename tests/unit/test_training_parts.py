@@ -22,7 +22,9 @@ def test_each_epoch_sees_every_example_once() -> None:
 
 
 def test_ranks_split_each_micro_batch() -> None:
-    per_rank = [list(plan_steps(7, batch_size=2, grad_accum=1, n_steps=2, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    per_rank = [
+        list(plan_steps(7, batch_size=2, grad_accum=1, n_steps=2, seed=0, rank=r, world_size=2)) for r in (0, 1)
+    ]
     for step in range(2):
         a, b = per_rank[0][step].micro_batches[0], per_rank[1][step].micro_batches[0]
         assert a and b and not set(a) & set(b)

@@ -22,6 +22,7 @@ def train_sft(config: RunConfig) -> Path:
     tokenizer = load_tokenizer(config.model)
     renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
     train_data, eval_data = load_data(config, renderer)
+    run.begin()
     run.print(f"train data {train_data.source}: {train_data.stats.summary()}")
 
     model = load_policy(config.model, config.lora, run.device, run.checkpoint)

@@ -28,19 +28,15 @@ T = TypeVar("T")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 
 
-def prepare_output_dir(config: RunConfig) -> Path:
-    """Refuse a non-empty output dir unless resuming or overwriting; write the resolved ``config.yaml``."""
+def check_output_dir(config: RunConfig) -> Path:
+    """Refuse a non-empty output dir unless resuming or overwriting (nothing is written here)."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if config.overwrite:
-            shutil.rmtree(out)
-        elif not config.resume:
-            raise ConfigError(
-                f"output_dir {out} is not empty; pass resume=true to continue it or overwrite=true to replace it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not (config.overwrite or config.resume):
+        raise ConfigError(
+            f"output_dir {out} is not empty; pass resume=true to continue it or overwrite=true to replace it"
+        )
     return out
 
 
@@ -48,28 +44,41 @@ class Run:
     """Accelerator, metrics and checkpoint handling for one ``output_dir``."""
 
     def __init__(self, config: RunConfig):
+        """Check the config and output dir and set up the accelerator; writes nothing yet (see ``begin``)."""
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         if not config.model.name_or_path:
             raise ConfigError("model.name_or_path is not set")
         if not config.data.path:
             raise ConfigError("data.path is not set")
         self.config = config
-        trackers = _check_trackers(config.logging.report_to)
+        self.trackers = _check_trackers(config.logging.report_to)
+        self.output_dir = check_output_dir(config)
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=config.output_dir
+            cpu=not torch.cuda.is_available(), log_with=self.trackers or None, project_dir=config.output_dir
         )
         self.is_main = self.accelerator.is_main_process
-        self.output_dir = prepare_output_dir(config) if self.is_main else Path(config.output_dir)
-        self.accelerator.wait_for_everyone()
+        self.checkpoint: Path | None = None
+        self.metrics = MetricsLogger(self.output_dir, enabled=False, tracker_log=None)
+
+    def begin(self) -> None:
+        """Create the output dir (clearing it for overwrite=true), write ``config.yaml``, find the checkpoint.
+
+        Called once the data has been validated, so bad input never leaves a half-made run behind.
+        """
+        from accelerate.utils import set_seed
+
         if self.is_main:
-            (self.output_dir / "config.yaml").write_text(config.to_yaml())
-        set_seed(config.seed)
-        self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if config.resume else None
-        if trackers:
-            self.accelerator.init_trackers(config.logging.project, config=_flat_scalars(config.to_dict()))
-        tracker_log = self.accelerator.log if trackers else None
+            if self.config.overwrite and self.output_dir.exists():
+                shutil.rmtree(self.output_dir)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
+        self.accelerator.wait_for_everyone()
+        set_seed(self.config.seed)
+        self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if self.config.resume else None
+        if self.trackers:
+            self.accelerator.init_trackers(self.config.logging.project, config=_flat_scalars(self.config.to_dict()))
+        tracker_log = self.accelerator.log if self.trackers else None
         self.metrics = MetricsLogger(self.output_dir, self.is_main, tracker_log)
 
     @property
