@@ -84,7 +84,7 @@ def lora_target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(model: Any, cfg: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
+def apply_lora(model: Any, cfg: LoraConfig, task_type: str = "CAUSAL_LM", checkpointing: bool = False) -> Any:
     import peft
 
     lora = peft.LoraConfig(
@@ -94,7 +94,8 @@ def apply_lora(model: Any, cfg: LoraConfig, task_type: str = "CAUSAL_LM") -> Any
         target_modules=lora_target_modules(model, cfg),
         task_type=task_type,
     )
-    if getattr(model, "is_gradient_checkpointing", False):
+    if checkpointing:
+        # With frozen embeddings, checkpointed blocks would otherwise see inputs without grad.
         model.enable_input_require_grads()
     return peft.get_peft_model(model, lora)
 
@@ -103,12 +104,12 @@ def load_policy(cfg: ModelConfig, lora: LoraConfig, device: torch.device, checkp
     """The trainable policy: from ``cfg`` or, on resume, from a checkpoint written by ``save_policy``."""
     if checkpoint is None:
         model = load_causal_lm(cfg, device)
-        return apply_lora(model, lora) if lora.enabled else model
+        return apply_lora(model, lora, checkpointing=cfg.gradient_checkpointing) if lora.enabled else model
     if lora.enabled:
         import peft
 
         base = load_causal_lm(cfg, device)
-        if getattr(base, "is_gradient_checkpointing", False):
+        if cfg.gradient_checkpointing:
             base.enable_input_require_grads()
         return peft.PeftModel.from_pretrained(base, str(checkpoint / "adapter"), is_trainable=True)
     return load_causal_lm(cfg, device, path=checkpoint / "model")

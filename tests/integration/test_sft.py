@@ -125,6 +125,7 @@ def test_lora_trains_adapters_and_saves_a_merged_model(llama_dir: Path, builtin_
                 builtin_jsonl,
                 out,
                 "lora.enabled=true",
+                "model.gradient_checkpointing=true",
                 "lora.r=4",
                 "lora.alpha=8",
                 "train.max_steps=6",
@@ -140,12 +141,19 @@ def test_lora_trains_adapters_and_saves_a_merged_model(llama_dir: Path, builtin_
     lora_params = {n: p for n, p in with_adapter.named_parameters() if "lora_" in n}
     targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in lora_params}
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    # lora_B starts at zero and lora_A at random: both must have moved.
-    fresh = peft.get_peft_model(
-        AutoModelForCausalLM.from_pretrained(str(llama_dir)), with_adapter.peft_config["default"]
+    # Rebuild the run's initial adapter (same seed, same code path): every LoRA parameter, A and B, moved.
+    from accelerate.utils import set_seed
+
+    from rewardsft.config import load_config
+    from rewardsft.models import load_policy, trainable_parameters
+
+    config = load_config(
+        "sft", overrides=[f"model.name_or_path={llama_dir}", "lora.enabled=true", "lora.r=4", "lora.alpha=8"]
     )
-    fresh_params = dict(fresh.named_parameters())
-    assert all(not torch.equal(p, fresh_params[n]) for n, p in lora_params.items() if "lora_B" in n)
+    set_seed(config.seed)
+    initial = trainable_parameters(load_policy(config.model, config.lora, torch.device("cpu")))
+    assert set(initial) == set(lora_params)
+    assert all(not torch.equal(p, lora_params[n]) for n, p in initial.items())
     # The merged final model is a plain causal LM that differs from the base.
     merged, base_w = weights(out / "final"), weights(llama_dir)
     assert any(not torch.equal(merged[n], base_w[n]) for n in base_w)
@@ -158,6 +166,7 @@ def test_lora_trains_adapters_and_saves_a_merged_model(llama_dir: Path, builtin_
                 builtin_jsonl,
                 out,
                 "lora.enabled=true",
+                "model.gradient_checkpointing=true",
                 "lora.r=4",
                 "lora.alpha=8",
                 "train.max_steps=8",

