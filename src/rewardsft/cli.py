@@ -23,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def train(config: RunConfig) -> Path:
     """Run the recipe named by ``config.method``."""
-    recipes: dict[str, Callable[[RunConfig], Path]] = {"sft": _sft}
+    recipes: dict[str, Callable[[RunConfig], Path]] = {"sft": _sft, "irft": _irft}
     if config.method not in recipes:
         raise NotImplementedError(f"rewardsft train {config.method} is not implemented yet")
     return recipes[config.method](config)
@@ -33,6 +33,12 @@ def _sft(config: RunConfig) -> Path:
     from rewardsft.recipes.sft import train_sft
 
     return train_sft(config)
+
+
+def _irft(config: RunConfig) -> Path:
+    from rewardsft.recipes.irft import train_irft
+
+    return train_irft(config)
 
 
 def _config_show(args: argparse.Namespace) -> int:

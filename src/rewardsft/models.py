@@ -18,6 +18,7 @@ LORA_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
 OUTPUT_HEADS = {"lm_head", "embed_out", "score"}
+BASE_WEIGHTS = "base.safetensors"
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -109,16 +110,36 @@ def load_policy(cfg: ModelConfig, lora: LoraConfig, device: torch.device, checkp
         import peft
 
         base = load_causal_lm(cfg, device)
+        base_file = checkpoint / BASE_WEIGHTS
+        if base_file.is_file():
+            from safetensors.torch import load_file
+
+            base.load_state_dict(load_file(str(base_file), device=str(device)))
         if cfg.gradient_checkpointing:
             base.enable_input_require_grads()
         return peft.PeftModel.from_pretrained(base, str(checkpoint / "adapter"), is_trainable=True)
     return load_causal_lm(cfg, device, path=checkpoint / "model")
 
 
-def save_policy(model: Any, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Write the adapter (LoRA) to ``out/adapter`` or the full model to ``out/model``."""
+def save_policy(
+    model: Any, out: Path, state_dict: dict[str, torch.Tensor] | None = None, with_base: bool = False
+) -> None:
+    """Write the adapter (LoRA) to ``out/adapter`` or the full model to ``out/model``.
+
+    ``with_base`` also writes a LoRA model's base weights (``out/base.safetensors``), for runs that
+    change them (IRFT's ``lora`` snapshot merges the adapter into the base at every stage).
+    """
     if is_peft(model):
         model.save_pretrained(str(out / "adapter"), state_dict=state_dict)
+        if with_base:
+            from safetensors.torch import save_file
+
+            base = model.get_base_model()
+            # Keys as in the plain model (peft inserts ".base_layer" into wrapped layers' names).
+            weights = {
+                k.replace(".base_layer", ""): v.contiguous() for k, v in base.state_dict().items() if "lora_" not in k
+            }
+            save_file(_untie(weights), str(out / BASE_WEIGHTS))
     else:
         model.save_pretrained(str(out / "model"), state_dict=state_dict, safe_serialization=True)
 
@@ -129,3 +150,14 @@ def is_peft(model: Any) -> bool:
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): store a copy of each repeat."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in weights.items():
+        ptr = tensor.data_ptr()
+        out[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return out

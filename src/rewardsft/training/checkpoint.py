@@ -86,7 +86,10 @@ def read_training_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())  # type: ignore[no-any-return]
 
 
-def restore_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+def restore_optimizer(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+
+
+def restore_rng(checkpoint: Path) -> None:
     set_rng_state(torch.load(checkpoint / RNG_FILE, weights_only=False))

@@ -7,6 +7,7 @@ touches the ``Accelerator``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -73,6 +74,7 @@ class Run:
                 shutil.rmtree(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
+            (self.output_dir / "run.json").write_text(json.dumps(self.environment(), indent=2))
         self.accelerator.wait_for_everyone()
         set_seed(self.config.seed)
         self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if self.config.resume else None
@@ -80,6 +82,26 @@ class Run:
             self.accelerator.init_trackers(self.config.logging.project, config=_flat_scalars(self.config.to_dict()))
         tracker_log = self.accelerator.log if self.trackers else None
         self.metrics = MetricsLogger(self.output_dir, self.is_main, tracker_log)
+
+    def environment(self) -> dict[str, Any]:
+        """What ran this: processes, device and library versions (written to ``run.json``)."""
+        import accelerate
+        import transformers
+
+        from rewardsft import __version__
+
+        return {
+            "method": self.config.method,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {
+                "rewardsft": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "accelerate": accelerate.__version__,
+            },
+        }
 
     @property
     def device(self) -> torch.device:
@@ -104,26 +126,53 @@ class Run:
     def log(self, step: int, values: dict[str, float]) -> None:
         self.metrics.log(step, values, echo=self.print)
 
-    def resume(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-        """Restore optimiser, schedule and RNG from the newest checkpoint; returns the recipe state."""
+    def resume_state(self) -> dict[str, Any]:
+        """Recipe state of the newest checkpoint (``{"step": 0}`` when starting afresh); restores the RNG."""
         if self.checkpoint is None:
             if self.config.resume:
                 self.print("resume=true but no complete checkpoint was found: starting from the beginning")
             return {"step": 0}
-        ckpt.restore_training_state(self.checkpoint, optimizer, scheduler)
         state = ckpt.read_training_state(self.checkpoint)
+        ckpt.restore_rng(self.checkpoint)
         self.metrics.truncate_after(state["step"])
         self.print(f"resumed from {self.checkpoint} (step {state['step']})")
         return state
 
+    def restore_optimizer(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        if self.checkpoint is not None:
+            ckpt.restore_optimizer(self.checkpoint, optimizer, scheduler)
+
+    def resume(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+        """Restore optimiser, schedule and RNG from the newest checkpoint; returns the recipe state."""
+        state = self.resume_state()
+        self.restore_optimizer(optimizer, scheduler)
+        return state
+
+    def gather(self, items: list[T]) -> list[T]:
+        """Concatenate a picklable list from every process, in rank order."""
+        if self.world_size == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return list(gather_object(items))  # type: ignore[no-untyped-call]
+
     def save_checkpoint(
-        self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+        self,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        state: dict[str, Any],
+        with_base: bool = False,
     ) -> None:
-        """Write ``checkpoints/step-N`` atomically; ``state`` must hold ``step``."""
+        """Write ``checkpoints/step-N`` atomically; ``state`` must hold ``step``.
+
+        ``with_base``: a LoRA run whose base weights change during training (IRFT ``snapshot=lora``) also
+        saves the base weights, or a resume would rebuild the policy on the original base.
+        """
         weights = self.accelerator.get_state_dict(model)
         if self.is_main:
             tmp = ckpt.begin_checkpoint(self.output_dir, state["step"])
-            save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights)
+            save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights, with_base=with_base)
             ckpt.write_training_state(tmp, optimizer, scheduler, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()

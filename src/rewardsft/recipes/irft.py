@@ -1,0 +1,320 @@
+"""IRFT (the paper's Algorithm 2): staged self-generation against a per-stage snapshot. SPIN is T=1.
+
+For each epoch, the shuffled demonstrations are split into T = ``irft.stages`` chunks. Stage t snapshots the
+policy (θ_t), samples one response per prompt of chunk t with it, then trains the contrastive loss
+ℓ(β·[(log π_θ(y) − log π_θ(ỹ)) − (log π_ref(y) − log π_ref(ỹ))]) on the chunk's (prompt, demo, generation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardsft.config import ConfigError, RunConfig
+from rewardsft.data import Renderer, TokenizedExample
+from rewardsft.generation import Generation, generate, generation_stats
+from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
+from rewardsft.losses import IRFTLoss, irft_loss, sft_nll
+from rewardsft.models import load_policy, load_tokenizer
+from rewardsft.recipes.sft import eval_batch, load_data
+from rewardsft.reference import (
+    CachedSnapshot,
+    CopySnapshot,
+    LoraBaseSnapshot,
+    Pair,
+    Snapshot,
+    compute_ref_logps,
+    merge_lora_into_base,
+    pair_batch,
+)
+from rewardsft.training.batches import epoch_permutation, plan_steps, steps_per_epoch
+from rewardsft.training.optim import build_optimizer, build_scheduler
+from rewardsft.training.run import Run, StepTimer
+
+OVERFIT_LOSS = 0.05
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    """0-based over the whole run (epoch * T + t)."""
+    example_ids: list[int]
+    first_step: int
+    steps: int
+
+    @property
+    def name(self) -> str:
+        return f"stage-{self.index + 1}"
+
+
+def train_irft(config: RunConfig) -> Path:
+    """Train with IRFT; returns the ``final/`` directory."""
+    ic, tc = config.irft, config.train
+    if ic.snapshot == "lora" and not config.lora.enabled:
+        raise ConfigError("irft.snapshot=lora needs lora.enabled=true")
+    run = Run(config)
+    tokenizer = load_tokenizer(config.model)
+    renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
+    train_data, eval_data = load_data(config, renderer)
+    run.begin()
+    run.print(f"train data {train_data.source}: {train_data.stats.summary()}")
+
+    model = load_policy(config.model, config.lora, run.device, run.checkpoint)
+    model.train()
+    stages = plan_stages(len(train_data.tokenized), config, run.world_size)
+    n_steps = stages[-1].first_step + stages[-1].steps
+    state = run.resume_state()
+    model = run.accelerator.prepare(model)
+    optimizer: Any = None
+    scheduler: Any = None
+    pad_id = tokenizer.pad_token_id
+    for stage in stages:
+        if stage.first_step + stage.steps <= state["step"]:
+            continue  # finished before the checkpoint
+        resuming_in_stage = state["step"] > stage.first_step
+        if optimizer is None or ic.reset_optimizer_each_stage:
+            horizon = stage.steps if ic.reset_optimizer_each_stage else n_steps
+            optimizer = build_optimizer(model.parameters(), config.optim)
+            scheduler = build_scheduler(optimizer, config.optim, horizon)
+            optimizer = run.accelerator.prepare(optimizer)
+            if state["step"] > 0 and (resuming_in_stage or not ic.reset_optimizer_each_stage):
+                run.restore_optimizer(optimizer, scheduler)
+
+        examples = [train_data.tokenized[i] for i in stage.example_ids]
+        pairs = stage_pairs(run, model, stage, examples, tokenizer, config, renderer)
+        snapshot = take_snapshot(run, model, stage, pairs, config, pad_id, reuse_cache=resuming_in_stage)
+        done = max(state["step"] - stage.first_step, 0)
+        plan = plan_steps(
+            len(pairs),
+            batch_size=tc.batch_size,
+            grad_accum=tc.grad_accum,
+            n_steps=stage.steps,
+            seed=config.seed + stage.index,
+            rank=run.rank,
+            world_size=run.world_size,
+            start_step=done,
+        )
+        warned, timer = False, StepTimer()
+        for batches in run.progress(plan, total=stage.steps, initial=done, desc=f"irft {stage.name}"):
+            metrics = accumulate_irft_step(run, model, snapshot, pairs, batches.micro_batches, pad_id, config)
+            metrics["train/grad_norm"] = float(
+                run.accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf)
+            )
+            metrics["train/lr"] = float(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step = stage.first_step + batches.step + 1
+            metrics.update({"irft/stage": stage.index + 1, "time/step_s": timer.lap()})
+            if not warned and overfitting(metrics, batches.step, stage.steps):
+                warned = True
+                metrics["irft/overfit_warning"] = 1.0
+                run.print(
+                    f"warning: {stage.name} step {batches.step + 1}: irft/accuracy is 1.0 with loss "
+                    f"{metrics['irft/loss']:.3g} early in the stage; the snapshot is being overfit. "
+                    "Lower optim.lr or raise irft.sft_weight to anchor on the demonstrations."
+                )
+            if eval_data is not None and tc.eval_every and step % tc.eval_every == 0:
+                metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)
+            if step % tc.log_every == 0 or batches.step + 1 == stage.steps:
+                run.log(step, metrics)
+            if step % tc.save_every == 0 or batches.step + 1 == stage.steps:
+                run.save_checkpoint(
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"step": step, "stage": stage.index + 1},
+                    with_base=ic.snapshot == "lora",
+                )
+        state = {"step": stage.first_step + stage.steps}
+        del snapshot
+
+    if eval_data is not None:
+        run.log(n_steps, {"eval/loss": run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)})
+    return run.save_final(model, tokenizer)
+
+
+def plan_stages(n_examples: int, config: RunConfig, world_size: int) -> list[Stage]:
+    """T equal chunks of each epoch's seeded permutation; steps per stage cover the chunk once.
+
+    ``train.max_steps``, when set, caps the total by shortening (and dropping) the last stages.
+    """
+    ic, tc = config.irft, config.train
+    if n_examples < ic.stages:
+        raise ConfigError(f"irft.stages={ic.stages} is more than the {n_examples} training examples")
+    stages: list[Stage] = []
+    first = 0
+    for epoch in range(tc.epochs):
+        order = epoch_permutation(n_examples, config.seed, epoch)
+        for t in range(ic.stages):
+            chunk = order[t * n_examples // ic.stages : (t + 1) * n_examples // ic.stages]
+            steps = steps_per_epoch(len(chunk), tc.batch_size, tc.grad_accum, world_size)
+            if tc.max_steps is not None:
+                steps = min(steps, tc.max_steps - first)
+            if steps <= 0:
+                return stages
+            stages.append(Stage(epoch * ic.stages + t, chunk, first, steps))
+            first += steps
+    return stages
+
+
+def stage_pairs(
+    run: Run,
+    model: Any,
+    stage: Stage,
+    examples: list[TokenizedExample],
+    tokenizer: Any,
+    config: RunConfig,
+    renderer: Renderer,
+) -> list[Pair]:
+    """(demonstration, generation) pairs of the stage: read back from disk, or sampled by the snapshot."""
+    path = run.output_dir / "stages" / stage.name / "generations.jsonl"
+    if path.is_file():
+        generations = read_generations(path, stage)
+        run.print(f"{stage.name}: reusing {len(generations)} generations from {path}")
+    else:
+        generations = sample_stage(run, model, stage, examples, tokenizer, config)
+        stats = generation_stats(generations, [ex.response_ids for ex in examples])
+        if run.is_main:
+            write_generations(path, stage, examples, generations, tokenizer, renderer, stats)
+        run.accelerator.wait_for_everyone()
+        run.log(stage.first_step, stats)
+    room = config.data.max_length
+    return [
+        Pair(ex, TokenizedExample(ex.prompt_ids, gen.response_ids[: room - len(ex.prompt_ids)], ex.index))
+        for ex, gen in zip(examples, generations, strict=True)
+    ]
+
+
+def sample_stage(
+    run: Run, model: Any, stage: Stage, examples: list[TokenizedExample], tokenizer: Any, config: RunConfig
+) -> list[Generation]:
+    """Each process samples its share of the prompts; the shares are gathered back into chunk order."""
+    mine = list(range(run.rank, len(examples), run.world_size))
+    eos_ids = [tokenizer.eos_token_id]
+    local = generate(
+        run.accelerator.unwrap_model(model),
+        [examples[i].prompt_ids for i in mine],
+        config.generation,
+        pad_id=tokenizer.pad_token_id,
+        eos_ids=eos_ids,
+        seed=config.seed * 7919 + stage.index * 104729 + run.rank,
+    )
+    gathered = run.gather(list(zip(mine, local, strict=True)))
+    by_position = dict(gathered)
+    return [by_position[i] for i in range(len(examples))]
+
+
+def write_generations(
+    path: Path,
+    stage: Stage,
+    examples: list[TokenizedExample],
+    generations: list[Generation],
+    tokenizer: Any,
+    renderer: Renderer,
+    stats: dict[str, float],
+) -> None:
+    """``generations.jsonl`` (one row per prompt, token ids included for exact reuse) and ``stats.json``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as handle:
+        for ex, gen in zip(examples, generations, strict=True):
+            row = {
+                "index": ex.index,
+                "prompt": tokenizer.decode(ex.prompt_ids, skip_special_tokens=False),
+                "demonstration": tokenizer.decode(ex.response_ids, skip_special_tokens=True),
+                "generation": tokenizer.decode(gen.response_ids, skip_special_tokens=True),
+                "stopped": gen.stopped,
+                "response_ids": gen.response_ids,
+            }
+            handle.write(json.dumps(row) + "\n")
+    (path.parent / "stats.json").write_text(json.dumps({"stage": stage.index + 1, **stats}, indent=2))
+    tmp.replace(path)
+
+
+def read_generations(path: Path, stage: Stage) -> list[Generation]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if [row["index"] for row in rows] != stage.example_ids:
+        raise ConfigError(f"{path} was written for other data or settings; use overwrite=true to start again")
+    return [Generation(row["response_ids"], row["stopped"]) for row in rows]
+
+
+def take_snapshot(
+    run: Run, model: Any, stage: Stage, pairs: list[Pair], config: RunConfig, pad_id: int, reuse_cache: bool
+) -> Snapshot:
+    """θ_t for the stage. The cached log-probs are also saved, so a run resumed mid-stage uses them."""
+    cache_path = run.output_dir / "stages" / stage.name / f"ref_logps.rank{run.rank}.pt"
+    if reuse_cache and cache_path.is_file():
+        return CachedSnapshot(torch.load(cache_path))
+    policy = run.accelerator.unwrap_model(model)
+    if config.irft.snapshot == "lora":
+        merge_lora_into_base(policy)
+    cache = compute_ref_logps(policy, pairs, eval_batch(config), pad_id)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, cache_path)
+    if config.irft.snapshot == "copy":
+        return CopySnapshot(policy)
+    if config.irft.snapshot == "lora":
+        return LoraBaseSnapshot(policy)
+    return CachedSnapshot(cache)
+
+
+def accumulate_irft_step(
+    run: Run,
+    model: Any,
+    snapshot: Snapshot,
+    pairs: list[Pair],
+    micro_batches: list[list[int]],
+    pad_id: int,
+    config: RunConfig,
+) -> dict[str, float]:
+    """Forward/backward the micro-batches of one optimiser step; returns the step's metrics (mean over ranks)."""
+    ic = config.irft
+    totals = torch.zeros(7, device=run.device)
+    for k, ids in enumerate(micro_batches):
+        batch = pair_batch([pairs[i] for i in ids], pad_id, run.device)
+        ref_demo, ref_gen = snapshot.logps(ids, batch)
+        with nullcontext() if k == len(micro_batches) - 1 else run.accelerator.no_sync(model):
+            tokens = model_token_logps(model, **batch)
+            seq = sequence_logps(tokens, "sum")
+            half = len(ids)
+            terms = irft_loss(seq[:half], seq[half:], ref_demo, ref_gen, ic.beta, IRFTLoss(ic.loss))
+            loss = terms.loss.mean()
+            nll = sft_nll(TokenLogps(tokens.logps[:half], tokens.mask[:half]))
+            if ic.sft_weight:
+                loss = loss + ic.sft_weight * nll
+            run.accelerator.backward(loss / len(micro_batches))
+        totals += torch.stack(
+            [
+                loss.detach(),
+                terms.demo_reward.mean(),
+                terms.gen_reward.mean(),
+                terms.margin.mean(),
+                (terms.margin > 0).float().mean(),
+                seq[:half].detach().mean(),
+                seq[half:].detach().mean(),
+            ]
+        ) / len(micro_batches)
+    totals = run.accelerator.reduce(totals, reduction="mean")
+    names = [
+        "irft/loss",
+        "irft/demo_reward",
+        "irft/gen_reward",
+        "irft/margin",
+        "irft/accuracy",
+        "logps/demo",
+        "logps/gen",
+    ]
+    return {name: float(value) for name, value in zip(names, totals.tolist(), strict=True)}
+
+
+def overfitting(metrics: dict[str, float], step_in_stage: int, stage_steps: int) -> bool:
+    """Accuracy 1.0 with a near-zero loss in the first half of a stage: the snapshot is being memorised."""
+    early = step_in_stage < max(stage_steps // 2, 1)
+    return early and metrics["irft/accuracy"] >= 1.0 and metrics["irft/loss"] < OVERFIT_LOSS

@@ -1,0 +1,118 @@
+"""The frozen snapshot π_ref = θ_t of an IRFT stage, three ways that give the same log-probs.
+
+- ``cached`` (default): θ_t is also the generator, so the snapshot's log-probs of every (demonstration,
+  generation) pair of the stage are computed once at the stage start; training then holds one model (SFT
+  memory). The cache is also what a resumed run uses for the rest of its stage, whatever the mode.
+- ``copy``: a frozen deep copy of the policy, run on every batch (two models in memory).
+- ``lora``: at the stage start the adapter is merged into the base weights and ``lora_B`` reset to zero,
+  so the adapter-disabled model is θ_t while training continues on the adapter (no second model).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from rewardsft.data import TokenizedExample, collate
+from rewardsft.logprobs import model_token_logps, sequence_logps
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A demonstration and the snapshot's generation for the same prompt."""
+
+    demo: TokenizedExample
+    gen: TokenizedExample
+
+
+def pair_batch(pairs: Sequence[Pair], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One padded batch of 2B rows: demonstrations first, then generations (one forward for both)."""
+    examples = [p.demo for p in pairs] + [p.gen for p in pairs]
+    return {key: value.to(device) for key, value in collate(examples, pad_id).items()}
+
+
+def split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of a :func:`pair_batch`: (demo (B,), gen (B,))."""
+    logps = sequence_logps(model_token_logps(model, **batch), "sum")
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
+
+
+class Snapshot(Protocol):
+    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Snapshot log-probs (demo (B,), gen (B,)) of the pairs ``pair_ids`` of the stage, given their batch."""
+        ...
+
+
+@torch.no_grad()
+def compute_ref_logps(model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int) -> torch.Tensor:
+    """(N, 2) snapshot log-probs [demo, gen] of every pair, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(pairs), batch_size):
+        demo, gen = split_logps(model, pair_batch(pairs[start : start + batch_size], pad_id, device))
+        rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
+    model.train(was_training)
+    return torch.cat(rows) if rows else torch.zeros(0, 2)
+
+
+class CachedSnapshot:
+    def __init__(self, cache: torch.Tensor):
+        self.cache = cache
+
+    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.cache[list(pair_ids)].to(batch["input_ids"].device)
+        return rows[:, 0], rows[:, 1]
+
+
+class CopySnapshot:
+    def __init__(self, model: Any):
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_logps(self.model, batch)
+
+
+class LoraBaseSnapshot:
+    """The adapter-disabled model; build it with :func:`merge_lora_into_base` at the stage start."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    @torch.no_grad()
+    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        with self.model.disable_adapter():
+            demo, gen = split_logps(self.model, batch)
+        self.model.train(was_training)
+        return demo, gen
+
+
+@torch.no_grad()
+def merge_lora_into_base(model: Any) -> int:
+    """Fold every LoRA delta into its base weight and zero ``lora_B``; the policy itself is unchanged.
+
+    Afterwards base == θ_t (the snapshot). ``lora_A`` and the optimiser state carry on. Returns the number
+    of layers merged.
+    """
+    merged = 0
+    for module in model.modules():
+        if not (hasattr(module, "lora_B") and hasattr(module, "base_layer")):
+            continue
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_B:
+                continue
+            delta = module.get_delta_weight(adapter)
+            module.base_layer.weight.data += delta.to(module.base_layer.weight.dtype)
+            module.lora_B[adapter].weight.data.zero_()
+            merged += 1
+    return merged

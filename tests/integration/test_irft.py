@@ -1,0 +1,226 @@
+"""`rewardsft train irft` end to end on a tiny model: stages, metrics, resume, LoRA snapshot, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rewardsft.cli import main
+from rewardsft.recipes import irft
+from rewardsft.training.metrics import read_metrics
+from rewardsft.training.run import Run
+from tests.integration.test_sft import weights
+
+FAST = [
+    "train.batch_size=4",
+    "optim.lr=2e-3",
+    "optim.name=adamw",
+    "data.max_length=64",
+    "data.max_prompt_length=32",
+    "generation.max_new_tokens=12",
+    "generation.batch_size=24",
+    "logging.progress=false",
+    "optim.warmup_ratio=0",
+]
+
+
+def irft_args(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "irft", f"model.name_or_path={model_dir}", f"data.path={data}", f"output_dir={out}", *FAST, *extra]
+
+
+def stage_records(out: Path) -> dict[int, list[dict[str, Any]]]:
+    by_stage: dict[int, list[dict[str, Any]]] = {}
+    for rec in read_metrics(out / "metrics.jsonl"):
+        if "irft/loss" in rec:
+            by_stage.setdefault(rec["irft/stage"], []).append(rec)
+    return by_stage
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_irft_end_to_end(stages: int, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert (
+        main(
+            irft_args(
+                llama_dir, builtin_jsonl, out, f"irft.stages={stages}", "train.epochs=2", "optim.schedule=constant"
+            )
+        )
+        == 0
+    )
+    n_stages = 2 * stages  # two passes over the data
+    for k in range(1, n_stages + 1):
+        rows = [json.loads(x) for x in (out / "stages" / f"stage-{k}" / "generations.jsonl").read_text().splitlines()]
+        assert len(rows) == 48 // stages
+        assert {"index", "prompt", "demonstration", "generation", "stopped", "response_ids"} <= set(rows[0])
+        assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")  # the training chat template
+        stats = json.loads((out / "stages" / f"stage-{k}" / "stats.json").read_text())
+        assert 0 < stats["gen/mean_length"] <= 12
+    # Each epoch's stages partition the data.
+    for epoch in range(2):
+        seen = [
+            json.loads(x)["index"]
+            for k in range(epoch * stages + 1, (epoch + 1) * stages + 1)
+            for x in (out / "stages" / f"stage-{k}" / "generations.jsonl").read_text().splitlines()
+        ]
+        assert sorted(seen) == list(range(48))
+
+    by_stage = stage_records(out)
+    assert sorted(by_stage) == list(range(1, n_stages + 1))
+    keys = {
+        "irft/loss",
+        "irft/demo_reward",
+        "irft/gen_reward",
+        "irft/margin",
+        "irft/accuracy",
+        "logps/demo",
+        "logps/gen",
+        "train/lr",
+        "train/grad_norm",
+    }
+    assert keys <= set(by_stage[1][0])
+    gen_logs = [r for r in read_metrics(out / "metrics.jsonl") if "gen/mean_length" in r]
+    assert len(gen_logs) == n_stages
+    for records in by_stage.values():
+        # Each stage starts at policy == snapshot (margin 0, loss log 2), and the margin grows within it.
+        assert records[0]["irft/margin"] == pytest.approx(0.0, abs=1e-5)
+        assert records[0]["irft/loss"] == pytest.approx(0.6931, abs=1e-3)
+        assert records[-1]["irft/margin"] > 0.05
+        # The margin grows over the stage: its second half is above its first half on average.
+        margins = [r["irft/margin"] for r in records]
+        half = len(margins) // 2
+        assert sum(margins[half:]) / (len(margins) - half) > sum(margins[:half]) / half >= 0
+    before, after = weights(llama_dir), weights(out / "final")
+    assert [n for n in before if torch.equal(before[n], after[n])] == []
+
+
+def crash_in_stage(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    original = Run.log
+
+    def crashing(self: Run, at: int, values: dict[str, float]) -> None:
+        original(self, at, values)
+        if at == step and "irft/loss" in values:
+            raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(Run, "log", crashing)
+
+
+@pytest.mark.parametrize("mode", ["cached", "lora"])
+def test_resume_mid_stage_2_equals_uninterrupted(
+    mode: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 48 rows, 3 stages of 16, batch 4 -> 4 steps per stage; checkpoints every 2 steps.
+    common = ["irft.stages=3", "train.save_every=2", "train.keep_checkpoints=10", f"irft.snapshot={mode}"]
+    if mode == "lora":
+        common += ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "optim.lr=1e-2"]
+    assert main(irft_args(llama_dir, builtin_jsonl, tmp_path / "whole", *common)) == 0
+
+    out = tmp_path / "crashed"
+    crash_in_stage(monkeypatch, step=7)  # stage 2 is steps 5-8; the newest checkpoint is step 6
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *common)) == 1
+    monkeypatch.undo()
+    assert (out / "stages" / "stage-2" / "generations.jsonl").is_file()
+    assert not (out / "stages" / "stage-3").exists()
+
+    sampled: list[int] = []
+    original_sample = irft.sample_stage
+
+    def counting(run: Any, model: Any, stage: irft.Stage, *args: Any) -> Any:
+        sampled.append(stage.index + 1)
+        return original_sample(run, model, stage, *args)
+
+    monkeypatch.setattr(irft, "sample_stage", counting)
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *common, "resume=true")) == 0
+    assert sampled == [3]  # stages 1 and 2 were not regenerated
+
+    whole, resumed = weights(tmp_path / "whole" / "final"), weights(out / "final")
+    assert all(torch.equal(whole[n], resumed[n]) for n in whole)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "irft/loss" in r] == list(range(1, 13))
+    for k in (1, 2, 3):
+        name = f"stages/stage-{k}/generations.jsonl"
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text()
+    if mode == "lora":
+        assert (out / "checkpoints" / "step-6" / "base.safetensors").is_file()
+
+
+def test_overfitting_the_snapshot_is_warned_once_per_stage(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any
+) -> None:
+    out = tmp_path / "run"
+    assert (
+        main(
+            irft_args(
+                llama_dir, builtin_jsonl, out, "irft.stages=1", "irft.beta=2.0", "optim.lr=1e-2", "train.batch_size=2"
+            )
+        )
+        == 0
+    )
+    warned = [r for r in read_metrics(out / "metrics.jsonl") if r.get("irft/overfit_warning")]
+    assert len(warned) == 1 and warned[0]["irft/accuracy"] == 1.0 and warned[0]["irft/loss"] < 0.05
+    assert capsys.readouterr().out.count("the snapshot is being overfit") == 1
+
+
+def test_sft_weight_and_other_losses_run(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
+    for loss in ("hinge", "linear"):
+        out = tmp_path / loss
+        assert (
+            main(
+                irft_args(
+                    llama_dir,
+                    builtin_jsonl,
+                    out,
+                    "irft.stages=2",
+                    f"irft.loss={loss}",
+                    "irft.sft_weight=1.0",
+                    "train.max_steps=3",
+                    "irft.reset_optimizer_each_stage=true",
+                )
+            )
+            == 0
+        )
+        records = [r for r in read_metrics(out / "metrics.jsonl") if "irft/loss" in r]
+        assert len(records) == 3
+        first = records[0]
+        # At u = 0: hinge = 1, linear = 0, each plus the demonstrations' NLL (positive).
+        assert first["irft/loss"] > (1.0 if loss == "hinge" else 0.0)
+
+
+def test_snapshot_lora_needs_lora(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any) -> None:
+    assert main(irft_args(llama_dir, builtin_jsonl, tmp_path / "r", "irft.snapshot=lora")) == 2
+    assert "irft.snapshot=lora needs lora.enabled=true" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not found",
+)
+def test_two_processes_with_torchrun(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "rewardsft.cli",
+        *irft_args(llama_dir, builtin_jsonl, out, "irft.stages=2"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    for k in (1, 2):
+        rows = (out / "stages" / f"stage-{k}" / "generations.jsonl").read_text().splitlines()
+        assert len(rows) == 24  # both ranks' shares gathered back in chunk order
+    # 24 rows per stage, 4 per process per micro-batch x 2 processes -> 3 steps per stage.
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "irft/loss" in r] == list(range(1, 7))
+    assert (out / "final" / "model.safetensors").is_file()

@@ -1,0 +1,162 @@
+"""IRFT pieces: the three losses by hand, generation, and the three snapshot modes agreeing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from rewardsft.config import GenerationConfig
+from rewardsft.data import Example, Renderer, TokenizedExample, tokenize_examples
+from rewardsft.generation import Generation, cut_at_eos, generate, generation_stats
+from rewardsft.losses import IRFTLoss, irft_loss
+from rewardsft.reference import (
+    CachedSnapshot,
+    CopySnapshot,
+    LoraBaseSnapshot,
+    Pair,
+    compute_ref_logps,
+    merge_lora_into_base,
+    pair_batch,
+    split_logps,
+)
+from rewardsft.tiny import tiny_model
+
+# Two pairs: policy/ref log-probs of demo and generation, β = 0.5.
+POLICY_DEMO, POLICY_GEN = torch.tensor([-10.0, -4.0]), torch.tensor([-12.0, -3.0])
+REF_DEMO, REF_GEN = torch.tensor([-11.0, -5.0]), torch.tensor([-11.0, -1.0])
+# u = β[(pd − pg) − (rd − rg)]: pair 1: 0.5·[(2) − (0)] = 1.0; pair 2: 0.5·[(−1) − (−4)] = 1.5
+MARGINS = [1.0, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("sigmoid", [math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(-1.5))]),
+        ("hinge", [0.0, 0.0]),
+        ("linear", [-1.0, -1.5]),
+    ],
+)
+def test_irft_losses_by_hand(kind: str, expected: list[float]) -> None:
+    terms = irft_loss(POLICY_DEMO, POLICY_GEN, REF_DEMO, REF_GEN, beta=0.5, kind=IRFTLoss(kind))
+    assert terms.loss.tolist() == pytest.approx(expected)
+    assert terms.margin.tolist() == pytest.approx(MARGINS)
+    assert terms.demo_reward.tolist() == pytest.approx([0.5, 0.5])  # β·(pd − rd)
+    assert terms.gen_reward.tolist() == pytest.approx([-0.5, -1.0])  # β·(pg − rg)
+
+
+def test_hinge_is_active_below_margin_one_and_gradients_point_the_right_way() -> None:
+    demo = torch.tensor([-5.0], requires_grad=True)
+    gen = torch.tensor([-5.0], requires_grad=True)
+    terms = irft_loss(demo, gen, torch.tensor([-5.0]), torch.tensor([-5.0]), beta=0.1, kind=IRFTLoss.HINGE)
+    assert terms.loss.item() == pytest.approx(1.0)
+    terms.loss.sum().backward()
+    assert demo.grad is not None and gen.grad is not None
+    assert demo.grad.item() == pytest.approx(-0.1) and gen.grad.item() == pytest.approx(0.1)
+    # At u = 0 the sigmoid loss is log 2 with slope β/2 (the SPIN / DPO starting point).
+    demo.grad = gen.grad = None
+    irft_loss(demo, gen, demo.detach(), gen.detach(), beta=0.1).loss.sum().backward()
+    assert demo.grad.item() == pytest.approx(-0.05)
+
+
+def test_cut_at_eos_and_stats() -> None:
+    assert cut_at_eos([5, 6, 2, 0, 0], [2]) == Generation([5, 6, 2], stopped=True)
+    assert cut_at_eos([5, 6, 7], [2]) == Generation([5, 6, 7], stopped=False)
+    stats = generation_stats([Generation([5, 2], True), Generation([7, 7, 7], False)], [[5, 2], [1, 2]])
+    assert stats == {"gen/mean_length": 2.5, "gen/identical_share": 0.5, "gen/max_tokens_share": 0.5}
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer: Any) -> list[list[int]]:
+    examples = [
+        Example([{"role": "user", "content": q}], "x")
+        for q in ["What is the capital of Peru?", "Hi", "What is the opposite of hot? Tell me now."]
+    ]
+    tokenized, _ = tokenize_examples(examples, Renderer(tokenizer), 64, 48)
+    return [ex.prompt_ids for ex in tokenized]
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tokenizer: Any, prompts: list[list[int]]) -> None:
+    model = tiny_model(tokenizer, hidden_size=32)
+    greedy = GenerationConfig(max_new_tokens=8, do_sample=False, batch_size=3)
+    kwargs = {"pad_id": tokenizer.pad_token_id, "eos_ids": [tokenizer.eos_token_id], "seed": 0}
+    batched = generate(model, prompts, greedy, **kwargs)
+    for prompt, gen in zip(prompts, batched, strict=True):
+        alone = generate(model, [prompt], greedy, **kwargs)[0]
+        assert gen == alone
+    assert model.training  # train mode restored
+
+
+def test_sampling_is_seeded_and_leaves_global_rng_alone(tokenizer: Any, prompts: list[list[int]]) -> None:
+    model = tiny_model(tokenizer, hidden_size=32).eval()
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.0, batch_size=2)
+    kwargs = {"pad_id": tokenizer.pad_token_id, "eos_ids": [tokenizer.eos_token_id]}
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = generate(model, prompts, cfg, seed=1, **kwargs)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert generate(model, prompts, cfg, seed=1, **kwargs) == first
+    assert generate(model, prompts, cfg, seed=2, **kwargs) != first
+    assert not model.training
+
+
+def make_pairs(tokenizer: Any) -> list[Pair]:
+    demos = [
+        Example("What is the capital of Peru?", " The capital of Peru is Lima."),
+        Example("Hi", " Hello! How can I help you today?"),
+        Example("What is one plus two?", " One plus two is three."),
+    ]
+    gens = [" Lima is big.", " What is the opposite of hot?", " three"]
+    tokenized, _ = tokenize_examples(demos, Renderer(tokenizer), 64, 32)
+    return [
+        Pair(d, TokenizedExample(d.prompt_ids, tokenizer(g, add_special_tokens=False)["input_ids"]))
+        for d, g in zip(tokenized, gens, strict=True)
+    ]
+
+
+def trained_lora_model(tokenizer: Any, pairs: list[Pair]) -> Any:
+    """A LoRA policy whose adapter is no longer zero (as at the start of stage 2)."""
+    import peft
+
+    model = peft.get_peft_model(
+        tiny_model(tokenizer, hidden_size=32, seed=3),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]),
+    )
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    batch = pair_batch(pairs, tokenizer.pad_token_id, torch.device("cpu"))
+    for _ in range(3):
+        demo, gen = split_logps(model, batch)
+        (-(demo - gen).mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
+def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
+    pairs = make_pairs(tokenizer)
+    batch = pair_batch(pairs, tokenizer.pad_token_id, torch.device("cpu"))
+    ids = list(range(len(pairs)))
+    model = trained_lora_model(tokenizer, pairs)
+    with torch.no_grad():
+        policy_before = split_logps(model.eval(), batch)
+    model.train()
+
+    cached = CachedSnapshot(compute_ref_logps(model, pairs, batch_size=2, pad_id=tokenizer.pad_token_id))
+    copied = CopySnapshot(model)
+    assert merge_lora_into_base(model) == 2 * 3  # 2 layers x (q, v, up)
+    lora = LoraBaseSnapshot(model)
+    results = {name: snap.logps(ids, batch) for name, snap in {"cached": cached, "copy": copied, "lora": lora}.items()}
+    for name in ("copy", "lora"):
+        for got, want in zip(results[name], results["cached"], strict=True):
+            assert torch.allclose(got, want, atol=1e-4), name
+    # The snapshot is the current policy, not the initial model, and merging did not move the policy.
+    assert torch.allclose(policy_before[0], results["cached"][0], atol=1e-4)
+    with torch.no_grad():
+        policy_after = split_logps(model.eval(), batch)
+    assert torch.allclose(policy_after[0], policy_before[0], atol=1e-4)
+    # Same first-step loss in all three modes: at the stage start the policy equals the snapshot, u = 0.
+    for name, (ref_demo, ref_gen) in results.items():
+        terms = irft_loss(policy_after[0], policy_after[1], ref_demo, ref_gen, beta=0.1)
+        assert terms.loss.mean().item() == pytest.approx(math.log(2), abs=1e-4), name
