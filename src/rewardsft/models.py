@@ -63,7 +63,7 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, path: str | Path | No
     except (OSError, ValueError) as err:
         raise ConfigError(f"could not load model.name_or_path={source!r}: {err}") from None
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model
 

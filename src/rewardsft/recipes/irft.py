@@ -21,8 +21,7 @@ from rewardsft.data import Renderer, TokenizedExample
 from rewardsft.generation import Generation, generate, generation_stats
 from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, irft_loss, sft_nll
-from rewardsft.models import load_policy, load_tokenizer
-from rewardsft.recipes.sft import eval_batch, load_data
+from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.reference import (
     CachedSnapshot,
     CopySnapshot,
@@ -58,15 +57,9 @@ def train_irft(config: RunConfig) -> Path:
     ic, tc = config.irft, config.train
     if ic.snapshot == "lora" and not config.lora.enabled:
         raise ConfigError("irft.snapshot=lora needs lora.enabled=true")
-    run = Run(config)
-    tokenizer = load_tokenizer(config.model)
-    renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
-    train_data, eval_data = load_data(config, renderer)
-    run.begin()
-    run.print(f"train data {train_data.source}: {train_data.stats.summary()}")
-
-    model = load_policy(config.model, config.lora, run.device, run.checkpoint)
-    model.train()
+    start = start_recipe(config)
+    run, tokenizer, model, renderer = start.run, start.tokenizer, start.model, start.renderer
+    train_data, eval_data = start.train_data, start.eval_data
     stages = plan_stages(len(train_data.tokenized), config, run.world_size)
     n_steps = stages[-1].first_step + stages[-1].steps
     state = run.resume_state()

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from rewardsft.config import RunConfig
-from rewardsft.data import LoadedSplit, Renderer, collate, load_split
+from rewardsft.data import collate
 from rewardsft.logprobs import model_token_logps
 from rewardsft.losses import sft_nll
-from rewardsft.models import load_policy, load_tokenizer
+from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import Run, StepTimer
@@ -18,15 +18,9 @@ from rewardsft.training.run import Run, StepTimer
 
 def train_sft(config: RunConfig) -> Path:
     """Train with SFT; returns the ``final/`` directory."""
-    run = Run(config)
-    tokenizer = load_tokenizer(config.model)
-    renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
-    train_data, eval_data = load_data(config, renderer)
-    run.begin()
-    run.print(f"train data {train_data.source}: {train_data.stats.summary()}")
-
-    model = load_policy(config.model, config.lora, run.device, run.checkpoint)
-    model.train()
+    start = start_recipe(config)
+    run, tokenizer, model = start.run, start.tokenizer, start.model
+    train_data, eval_data = start.train_data, start.eval_data
     optimizer = build_optimizer(model.parameters(), config.optim)
     tc = config.train
     n_steps = total_steps(
@@ -93,19 +87,3 @@ def accumulate_sft_step(run: Run, model: Any, micro_batches: list[list[Any]], pa
         total_loss += float(loss.detach())
         total_tokens += int(tokens.mask.sum())
     return total_loss, total_tokens
-
-
-def load_data(config: RunConfig, renderer: Renderer) -> tuple[LoadedSplit, LoadedSplit | None]:
-    """The training split and, when configured, the held-out split; all rows validated up front."""
-    dc = config.data
-    common = {"fmt": dc.format, "max_length": dc.max_length, "max_prompt_length": dc.max_prompt_length}
-    train = load_split(dc.path, dc.split, renderer, max_rows=dc.max_rows, **common)  # type: ignore[arg-type]
-    if dc.eval_path is None and dc.eval_split is None:
-        return train, None
-    eval_split = dc.eval_split or dc.split
-    evaluation = load_split(dc.eval_path or dc.path, eval_split, renderer, **common)  # type: ignore[arg-type]
-    return train, evaluation
-
-
-def eval_batch(config: RunConfig) -> int:
-    return config.train.eval_batch_size or config.train.batch_size
