@@ -124,10 +124,17 @@ class IRFTConfig:
     stages: int = 5
     """T in Algorithm 2 (paper: T=5 for zephyr-7b); T=1 is SPIN."""
     beta: float = 0.1
+    """Paper and SPIN: 0.1."""
     loss: Literal["sigmoid", "hinge", "linear"] = "sigmoid"
+    """ℓ(u): sigmoid log(1+e^-u) (SPIN/DPO), hinge max(0, 1-u), linear -u (the theory's form)."""
     sft_weight: float = 0.0
+    """Adds this times the demonstrations' token-mean NLL: an anchor against overfitting the snapshot."""
     snapshot: Literal["cached", "copy", "lora"] = "cached"
+    """How π_ref = θ_t is held: cached log-probs (SFT memory), a frozen copy, or the LoRA base."""
+    epochs_per_stage: int = 1
+    """Passes over the stage's chunk (the paper's K); its pythia-1.4b runs used 2."""
     reset_optimizer_each_stage: bool = False
+    """True reproduces the official code, which restarts optimiser and LR schedule every stage."""
 
 
 @dataclass
@@ -333,6 +340,7 @@ def validate(config: RunConfig) -> None:
         (config.lora.r > 0, "lora.r must be positive"),
         (config.irft.stages > 0, "irft.stages must be positive"),
         (config.irft.beta > 0, "irft.beta must be positive"),
+        (config.irft.epochs_per_stage > 0, "irft.epochs_per_stage must be positive"),
         (not (config.resume and config.overwrite), "resume=true and overwrite=true contradict each other"),
     ]
     for ok, message in checks:

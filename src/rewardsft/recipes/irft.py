@@ -134,7 +134,7 @@ def train_irft(config: RunConfig) -> Path:
 
 
 def plan_stages(n_examples: int, config: RunConfig, world_size: int) -> list[Stage]:
-    """T equal chunks of each epoch's seeded permutation; steps per stage cover the chunk once.
+    """T equal chunks of each epoch's seeded permutation; a stage covers its chunk ``epochs_per_stage`` times.
 
     ``train.max_steps``, when set, caps the total by shortening (and dropping) the last stages.
     """
@@ -147,7 +147,7 @@ def plan_stages(n_examples: int, config: RunConfig, world_size: int) -> list[Sta
         order = epoch_permutation(n_examples, config.seed, epoch)
         for t in range(ic.stages):
             chunk = order[t * n_examples // ic.stages : (t + 1) * n_examples // ic.stages]
-            steps = steps_per_epoch(len(chunk), tc.batch_size, tc.grad_accum, world_size)
+            steps = ic.epochs_per_stage * steps_per_epoch(len(chunk), tc.batch_size, tc.grad_accum, world_size)
             if tc.max_steps is not None:
                 steps = min(steps, tc.max_steps - first)
             if steps <= 0:

@@ -1,0 +1,216 @@
+"""Seconds per optimiser step and peak memory: SFT vs IRFT (cached, copy) vs TRL's DPOTrainer.
+
+Every method runs in its own process (so peak memory is its own) on the same model, the same pairs and the
+same batch size. IRFT and DPO process two sequences per example (demonstration + generation); SFT one.
+
+    python benchmarks/irft_step.py --out benchmarks/results/irft_step_cpu.json            # SmolLM2-size Llama
+    python benchmarks/irft_step.py --size tiny --steps 3 --out /tmp/b.json              # a quick smoke run
+
+On CPU, peak memory is the process's peak RSS minus its RSS after imports; on CUDA it is
+``torch.cuda.max_memory_allocated``. Writes JSON; the ratios the IRFT issue targets are in ``ratios``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METHODS = ("sft", "irft_cached", "irft_copy", "trl_dpo")
+SIZES = {
+    # SmolLM2-135M's shape (134.5M parameters): weights matter at this size.
+    "smollm2": {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True},
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128, "vocab_size": 512, "tie_word_embeddings": False},
+}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(size: str, device: torch.device) -> Any:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(max_position_embeddings=1024, **SIZES[size])
+    return AutoModelForCausalLM.from_config(config).to(device)
+
+
+def make_pairs(n: int, prompt_len: int, response_len: int, vocab: int) -> list[Any]:
+    from rewardsft.data import TokenizedExample
+    from rewardsft.reference import Pair
+
+    g = torch.Generator().manual_seed(1)
+
+    def ids(k: int) -> list[int]:
+        return torch.randint(3, vocab, (k,), generator=g).tolist()
+
+    pairs = []
+    for i in range(n):
+        prompt = ids(prompt_len)
+        pairs.append(Pair(TokenizedExample(prompt, ids(response_len), i), TokenizedExample(prompt, ids(response_len), i)))
+    return pairs
+
+
+def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> list[float]:
+    from rewardsft.data import collate
+    from rewardsft.logprobs import model_token_logps, sequence_logps
+    from rewardsft.losses import irft_loss, sft_nll
+    from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps, pair_batch
+
+    model = build(args.size, device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
+    snapshot: Any = None
+    if method == "irft_cached":
+        snapshot = CachedSnapshot(compute_ref_logps(model, pairs, args.batch_size, pad_id=0))
+    elif method == "irft_copy":
+        snapshot = CopySnapshot(model)
+    times = []
+    for step in range(args.steps + 1):  # step 0 warms up
+        ids = list(range(step * args.batch_size, (step + 1) * args.batch_size))
+        start = time.perf_counter()
+        if method == "sft":
+            batch = {k: v.to(device) for k, v in collate([pairs[i].demo for i in ids], 0).items()}
+            loss = sft_nll(model_token_logps(model, **batch))
+        else:
+            batch = pair_batch([pairs[i] for i in ids], 0, device)
+            ref_demo, ref_gen = snapshot.logps(ids, batch)
+            tokens = model_token_logps(model, **batch)
+            seq = sequence_logps(tokens)
+            half = len(ids)
+            loss = irft_loss(seq[:half], seq[half:], ref_demo, ref_gen, 0.1).loss.mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def run_trl(args: argparse.Namespace, device: torch.device, workdir: Path) -> list[float]:
+    import copy
+
+    import trl
+    from datasets import Dataset
+
+    from rewardsft.tiny import train_tokenizer
+
+    model = build(args.size, device)
+    ref = copy.deepcopy(model).eval()
+    tokenizer = train_tokenizer(["a b c d e f g h"], vocab_size=300)
+    pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
+    rows = [{"prompt_ids": p.demo.prompt_ids, "chosen_ids": p.demo.response_ids, "rejected_ids": p.gen.response_ids}
+            for p in pairs]
+    config = trl.DPOConfig(output_dir=str(workdir), beta=0.1, per_device_train_batch_size=args.batch_size,
+                           learning_rate=1e-6, report_to=[], use_cpu=device.type == "cpu",
+                           bf16=False, max_length=None, precompute_ref_log_probs=False)
+    text = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    trainer = trl.DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=text, processing_class=tokenizer)
+    # Swap in pre-tokenised rows after TRL's text pipeline, so both sides score identical sequences.
+    trainer.train_dataset = Dataset.from_list(rows)
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.steps + 1)
+    trainer.current_gradient_accumulation_steps = 1  # normally set inside Trainer.train()
+    loader = iter(trainer.get_train_dataloader())
+    times = []
+    for _ in range(args.steps + 1):
+        inputs = next(loader)
+        start = time.perf_counter()
+        trainer.training_step(trainer.model, inputs)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def child(args: argparse.Namespace) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import transformers  # noqa: F401  (imports count towards the baseline, not the method)
+
+    if args.method == "trl_dpo":
+        import trl  # noqa: F401
+    base = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if args.method == "trl_dpo":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            times = run_trl(args, device, Path(tmp))
+    else:
+        times = run_ours(args.method, args, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb() - base
+    print(json.dumps({"method": args.method, "device": str(device), "step_s": times,
+                      "median_step_s": sorted(times)[len(times) // 2], "peak_mb": peak}))
+
+
+def parent(args: argparse.Namespace) -> None:
+    results = {}
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--child", "--method", method, "--size", args.size, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--prompt-len", str(args.prompt_len),
+               "--response-len", str(args.response_len)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            results[method] = {"error": out.stderr[-2000:]}
+            print(f"{method}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{method}: {results[method]['median_step_s']:.3f} s/step, peak {results[method]['peak_mb']:.0f} MB")
+    report = {"settings": vars(args) | {"torch": torch.__version__}, "results": results, "ratios": ratios(results)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["ratios"], indent=2))
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    def get(method: str, key: str) -> float | None:
+        return results.get(method, {}).get(key)
+
+    out: dict[str, float] = {}
+    pairs = {"irft_cached_vs_sft_time": ("irft_cached", "sft", "median_step_s"),
+             "irft_cached_vs_trl_dpo_time": ("irft_cached", "trl_dpo", "median_step_s"),
+             "irft_copy_vs_sft_time": ("irft_copy", "sft", "median_step_s"),
+             "irft_cached_vs_sft_memory": ("irft_cached", "sft", "peak_mb"),
+             "irft_copy_vs_sft_memory": ("irft_copy", "sft", "peak_mb"),
+             "trl_dpo_vs_sft_memory": ("trl_dpo", "sft", "peak_mb")}
+    for name, (a, b, key) in pairs.items():
+        x, y = get(a, key), get(b, key)
+        if x is not None and y:
+            out[name] = round(x / y, 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="smollm2")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--response-len", type=int, default=64)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="benchmarks/results/irft_step.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    child(args) if args.child else parent(args)
+
+
+if __name__ == "__main__":
+    main()
