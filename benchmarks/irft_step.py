@@ -2,6 +2,7 @@
 
 Every method runs in its own process (so peak memory is its own) on the same model, the same pairs and the
 same batch size. IRFT and DPO process two sequences per example (demonstration + generation); SFT one.
+``irft_cached`` / ``irft_copy`` use the default split pair forward; ``irft_cached_joint`` the joint one.
 
     python benchmarks/irft_step.py --out benchmarks/results/irft_step_cpu.json            # SmolLM2-size Llama
     python benchmarks/irft_step.py --size tiny --steps 3 --out /tmp/b.json              # a quick smoke run
@@ -23,13 +24,27 @@ from typing import Any
 
 import torch
 
-METHODS = ("sft", "irft_cached", "irft_copy", "trl_dpo")
+METHODS = ("sft", "irft_cached", "irft_cached_joint", "irft_copy", "trl_dpo")
 SIZES = {
     # SmolLM2-135M's shape (134.5M parameters): weights matter at this size.
-    "smollm2": {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-                "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True},
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "intermediate_size": 128, "vocab_size": 512, "tie_word_embeddings": False},
+    "smollm2": {
+        "hidden_size": 576,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "intermediate_size": 1536,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": 512,
+        "tie_word_embeddings": False,
+    },
 }
 
 
@@ -57,22 +72,34 @@ def make_pairs(n: int, prompt_len: int, response_len: int, vocab: int) -> list[A
     pairs = []
     for i in range(n):
         prompt = ids(prompt_len)
-        pairs.append(Pair(TokenizedExample(prompt, ids(response_len), i), TokenizedExample(prompt, ids(response_len), i)))
+        pairs.append(
+            Pair(TokenizedExample(prompt, ids(response_len), i), TokenizedExample(prompt, ids(response_len), i))
+        )
     return pairs
 
 
 def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> list[float]:
+    """SFT or one IRFT optimiser step through the recipe's own functions (``irft_*``: split pair forward)."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from rewardsft.config import load_config
     from rewardsft.data import collate
-    from rewardsft.logprobs import model_token_logps, sequence_logps
-    from rewardsft.losses import irft_loss, sft_nll
+    from rewardsft.logprobs import model_token_logps
+    from rewardsft.losses import sft_nll
+    from rewardsft.recipes.irft import joint_pair_backward, split_pair_backward
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps, pair_batch
 
     model = build(args.size, device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
+    config = load_config("irft")
+    run = SimpleNamespace(device=device, accelerator=Accelerator(cpu=device.type == "cpu"))
+    backward = joint_pair_backward if method == "irft_cached_joint" else split_pair_backward
     snapshot: Any = None
-    if method == "irft_cached":
+    if method.startswith("irft_cached"):
         snapshot = CachedSnapshot(compute_ref_logps(model, pairs, args.batch_size, pad_id=0))
     elif method == "irft_copy":
         snapshot = CopySnapshot(model)
@@ -82,15 +109,11 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
         start = time.perf_counter()
         if method == "sft":
             batch = {k: v.to(device) for k, v in collate([pairs[i].demo for i in ids], 0).items()}
-            loss = sft_nll(model_token_logps(model, **batch))
+            sft_nll(model_token_logps(model, **batch)).backward()
         else:
-            batch = pair_batch([pairs[i] for i in ids], 0, device)
-            ref_demo, ref_gen = snapshot.logps(ids, batch)
-            tokens = model_token_logps(model, **batch)
-            seq = sequence_logps(tokens)
-            half = len(ids)
-            loss = irft_loss(seq[:half], seq[half:], ref_demo, ref_gen, 0.1).loss.mean()
-        loss.backward()
+            chunk = [pairs[i] for i in ids]
+            ref_demo, ref_gen = snapshot.logps(ids, pair_batch(chunk, 0, device))
+            backward(run, model, chunk, ref_demo, ref_gen, config, 0, 1.0, True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
@@ -110,11 +133,21 @@ def run_trl(args: argparse.Namespace, device: torch.device, workdir: Path) -> li
     ref = copy.deepcopy(model).eval()
     tokenizer = train_tokenizer(["a b c d e f g h"], vocab_size=300)
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
-    rows = [{"prompt_ids": p.demo.prompt_ids, "chosen_ids": p.demo.response_ids, "rejected_ids": p.gen.response_ids}
-            for p in pairs]
-    config = trl.DPOConfig(output_dir=str(workdir), beta=0.1, per_device_train_batch_size=args.batch_size,
-                           learning_rate=1e-6, report_to=[], use_cpu=device.type == "cpu",
-                           bf16=False, max_length=None, precompute_ref_log_probs=False)
+    rows = [
+        {"prompt_ids": p.demo.prompt_ids, "chosen_ids": p.demo.response_ids, "rejected_ids": p.gen.response_ids}
+        for p in pairs
+    ]
+    config = trl.DPOConfig(
+        output_dir=str(workdir),
+        beta=0.1,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-6,
+        report_to=[],
+        use_cpu=device.type == "cpu",
+        bf16=False,
+        max_length=None,
+        precompute_ref_log_probs=False,
+    )
     text = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=text, processing_class=tokenizer)
     # Swap in pre-tokenised rows after TRL's text pipeline, so both sides score identical sequences.
@@ -156,16 +189,39 @@ def child(args: argparse.Namespace) -> None:
     else:
         times = run_ours(args.method, args, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb() - base
-    print(json.dumps({"method": args.method, "device": str(device), "step_s": times,
-                      "median_step_s": sorted(times)[len(times) // 2], "peak_mb": peak}))
+    print(
+        json.dumps(
+            {
+                "method": args.method,
+                "device": str(device),
+                "step_s": times,
+                "median_step_s": sorted(times)[len(times) // 2],
+                "peak_mb": peak,
+            }
+        )
+    )
 
 
 def parent(args: argparse.Namespace) -> None:
     results = {}
     for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--child", "--method", method, "--size", args.size, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--prompt-len", str(args.prompt_len),
-               "--response-len", str(args.response_len)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--method",
+            method,
+            "--size",
+            args.size,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--prompt-len",
+            str(args.prompt_len),
+            "--response-len",
+            str(args.response_len),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             results[method] = {"error": out.stderr[-2000:]}
@@ -184,12 +240,16 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         return results.get(method, {}).get(key)
 
     out: dict[str, float] = {}
-    pairs = {"irft_cached_vs_sft_time": ("irft_cached", "sft", "median_step_s"),
-             "irft_cached_vs_trl_dpo_time": ("irft_cached", "trl_dpo", "median_step_s"),
-             "irft_copy_vs_sft_time": ("irft_copy", "sft", "median_step_s"),
-             "irft_cached_vs_sft_memory": ("irft_cached", "sft", "peak_mb"),
-             "irft_copy_vs_sft_memory": ("irft_copy", "sft", "peak_mb"),
-             "trl_dpo_vs_sft_memory": ("trl_dpo", "sft", "peak_mb")}
+    pairs = {
+        "irft_cached_vs_sft_time": ("irft_cached", "sft", "median_step_s"),
+        "irft_cached_joint_vs_sft_time": ("irft_cached_joint", "sft", "median_step_s"),
+        "irft_cached_joint_vs_sft_memory": ("irft_cached_joint", "sft", "peak_mb"),
+        "irft_cached_vs_trl_dpo_time": ("irft_cached", "trl_dpo", "median_step_s"),
+        "irft_copy_vs_sft_time": ("irft_copy", "sft", "median_step_s"),
+        "irft_cached_vs_sft_memory": ("irft_cached", "sft", "peak_mb"),
+        "irft_copy_vs_sft_memory": ("irft_copy", "sft", "peak_mb"),
+        "trl_dpo_vs_sft_memory": ("trl_dpo", "sft", "peak_mb"),
+    }
     for name, (a, b, key) in pairs.items():
         x, y = get(a, key), get(b, key)
         if x is not None and y:

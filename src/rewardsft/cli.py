@@ -23,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def train(config: RunConfig) -> Path:
     """Run the recipe named by ``config.method``."""
-    recipes: dict[str, Callable[[RunConfig], Path]] = {"sft": _sft, "irft": _irft}
+    recipes: dict[str, Callable[[RunConfig], Path]] = {"sft": _sft, "irft": _irft, "rft": _rft}
     if config.method not in recipes:
         raise NotImplementedError(f"rewardsft train {config.method} is not implemented yet")
     return recipes[config.method](config)
@@ -39,6 +39,12 @@ def _irft(config: RunConfig) -> Path:
     from rewardsft.recipes.irft import train_irft
 
     return train_irft(config)
+
+
+def _rft(config: RunConfig) -> Path:
+    from rewardsft.recipes.rft import train_rft
+
+    return train_rft(config)
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -77,6 +83,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from rewardsft.scoring import score_file
+
+    records = score_file(
+        args.reward_model, args.data, Path(args.out) if args.out else None, args.format, args.split, args.batch_size
+    )
+    if args.out:
+        print(f"scored {len(records)} rows -> {args.out}")
+    return 0
+
+
+def _best_of_n(args: argparse.Namespace) -> int:
+    from rewardsft.config import GenerationConfig
+    from rewardsft.scoring import best_of_n
+
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    records = best_of_n(
+        args.model, args.reward_model, args.prompts, args.n, Path(args.out) if args.out else None, gen, seed=args.seed
+    )
+    if args.out:
+        print(f"best of {args.n} for {len(records)} prompts -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardsft", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     tiny_p.add_argument("--seed", type=int, default=0)
     tiny_p.add_argument("--no-chat-template", action="store_true", help="leave the tokenizer without a template")
     tiny_p.set_defaults(func=_tiny_model)
+
+    score_p = sub.add_parser("score", help="score (prompt, response) rows with a reward model")
+    score_p.add_argument("--reward-model", required=True, help="dir or hub id of a sequence-classification model")
+    score_p.add_argument("--data", required=True, help="rows in any supported format (rejected sides scored too)")
+    score_p.add_argument("--out", help="JSONL output (default: stdout)")
+    score_p.add_argument("--format", default="auto")
+    score_p.add_argument("--split", default="train")
+    score_p.add_argument("--batch-size", type=int, default=16)
+    score_p.set_defaults(func=_score)
+
+    bon_p = sub.add_parser("best-of-n", help="sample N responses per prompt and keep the reward model's favourite")
+    bon_p.add_argument("--model", required=True)
+    bon_p.add_argument("--reward-model", required=True)
+    bon_p.add_argument("--prompts", required=True, help="rows with a prompt (text or messages), or conversations")
+    bon_p.add_argument("--n", type=int, default=4)
+    bon_p.add_argument("--out", help="JSONL output (default: stdout)")
+    bon_p.add_argument("--max-new-tokens", type=int, default=256)
+    bon_p.add_argument("--temperature", type=float, default=1.0)
+    bon_p.add_argument("--top-p", type=float, default=1.0)
+    bon_p.add_argument("--seed", type=int, default=0)
+    bon_p.set_defaults(func=_best_of_n)
 
     demo_p = sub.add_parser("demo", help="an offline end-to-end run on a built-in task")
     demo_p.add_argument("--output-dir", default="runs/demo")

@@ -131,6 +131,9 @@ class IRFTConfig:
     """Adds this times the demonstrations' token-mean NLL: an anchor against overfitting the snapshot."""
     snapshot: Literal["cached", "copy", "lora"] = "cached"
     """How π_ref = θ_t is held: cached log-probs (SFT memory), a frozen copy, or the LoRA base."""
+    pair_forward: Literal["split", "joint"] = "split"
+    """``split``: demonstrations and generations backpropagate one after the other (SFT activation memory, one
+    extra no-grad forward); ``joint``: one forward of both (faster when memory allows). Same gradient."""
     epochs_per_stage: int = 1
     """Passes over the stage's chunk (the paper's K); its pythia-1.4b runs used 2."""
     reset_optimizer_each_stage: bool = False
@@ -139,19 +142,35 @@ class IRFTConfig:
 
 @dataclass
 class RFTConfig:
-    iterations: int = 1
-    samples_per_prompt: int = 2
+    iterations: int = 20
+    """Outer rounds of Algorithm 1: generate, reward step(s), policy step(s)."""
+    prompts_per_iteration: int = 64
+    """Demonstration prompts per round (cycling through a seeded shuffle of the data)."""
+    samples_per_prompt: int = 4
+    """k responses per prompt; RLOO's leave-one-out baseline needs k >= 2."""
     reward_steps: int = 1
+    """Reward-model optimiser steps per round, each over all (demonstration, generation) pairs of the round."""
     policy_steps: int = 1
+    """Policy optimiser steps per round, each over the whole rollout (clipped ratio after the first)."""
     kl_coef: float = 0.05
+    """Per-token KL penalty to the initial policy, summed over the response."""
+    reward_norm: Literal["none", "whiten"] = "whiten"
+    reward_clip: float | None = None
+    clip_ratio: float = 0.2
     preference_path: str | None = None
+    """Optional real preference pairs (chosen/rejected) mixed into the reward step."""
+    preference_split: str = "train"
     preference_weight: float = 0.0
+    """Weight of the preference pairs' BT loss (the official script uses 0)."""
 
 
 @dataclass
 class RewardModelConfig:
     name_or_path: str | None = None
-    """None: start from the policy's initial weights."""
+    """None: start from the policy's initial weights with a fresh scalar head."""
+    lora: bool = False
+    """Train the reward model with LoRA (the ``lora`` section's settings; the head is fully trained)."""
+    lr: float = 1e-5
 
 
 @dataclass
@@ -341,6 +360,10 @@ def validate(config: RunConfig) -> None:
         (config.irft.stages > 0, "irft.stages must be positive"),
         (config.irft.beta > 0, "irft.beta must be positive"),
         (config.irft.epochs_per_stage > 0, "irft.epochs_per_stage must be positive"),
+        (config.rft.iterations > 0, "rft.iterations must be positive"),
+        (config.rft.prompts_per_iteration > 0, "rft.prompts_per_iteration must be positive"),
+        (config.rft.samples_per_prompt >= 2, "rft.samples_per_prompt must be at least 2 (RLOO's baseline)"),
+        (config.rft.reward_steps >= 0 and config.rft.policy_steps >= 0, "rft step counts must be >= 0"),
         (not (config.resume and config.overwrite), "resume=true and overwrite=true contradict each other"),
     ]
     for ok, message in checks:

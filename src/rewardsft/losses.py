@@ -69,3 +69,66 @@ def irft_loss(
         gen_reward=(beta * gen_ratio).detach(),
         margin=margin.detach(),
     )
+
+
+class BTTerms(NamedTuple):
+    loss: torch.Tensor
+    """(B,) −log σ(r(y_demo) − r(ỹ)) per pair."""
+    accuracy: torch.Tensor
+    """(B,) 1.0 where the demonstration scores above the generation."""
+    margin: torch.Tensor
+    """(B,) r(y_demo) − r(ỹ), detached."""
+
+
+def reward_bt_loss(demo_scores: torch.Tensor, gen_scores: torch.Tensor) -> BTTerms:
+    """Bradley–Terry loss with the demonstration preferred (Algorithm 1, reward step); scores (B,)."""
+    margin = demo_scores - gen_scores
+    return BTTerms(F.softplus(-margin), (margin > 0).float().detach(), margin.detach())
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantages for rewards (P, k) of k ≥ 2 samples per prompt.
+
+    A_i = r_i − mean_{j≠i} r_j, which equals k/(k−1)·(r_i − mean_j r_j).
+    """
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt")
+    others = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)
+    return rewards - others
+
+
+def sequence_kl(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) KL estimate Σ_t [log π(y_t) − log π_ref(y_t)] over the sampled response tokens (the k1 estimator).
+
+    Its expectation under y ~ π is KL(π || π_ref); summed per token it is the per-token KL penalty of RLHF.
+    """
+    return ((policy_token_logps - ref_token_logps) * mask).sum(dim=-1)
+
+
+def kl_penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """r_φ(x, y) − β_KL·KL estimate, per sequence (B,)."""
+    return scores - kl_coef * kl
+
+
+def rloo_policy_loss(
+    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
+    """Clipped policy-gradient loss on sequence log-probs (B,) (scalar).
+
+    ratio = π_θ(y)/π_old(y); loss = −mean(min(ratio·A, clip(ratio, 1±ε)·A)). On the first step over a rollout
+    ratio = 1 and this is REINFORCE with the leave-one-out baseline; later steps stay near the sampling policy.
+    """
+    ratio = torch.exp(logps - old_logps.detach())
+    unclipped = ratio * advantages.detach()
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages.detach()
+    return -torch.minimum(unclipped, clipped).mean()
+
+
+def normalise_rewards(rewards: torch.Tensor, mode: str, clip: float | None) -> torch.Tensor:
+    """``whiten``: zero mean, unit variance over the batch; then clip to ±``clip`` when set."""
+    if mode == "whiten" and rewards.numel() > 1:
+        rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+    if clip is not None:
+        rewards = rewards.clamp(-clip, clip)
+    return rewards

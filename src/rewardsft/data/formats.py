@@ -203,3 +203,27 @@ _PARSERS = {
     "chosen_rejected": _parse_chosen_rejected,
     "spin": _parse_spin,
 }
+
+
+def parse_prompts(rows: Sequence[dict[str, Any]], source: str) -> list[Prompt]:
+    """Prompts only: a ``prompt`` column (text or messages), else the turns before the last assistant turn of
+    ``messages``/``chosen`` (or all of ``messages`` when it has no assistant turn)."""
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    prompts: list[Prompt] = []
+    for index, row in enumerate(rows, start=1):
+        where = _Where(source, index)
+        if not isinstance(row, dict):
+            raise where.error(None, f"expected a JSON object, got {type(row).__name__}")
+        if "prompt" in row and row["prompt"] is not None:
+            raw = row["prompt"]
+            prompts.append(_messages(raw, "prompt", where) if isinstance(raw, list) else _text(raw, "prompt", where))
+        elif "messages" in row:
+            messages = _messages(row["messages"], "messages", where)
+            has_reply = any(m["role"] == "assistant" for m in messages)
+            prompts.append(_split_last_assistant(messages, "messages", where)[0] if has_reply else messages)
+        else:
+            prompts.append(
+                _parse_chosen_rejected(row, where).prompt if "chosen" in row else _field(row, "prompt", where)
+            )
+    return prompts

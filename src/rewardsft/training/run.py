@@ -10,7 +10,7 @@ import importlib.util
 import json
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,6 +148,14 @@ class Run:
         self.restore_optimizer(optimizer, scheduler)
         return state
 
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """Mean gradients over processes, for a model that is not wrapped in DDP (e.g. the reward model)."""
+        if self.world_size == 1:
+            return
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+
     def gather(self, items: list[T]) -> list[T]:
         """Concatenate a picklable list from every process, in rank order."""
         if self.world_size == 1:
@@ -163,16 +171,20 @@ class Run:
         scheduler: Any,
         state: dict[str, Any],
         with_base: bool = False,
+        extra: Callable[[Path], None] | None = None,
     ) -> None:
         """Write ``checkpoints/step-N`` atomically; ``state`` must hold ``step``.
 
         ``with_base``: a LoRA run whose base weights change during training (IRFT ``snapshot=lora``) also
-        saves the base weights, or a resume would rebuild the policy on the original base.
+        saves the base weights, or a resume would rebuild the policy on the original base. ``extra`` writes
+        recipe-specific files (e.g. the reward model) into the checkpoint folder before it is committed.
         """
         weights = self.accelerator.get_state_dict(model)
         if self.is_main:
             tmp = ckpt.begin_checkpoint(self.output_dir, state["step"])
             save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights, with_base=with_base)
+            if extra is not None:
+                extra(tmp)
             ckpt.write_training_state(tmp, optimizer, scheduler, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()

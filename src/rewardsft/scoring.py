@@ -1,0 +1,125 @@
+"""Use a learned reward model after training: score (prompt, response) rows, and best-of-n sampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardsft.config import GenerationConfig, ModelConfig
+from rewardsft.data import DataError, Example, Renderer, load_rows, parse_rows
+from rewardsft.data.formats import Prompt, parse_prompts
+from rewardsft.data.tokenize import TokenizedExample, render_prompt_ids, tokenize_example
+from rewardsft.generation import generate
+from rewardsft.models import load_causal_lm, load_tokenizer
+from rewardsft.reward import load_reward_model, score_examples
+
+
+class RewardScorer:
+    """A reward model with its own tokenizer and prompt rendering (the one read-out of ``reward.rm_scores``)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: torch.device | None = None,
+        max_length: int = 2048,
+        max_prompt_length: int = 1024,
+        batch_size: int = 16,
+    ):
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(ModelConfig(name_or_path=str(path)))
+        self.renderer = Renderer(self.tokenizer)
+        self.model = load_reward_model(path, self.device, pad_token_id=self.tokenizer.pad_token_id).eval()
+        self.max_length, self.max_prompt_length, self.batch_size = max_length, max_prompt_length, batch_size
+
+    def score(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        """Rewards of (prompt, response) pairs; an empty response scores the prompt's end alone."""
+        tokenized = []
+        for prompt, response in pairs:
+            ex, _, _ = tokenize_example(
+                Example(prompt, response or " "), self.renderer, self.max_length, self.max_prompt_length
+            )
+            tokenized.append(ex or TokenizedExample(render_prompt_ids(prompt, self.renderer), []))
+        return score_examples(self.model, tokenized, self.batch_size, self.tokenizer.pad_token_id)
+
+
+def score_file(
+    reward_model: str, data: str, out: Path | None, fmt: str = "auto", split: str = "train", batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Score every row's (prompt, response) — and its rejected side when it has one — and write JSONL."""
+    rows, source = load_rows(data, split)
+    examples = parse_rows(rows, source, fmt)
+    scorer = RewardScorer(reward_model, batch_size=batch_size)
+    scores = scorer.score([(ex.prompt, ex.response) for ex in examples])
+    with_rejected = [i for i, ex in enumerate(examples) if ex.rejected is not None]
+    rejected_scores = dict(
+        zip(
+            with_rejected,
+            scorer.score([(examples[i].prompt, examples[i].rejected or "") for i in with_rejected]),
+            strict=True,
+        )
+    )
+    records = []
+    for i, (ex, score) in enumerate(zip(examples, scores, strict=True)):
+        record: dict[str, Any] = {"row": i + 1, "prompt": ex.prompt, "response": ex.response, "score": score}
+        if i in rejected_scores:
+            record |= {"rejected": ex.rejected, "rejected_score": rejected_scores[i]}
+        records.append(record)
+    write_jsonl(records, out)
+    return records
+
+
+def best_of_n(
+    model: str,
+    reward_model: str,
+    prompts_path: str,
+    n: int,
+    out: Path | None,
+    generation: GenerationConfig,
+    seed: int = 0,
+    max_prompt_length: int = 1024,
+) -> list[dict[str, Any]]:
+    """Sample ``n`` responses per prompt with ``model`` and keep the one ``reward_model`` scores highest."""
+    if n < 1:
+        raise DataError("--n must be at least 1")
+    rows, source = load_rows(prompts_path)
+    prompts = parse_prompts(rows, source)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_cfg = ModelConfig(name_or_path=model)
+    tokenizer = load_tokenizer(model_cfg)
+    policy = load_causal_lm(model_cfg, device)
+    renderer = Renderer(tokenizer)
+    prompt_ids = [render_prompt_ids(p, renderer)[-max_prompt_length:] for p in prompts]
+    samples = generate(
+        policy,
+        [ids for ids in prompt_ids for _ in range(n)],
+        generation,
+        pad_id=tokenizer.pad_token_id,
+        eos_ids=[tokenizer.eos_token_id],
+        seed=seed,
+    )
+    texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
+    scorer = RewardScorer(reward_model)
+    scores = scorer.score([(prompts[i // n], text) for i, text in enumerate(texts)])
+    records = []
+    for p, prompt in enumerate(prompts):
+        candidates = [{"response": texts[p * n + j], "score": scores[p * n + j]} for j in range(n)]
+        best = max(candidates, key=lambda c: c["score"])
+        records.append(
+            {"prompt": prompt, "best": best["response"], "best_score": best["score"], "candidates": candidates}
+        )
+    write_jsonl(records, out)
+    return records
+
+
+def write_jsonl(records: list[dict[str, Any]], out: Path | None) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    if out is None:
+        print(lines, end="")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(lines)
+    tmp.replace(out)
