@@ -52,12 +52,15 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(size: str, device: torch.device) -> Any:
+def build(size: str, device: torch.device, checkpointing: bool = False) -> Any:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=1024, **SIZES[size])
-    return AutoModelForCausalLM.from_config(config).to(device)
+    model = AutoModelForCausalLM.from_config(config).to(device)
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    return model
 
 
 def make_pairs(n: int, prompt_len: int, response_len: int, vocab: int) -> list[Any]:
@@ -91,7 +94,7 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
     from rewardsft.recipes.irft import joint_pair_backward, split_pair_backward
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps, pair_batch
 
-    model = build(args.size, device)
+    model = build(args.size, device, args.gradient_checkpointing)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
@@ -129,7 +132,7 @@ def run_trl(args: argparse.Namespace, device: torch.device, workdir: Path) -> li
 
     from rewardsft.tiny import train_tokenizer
 
-    model = build(args.size, device)
+    model = build(args.size, device, args.gradient_checkpointing)
     ref = copy.deepcopy(model).eval()
     tokenizer = train_tokenizer(["a b c d e f g h"], vocab_size=300)
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
@@ -265,6 +268,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--response-len", type=int, default=64)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/irft_step.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)

@@ -107,6 +107,64 @@ def _best_of_n(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_gap(args: argparse.Namespace) -> int:
+    from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
+
+    settings = GapSettings(
+        split=args.split,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        max_rows=args.max_rows,
+        max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
+    )
+    summary = logprob_gap(args.model, args.data, Path(args.out) if args.out else None, args.ref_model, settings)
+    gap, acc = summary["gap"], summary["accuracy"]
+    print(
+        f"{summary['pairs']} pairs: gap {gap['mean']:.4f} (95% CI {gap['ci95'][0]:.4f}..{gap['ci95'][1]:.4f}), "
+        f"accuracy {acc['mean']:.3f}" + (f" -> {args.out}" if args.out else "")
+    )
+    return 0
+
+
+def _eval_winrate(args: argparse.Namespace) -> int:
+    from rewardsft.config import GenerationConfig
+    from rewardsft.eval.win_rate import WinRateSettings, win_rate
+
+    gen = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, do_sample=args.temperature > 0
+    )
+    settings = WinRateSettings(n=args.n, split=args.split, seed=args.seed, tie_margin=args.tie_margin)
+    summary = win_rate(
+        args.model, args.baseline, args.prompts, args.judge, Path(args.out) if args.out else None, gen, settings
+    )
+    w = summary["win_rate_ties_half"]
+    print(
+        f"{summary['n']} prompts: W/T/L {summary['wins']}/{summary['ties']}/{summary['losses']}, win rate "
+        f"{w['mean']:.3f} (95% CI {w['ci95'][0]:.3f}..{w['ci95'][1]:.3f})" + (f" -> {args.out}" if args.out else "")
+    )
+    return 0
+
+
+def _eval_harness(args: argparse.Namespace) -> int:
+    from rewardsft.eval.harness import run_harness
+
+    summary = run_harness(
+        args.model, args.tasks, Path(args.out) if args.out else None, args.limit, args.batch_size, args.include_path
+    )
+    for name, score in summary["tasks"].items():
+        print(f"{name}: {score['metric']} = {score['value']:.4f}")
+    print(f"average: {summary['average']:.4f} (lm-eval {summary['lm_eval_version']})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rewardsft.eval.report import build_report
+
+    print(f"report: {build_report([Path(p) for p in args.runs], Path(args.out))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardsft", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +209,47 @@ def build_parser() -> argparse.ArgumentParser:
     bon_p.add_argument("--top-p", type=float, default=1.0)
     bon_p.add_argument("--seed", type=int, default=0)
     bon_p.set_defaults(func=_best_of_n)
+
+    eval_p = sub.add_parser("eval", help="evaluate models: log-prob gap, win rate, lm-eval-harness")
+    eval_sub = eval_p.add_subparsers(dest="eval_command", required=True)
+    gap_p = eval_sub.add_parser("gap", help="log p(chosen) - log p(rejected) on preference pairs")
+    gap_p.add_argument("--model", required=True)
+    gap_p.add_argument("--ref-model", help="adds the implicit-reward margin beta*(log-ratio differences)")
+    gap_p.add_argument("--data", required=True, help="chosen/rejected rows (HH-RLHF, ultrafeedback, ...)")
+    gap_p.add_argument("--split", default="train")
+    gap_p.add_argument("--out", help="directory for summary.json and per_example.csv")
+    gap_p.add_argument("--beta", type=float, default=0.1)
+    gap_p.add_argument("--batch-size", type=int, default=16)
+    gap_p.add_argument("--max-rows", type=int)
+    gap_p.add_argument("--max-length", type=int, default=1024)
+    gap_p.add_argument("--max-prompt-length", type=int, default=512)
+    gap_p.set_defaults(func=_eval_gap)
+    win_p = eval_sub.add_parser("winrate", help="judge a model's answers against a baseline's")
+    win_p.add_argument("--model", required=True)
+    win_p.add_argument("--baseline", required=True)
+    win_p.add_argument("--prompts", required=True)
+    win_p.add_argument("--judge", required=True, help="reward-model dir / hub id, or module:function")
+    win_p.add_argument("--n", type=int, help="first N prompts (default all)")
+    win_p.add_argument("--out", help="directory for summary.json and generations.jsonl")
+    win_p.add_argument("--split", default="train")
+    win_p.add_argument("--max-new-tokens", type=int, default=128)
+    win_p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    win_p.add_argument("--tie-margin", type=float, default=0.0)
+    win_p.add_argument("--seed", type=int, default=0)
+    win_p.set_defaults(func=_eval_winrate)
+    harness_p = eval_sub.add_parser("harness", help="lm-evaluation-harness tasks (pip install 'rewardsft[eval]')")
+    harness_p.add_argument("--model", required=True)
+    harness_p.add_argument("--tasks", required=True, help="T1,T2 or open_llm_v1")
+    harness_p.add_argument("--limit", type=int)
+    harness_p.add_argument("--batch-size", type=int, default=8)
+    harness_p.add_argument("--include-path", help="folder of extra task YAML files")
+    harness_p.add_argument("--out")
+    harness_p.set_defaults(func=_eval_harness)
+
+    report_p = sub.add_parser("report", help="compare runs: Markdown + self-contained HTML + PNG plots")
+    report_p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report_p.add_argument("--out", required=True)
+    report_p.set_defaults(func=_report)
 
     demo_p = sub.add_parser("demo", help="an offline end-to-end run on a built-in task")
     demo_p.add_argument("--output-dir", default="runs/demo")

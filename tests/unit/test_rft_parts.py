@@ -75,9 +75,16 @@ def reward_model(tokenizer: Any) -> Any:
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
@@ -94,8 +101,10 @@ def test_left_and_right_padding_give_the_same_score(tokenizer: Any, reward_model
     with torch.no_grad():
         right_scores = rm_scores(reward_model, right["input_ids"], right["attention_mask"])
         left_scores = rm_scores(reward_model, left_ids, left_mask)
-        alone = [rm_scores(reward_model, torch.tensor([ex.input_ids]), torch.ones(1, len(ex.input_ids))).item()
-                 for ex in tokenized]
+        alone = [
+            rm_scores(reward_model, torch.tensor([ex.input_ids]), torch.ones(1, len(ex.input_ids))).item()
+            for ex in tokenized
+        ]
     assert torch.allclose(right_scores, left_scores, atol=1e-5)
     assert right_scores.tolist() == pytest.approx(alone, abs=1e-5)
     # The read-out is the head on the last real token's hidden state, as in HF's own right-padded pooling.

@@ -357,19 +357,20 @@ def split_pair_backward(
     """The same gradient with one half's activations alive at a time (SFT memory), for one extra no-grad
     forward of the generations.
 
-    The loss couples the halves only through the scalar log-probs, so: forward the demonstrations with grad
-    and the generations without, backward the loss through the demonstrations and into a leaf holding the
+    The loss couples the halves only through the scalar log-probs, so: forward the generations without grad
+    and the demonstrations with, backward the loss through the demonstrations and into a leaf holding the
     generations' log-probs (giving ∂loss/∂log π(ỹ) per row), then forward the generations again with grad
     and backward that coefficient times their log-probs. With dropout active the two generation forwards
     would differ; the models we train use none.
     """
     demo_batch = {k: v.to(run.device) for k, v in collate([p.demo for p in chunk], pad_id).items()}
     gen_batch = {k: v.to(run.device) for k, v in collate([p.gen for p in chunk], pad_id).items()}
+    # The no-grad pass goes first so its logits are freed before the demonstrations' graph is built.
+    with torch.no_grad():
+        gen_leaf = sequence_logps(model_token_logps(model, **gen_batch), "sum").requires_grad_(True)
     with run.accelerator.no_sync(model):
         demo_tokens = model_token_logps(model, **demo_batch)
         demo_logps = sequence_logps(demo_tokens, "sum")
-        with torch.no_grad():
-            gen_leaf = sequence_logps(model_token_logps(model, **gen_batch), "sum").requires_grad_(True)
         terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, config)
         run.accelerator.backward(loss * scale)
     assert gen_leaf.grad is not None

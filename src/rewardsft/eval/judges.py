@@ -1,0 +1,40 @@
+"""Judges for win rates: a reward model (dir or hub id, including those `rewardsft train rft` saves) or a
+Python callable ``module:function(prompt, response) -> float`` for programmatic rewards."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rewardsft.config import ConfigError
+from rewardsft.data.formats import Prompt
+
+Judge = Callable[[list[tuple[Prompt, str]]], list[float]]
+
+
+def load_judge(spec: str) -> Judge:
+    """``path/or/hub-id`` -> reward-model judge; ``package.module:function`` -> callable judge."""
+    if ":" in spec and not Path(spec).exists():
+        return callable_judge(spec)
+    from rewardsft.scoring import RewardScorer
+
+    scorer = RewardScorer(spec)
+    return scorer.score
+
+
+def callable_judge(spec: str) -> Judge:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"judge {spec!r}: cannot import module {module_name!r} ({err})") from None
+    function: Any = getattr(module, attr, None)
+    if not callable(function):
+        raise ConfigError(f"judge {spec!r}: {module_name!r} has no callable {attr!r}")
+
+    def judge(pairs: list[tuple[Prompt, str]]) -> list[float]:
+        return [float(function(prompt, response)) for prompt, response in pairs]
+
+    return judge

@@ -1,0 +1,165 @@
+"""Log-probability gap between chosen and rejected continuations (the paper's Figure 1 evaluation).
+
+For each preference pair: log p(chosen | prompt) and log p(rejected | prompt) under the model (sum and
+per-token mean, prompt masked, rendered exactly as in training), their gap, and whether chosen is above
+rejected. With a reference model also the implicit-reward margin β·[(log π(c) − log π(r)) − (log π_ref(c) −
+log π_ref(r))]. Batched: rows are sorted by length so padding stays small.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardsft.config import ModelConfig
+from rewardsft.data import DataError, Renderer, TokenizedExample, collate, load_examples
+from rewardsft.data.tokenize import tokenize_example
+from rewardsft.eval.stats import bootstrap_ci
+from rewardsft.logprobs import model_token_logps, sequence_logps
+from rewardsft.models import load_causal_lm, load_tokenizer
+
+
+@dataclass
+class GapSettings:
+    split: str = "train"
+    beta: float = 0.1
+    max_length: int = 1024
+    max_prompt_length: int = 512
+    batch_size: int = 16
+    max_rows: int | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@torch.no_grad()
+def sequence_logp_table(model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> torch.Tensor:
+    """(N, 2) [sum, mean] response log-probs of every example, in input order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out = torch.zeros(len(examples), 2, dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        tokens = model_token_logps(model, **batch)
+        out[idx, 0] = sequence_logps(tokens, "sum").double().cpu()
+        out[idx, 1] = sequence_logps(tokens, "mean").double().cpu()
+    model.train(was_training)
+    return out
+
+
+def tokenize_pairs(
+    path: str, renderer: Renderer, settings: GapSettings
+) -> tuple[list[TokenizedExample], list[TokenizedExample], str, int]:
+    """Chosen and rejected sides of every preference row; rows whose either side is cut away are skipped."""
+    examples, source = load_examples(path, settings.split, "chosen_rejected", settings.max_rows)
+    chosen, rejected, skipped = [], [], 0
+    for index, ex in enumerate(examples):
+        if ex.rejected is None:
+            raise DataError(f"{source}: row {index + 1}: field 'rejected': missing")
+        c, _, _ = tokenize_example(ex, renderer, settings.max_length, settings.max_prompt_length, index)
+        r, _, _ = tokenize_example(
+            type(ex)(ex.prompt, ex.rejected), renderer, settings.max_length, settings.max_prompt_length, index
+        )
+        if c is None or r is None:
+            skipped += 1
+            continue
+        chosen.append(c)
+        rejected.append(r)
+    return chosen, rejected, source, skipped
+
+
+def logprob_gap(
+    model_path: str,
+    data: str,
+    out: Path | None = None,
+    ref_model: str | None = None,
+    settings: GapSettings | None = None,
+) -> dict[str, Any]:
+    """Evaluate the gap; writes ``summary.json`` and ``per_example.csv`` under ``out`` when given."""
+    settings = settings or GapSettings()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = ModelConfig(name_or_path=model_path)
+    tokenizer = load_tokenizer(cfg)
+    chosen, rejected, source, skipped = tokenize_pairs(data, Renderer(tokenizer), settings)
+    pad = tokenizer.pad_token_id
+    model = load_causal_lm(cfg, device)
+    both = chosen + rejected
+    table = sequence_logp_table(model, both, settings.batch_size, pad)
+    del model
+    ref_table = None
+    if ref_model is not None:
+        ref = load_causal_lm(ModelConfig(name_or_path=ref_model), device)
+        ref_table = sequence_logp_table(ref, both, settings.batch_size, pad)
+    rows = per_example_rows(table, ref_table, len(chosen), settings.beta, [c.index for c in chosen])
+    summary = summarise(rows, settings, ref_table is not None)
+    summary.update(
+        {
+            "kind": "logprob_gap",
+            "model": model_path,
+            "ref_model": ref_model,
+            "data": source,
+            "pairs": len(rows),
+            "skipped": skipped,
+        }
+    )
+    if out is not None:
+        write_gap(out, summary, rows)
+    return summary
+
+
+def per_example_rows(
+    table: torch.Tensor, ref_table: torch.Tensor | None, n: int, beta: float, indices: list[int]
+) -> list[dict[str, float]]:
+    rows = []
+    for i in range(n):
+        c_sum, c_mean = table[i].tolist()
+        r_sum, r_mean = table[n + i].tolist()
+        row = {
+            "row": indices[i] + 1,
+            "chosen_logp": c_sum,
+            "rejected_logp": r_sum,
+            "chosen_logp_mean": c_mean,
+            "rejected_logp_mean": r_mean,
+            "gap": c_sum - r_sum,
+            "gap_mean": c_mean - r_mean,
+            "correct": float(c_sum > r_sum),
+        }
+        if ref_table is not None:
+            ref_c, ref_r = ref_table[i, 0].item(), ref_table[n + i, 0].item()
+            row["implicit_margin"] = beta * ((c_sum - r_sum) - (ref_c - ref_r))
+            row["implicit_correct"] = float(row["implicit_margin"] > 0)
+        rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict[str, float]], settings: GapSettings, with_ref: bool) -> dict[str, Any]:
+    def stat(key: str) -> dict[str, Any]:
+        values = [r[key] for r in rows]
+        lo, hi = bootstrap_ci(values, settings.bootstrap, seed=settings.seed)
+        return {"mean": sum(values) / max(len(values), 1), "ci95": [lo, hi]}
+
+    keys = ["gap", "gap_mean", "correct", "chosen_logp", "rejected_logp"]
+    keys += ["implicit_margin", "implicit_correct"] if with_ref else []
+    summary: dict[str, Any] = {key: stat(key) for key in keys}
+    summary["accuracy"] = summary.pop("correct")
+    if with_ref:
+        summary["implicit_accuracy"] = summary.pop("implicit_correct")
+    summary["settings"] = vars(settings)
+    return summary
+
+
+def write_gap(out: Path, summary: dict[str, Any], rows: list[dict[str, float]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with (out / "per_example.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["row"])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,245 @@
+"""`rewardsft train rft`, `rewardsft score` and `rewardsft best-of-n` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from rewardsft.cli import main
+from rewardsft.demo.builtin import builtin_rows
+from rewardsft.training.metrics import read_metrics
+from rewardsft.training.run import Run
+from tests.conftest import write_jsonl
+from tests.integration.test_sft import weights
+
+FAST = [
+    "rft.prompts_per_iteration=12",
+    "rft.samples_per_prompt=2",
+    "train.batch_size=8",
+    "optim.lr=2e-3",
+    "reward_model.lr=2e-3",
+    "optim.warmup_ratio=0",
+    "optim.schedule=constant",
+    "generation.max_new_tokens=10",
+    "data.max_length=64",
+    "data.max_prompt_length=32",
+    "logging.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    rows = builtin_rows()
+    folder = tmp_path_factory.mktemp("rft-data")
+    return write_jsonl(folder / "train.jsonl", rows[::4] + rows[1::4] + rows[2::4]), write_jsonl(
+        folder / "eval.jsonl", rows[3::4]
+    )
+
+
+def rft_args(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "rft",
+        f"model.name_or_path={model_dir}",
+        f"data.path={data[0]}",
+        f"data.eval_path={data[1]}",
+        f"output_dir={out}",
+        *FAST,
+        *extra,
+    ]
+
+
+def sample_and_score(policy_dir: Path, reward_dir: Path, prompts: Path, tmp: Path) -> float:
+    out = tmp / f"bon-{policy_dir.name}.jsonl"
+    assert (
+        main(
+            [
+                "best-of-n",
+                "--model",
+                str(policy_dir),
+                "--reward-model",
+                str(reward_dir),
+                "--prompts",
+                str(prompts),
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    return sum(c["score"] for r in records for c in r["candidates"]) / sum(len(r["candidates"]) for r in records)
+
+
+def test_rft_end_to_end(llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(rft_args(llama_dir, split_data, out, "rft.iterations=8", "train.save_every=4")) == 0
+    # Artefacts: the policy and an exportable reward model.
+    reward = AutoModelForSequenceClassification.from_pretrained(str(out / "reward_model"))
+    assert reward.config.num_labels == 1
+    assert (out / "checkpoints" / "step-8" / "reward_model" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "step-8" / "rm_optimizer.pt").is_file()
+    records = read_metrics(out / "metrics.jsonl")
+    rounds = [r for r in records if "rm/loss" in r]
+    assert [r["step"] for r in rounds] == list(range(1, 9))
+    keys = {
+        "rm/loss",
+        "rm/accuracy",
+        "rm/margin",
+        "policy/reward",
+        "policy/kl",
+        "policy/entropy",
+        "policy/loss",
+        "gen/mean_length",
+        "eval/rm_accuracy",
+    }
+    assert keys <= set(rounds[0])
+    # The reward model learns to separate held-out demonstrations from the policy's generations.
+    before = next(r for r in records if r["step"] == 0)["eval/rm_accuracy"]
+    after = rounds[-1]["eval/rm_accuracy"]
+    assert after >= 0.9 and after > before
+    assert rounds[-1]["rm/loss"] < rounds[0]["rm/loss"]
+    assert rounds[-1]["policy/kl"] > 0  # the policy moved away from its start
+    # Every policy parameter changed.
+    start, final = weights(llama_dir), weights(out / "final")
+    assert [n for n in start if torch.equal(start[n], final[n])] == []
+    # Against the learned reward model held fixed (reward_steps=0), the policy step raises the policy's reward.
+    fixed = tmp_path / "fixed-rm"
+    assert (
+        main(
+            rft_args(
+                llama_dir,
+                split_data,
+                fixed,
+                "rft.iterations=8",
+                "rft.reward_steps=0",
+                f"reward_model.name_or_path={out / 'reward_model'}",
+                "optim.lr=5e-3",
+                "rft.kl_coef=0.0",
+            )
+        )
+        == 0
+    )
+    rewards = [r["policy/reward"] for r in read_metrics(fixed / "metrics.jsonl") if "policy/reward" in r]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3
+    # ... and the final reward model prefers the final policy's samples to the initial model's.
+    assert sample_and_score(fixed / "final", out / "reward_model", split_data[1], tmp_path) > sample_and_score(
+        llama_dir, out / "reward_model", split_data[1], tmp_path
+    )
+
+
+def test_rft_resume_equals_uninterrupted(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = ["rft.iterations=4", "train.save_every=2", "train.keep_checkpoints=5"]
+    assert main(rft_args(llama_dir, split_data, tmp_path / "whole", *common)) == 0
+    original = Run.log
+
+    def crash(self: Run, step: int, values: dict[str, float]) -> None:
+        original(self, step, values)
+        if step == 3:
+            raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(Run, "log", crash)
+    assert main(rft_args(llama_dir, split_data, tmp_path / "crashed", *common)) == 1
+    monkeypatch.undo()
+    assert main(rft_args(llama_dir, split_data, tmp_path / "crashed", *common, "resume=true")) == 0
+    for name in ("final", "reward_model"):
+        a, b = tmp_path / "whole" / name, tmp_path / "crashed" / name
+        wa = AutoModelForSequenceClassification.from_pretrained(str(a)) if name != "final" else None
+        wb = AutoModelForSequenceClassification.from_pretrained(str(b)) if name != "final" else None
+        if name == "final":
+            left, right = weights(a), weights(b)
+        else:
+            left, right = dict(wa.named_parameters()), dict(wb.named_parameters())  # type: ignore[union-attr]
+        assert all(torch.equal(left[n], right[n]) for n in left), name
+    assert [r["step"] for r in read_metrics(tmp_path / "crashed" / "metrics.jsonl") if "rm/loss" in r] == [1, 2, 3, 4]
+
+
+def test_rft_with_lora_policy_and_reward_model(llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "lora"
+    prefs = write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [
+            {
+                "prompt": "What is the capital of Peru?",
+                "chosen": " The capital of Peru is Lima.",
+                "rejected": " Paris.",
+            },
+            {"prompt": "What is one plus one?", "chosen": " One plus one is two.", "rejected": " Seven."},
+        ],
+    )
+    assert (
+        main(
+            rft_args(
+                llama_dir,
+                split_data,
+                out,
+                "rft.iterations=2",
+                "lora.enabled=true",
+                "lora.r=4",
+                "reward_model.lora=true",
+                f"rft.preference_path={prefs}",
+                "rft.preference_weight=0.5",
+                "train.save_every=1",
+            )
+        )
+        == 0
+    )
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "checkpoints" / "step-2" / "reward_adapter" / "adapter_config.json").is_file()
+    reward = AutoModelForSequenceClassification.from_pretrained(str(out / "reward_model"))
+    assert not any("lora" in n for n, _ in reward.named_parameters())  # merged for export
+    assert (
+        main(
+            rft_args(
+                llama_dir,
+                split_data,
+                out,
+                "rft.iterations=3",
+                "lora.enabled=true",
+                "lora.r=4",
+                "reward_model.lora=true",
+                "resume=true",
+            )
+        )
+        == 0
+    )
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "rm/loss" in r] == [1, 2, 3]
+
+
+def test_score_command_scores_both_sides(llama_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    from rewardsft.reward import load_reward_model
+
+    reward_dir = tmp_path / "rm"
+    model = load_reward_model(llama_dir, torch.device("cpu"))
+    model.save_pretrained(str(reward_dir))
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(llama_dir)).save_pretrained(str(reward_dir))
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+            {"chosen": "\n\nHuman: Hey\n\nAssistant: Hi!", "rejected": "\n\nHuman: Hey\n\nAssistant: No."},
+        ],
+    )
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--reward-model", str(reward_dir), "--data", str(data), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["row"] for r in rows] == [1, 2]
+    assert all(isinstance(r["score"], float) and isinstance(r["rejected_score"], float) for r in rows)
+    assert rows[0]["score"] != rows[0]["rejected_score"]
+    # Scores do not depend on what else is in the batch.
+    assert main(["score", "--reward-model", str(reward_dir), "--data", str(data), "--batch-size", "1"]) == 0
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in rows], abs=1e-5)
