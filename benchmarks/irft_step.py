@@ -3,6 +3,8 @@
 Every method runs in its own process (so peak memory is its own) on the same model, the same pairs and the
 same batch size. IRFT and DPO process two sequences per example (demonstration + generation); SFT one.
 ``irft_cached`` / ``irft_copy`` use the default split pair forward; ``irft_cached_joint`` the joint one.
+``rft_round`` is one whole RFT round (sampling 2 responses per prompt, a reward step, a policy step), timed per
+phase; the paper puts RFT at about two SFTs plus generation.
 
     python benchmarks/irft_step.py --out benchmarks/results/irft_step_cpu.json            # SmolLM2-size Llama
     python benchmarks/irft_step.py --size tiny --steps 3 --out /tmp/b.json              # a quick smoke run
@@ -14,17 +16,19 @@ On CPU, peak memory is the process's peak RSS minus its RSS after imports; on CU
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-METHODS = ("sft", "irft_cached", "irft_cached_joint", "irft_copy", "trl_dpo")
+METHODS = ("sft", "irft_cached", "irft_cached_joint", "irft_copy", "trl_dpo", "rft_round")
 SIZES = {
     # SmolLM2-135M's shape (134.5M parameters): weights matter at this size.
     "smollm2": {
@@ -122,6 +126,66 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
         sync(device)
         times.append(time.perf_counter() - start)
     return times[1:]
+
+
+def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float], dict[str, float]]:
+    """One RFT round per step: sample k=2 responses for each of ``batch_size`` prompts, one reward step (BT
+    on 2·batch_size demo-vs-generation pairs), one RLOO policy step; policy + frozen reference + reward model
+    (+ two optimisers) in memory. Returns round times and the mean seconds of each phase."""
+    import copy
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from rewardsft.config import load_config
+    from rewardsft.recipes.rft import make_rollout, policy_step, reward_step
+    from rewardsft.reward import load_reward_model, score_examples
+
+    policy = build(args.size, device, args.gradient_checkpointing)
+    policy.train()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save_pretrained(tmp)
+        reward_model = load_reward_model(tmp, device, pad_token_id=0).train()
+    policy_opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    rm_opt = torch.optim.AdamW(reward_model.parameters(), lr=1e-5)
+    config = load_config(
+        "rft",
+        overrides=[
+            f"generation.max_new_tokens={args.response_len}",
+            "rft.samples_per_prompt=2",
+            f"train.batch_size={2 * args.batch_size}",
+            "rft.reward_norm=none",
+            f"generation.batch_size={2 * args.batch_size}",
+            f"data.max_length={args.prompt_len + args.response_len}",
+        ],
+    )
+    run = SimpleNamespace(
+        device=device, accelerator=Accelerator(cpu=device.type == "cpu"), rank=0, average_gradients=lambda model: None
+    )
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2)
+    pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, policy.config.vocab_size)
+    times, phases = [], {"generate_s": 0.0, "reward_step_s": 0.0, "policy_step_s": 0.0}
+    for step in range(args.steps + 1):
+        demos = [p.demo for p in pairs[step * args.batch_size : (step + 1) * args.batch_size]]
+        marks = [time.perf_counter()]
+        rollout = make_rollout(run, policy, reference, demos, tokenizer, config, step)  # type: ignore[arg-type]
+        marks.append(time.perf_counter())
+        reward_step(run, reward_model, rollout, [], config, 0, step)  # type: ignore[arg-type]
+        rm_opt.step()
+        rm_opt.zero_grad(set_to_none=True)
+        marks.append(time.perf_counter())
+        scores = torch.tensor(score_examples(reward_model, rollout.gens, 2 * args.batch_size, 0))
+        policy_step(run, policy, rollout, scores, config, 0)  # type: ignore[arg-type]
+        policy_opt.step()
+        policy_opt.zero_grad(set_to_none=True)
+        sync(device)
+        marks.append(time.perf_counter())
+        times.append(marks[-1] - marks[0])
+        if step > 0:
+            for key, (a, b) in zip(phases, itertools.pairwise(marks), strict=True):
+                phases[key] += (b - a) / args.steps
+    return times[1:], phases
 
 
 def run_trl(args: argparse.Namespace, device: torch.device, workdir: Path) -> list[float]:
