@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CAPITALS = {
     "France": "Paris",
@@ -40,7 +41,7 @@ OPPOSITES = {
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 
-def builtin_rows() -> list[dict[str, object]]:
+def builtin_rows() -> list[dict[str, Any]]:
     """Chat-format rows: ``{"messages": [user, assistant]}``."""
     pairs = [
         (f"What is the capital of {country}?", f"The capital of {country} is {city}.")
