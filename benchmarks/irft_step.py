@@ -158,6 +158,7 @@ def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float]
             "rft.reward_norm=none",
             f"generation.batch_size={2 * args.batch_size}",
             f"data.max_length={args.prompt_len + args.response_len}",
+            f"data.max_prompt_length={args.prompt_len}",
         ],
     )
     run = SimpleNamespace(
@@ -248,25 +249,24 @@ def child(args: argparse.Namespace) -> None:
     base = rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    phases: dict[str, float] = {}
     if args.method == "trl_dpo":
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             times = run_trl(args, device, Path(tmp))
+    elif args.method == "rft_round":
+        times, phases = run_rft(args, device)
     else:
         times = run_ours(args.method, args, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb() - base
-    print(
-        json.dumps(
-            {
-                "method": args.method,
-                "device": str(device),
-                "step_s": times,
-                "median_step_s": sorted(times)[len(times) // 2],
-                "peak_mb": peak,
-            }
-        )
-    )
+    record = {
+        "method": args.method,
+        "device": str(device),
+        "step_s": times,
+        "median_step_s": sorted(times)[len(times) // 2],
+        "peak_mb": peak,
+        **phases,
+    }
+    print(json.dumps(record))
 
 
 def parent(args: argparse.Namespace) -> None:
