@@ -9,8 +9,8 @@ phase; the paper puts RFT at about two SFTs plus generation.
     python benchmarks/irft_step.py --out benchmarks/results/irft_step_cpu.json            # SmolLM2-size Llama
     python benchmarks/irft_step.py --size tiny --steps 3 --out /tmp/b.json              # a quick smoke run
 
-On CPU, peak memory is the process's peak RSS minus its RSS after imports; on CUDA it is
-``torch.cuda.max_memory_allocated``. Writes JSON; the ratios the IRFT issue targets are in ``ratios``.
+On CPU, peak memory is the process's peak RSS minus its RSS after imports, with glibc told to return freed
+tensors at once (MALLOC_MMAP_THRESHOLD_); on CUDA it is ``torch.cuda.max_memory_allocated``. Writes JSON; the ratios the IRFT issue targets are in ``ratios``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -289,7 +290,10 @@ def parent(args: argparse.Namespace) -> None:
             "--response-len",
             str(args.response_len),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # glibc keeps freed heap pages, so RSS would remember earlier allocations; serving every allocation of
+        # 64 KiB or more with mmap returns freed tensors at once, so peak RSS tracks peak live memory.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if out.returncode != 0:
             results[method] = {"error": out.stderr[-2000:]}
             print(f"{method}: failed\n{out.stderr[-2000:]}", file=sys.stderr)

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad config or bad data (one clear message, no traceback
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,7 +18,8 @@ from rewardsft.config import METHODS, ConfigError, RunConfig, load_config
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.method, args.config, args.overrides)
     final = train(config)
-    print(f"done: {final}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"done: {final}")
     return 0
 
 

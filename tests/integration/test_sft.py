@@ -215,3 +215,14 @@ def test_tiny_model_command_writes_a_loadable_model(tmp_path: Path) -> None:
     assert model.config.model_type == "gpt_neox" and model.config.vocab_size == len(tokenizer)
     assert tokenizer.decode(tokenizer("the lazy dog")["input_ids"]) == "the lazy dog"
     assert tokenizer.chat_template
+
+
+def test_tensorboard_tracker_and_bad_tracker(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    assert main(sft_args(llama_dir, builtin_jsonl, out, "train.max_steps=2", "logging.report_to=[tensorboard]")) == 0
+    assert list(out.rglob("events.out.tfevents.*"))
+    assert main(sft_args(llama_dir, builtin_jsonl, tmp_path / "x", "logging.report_to=[neptune]")) == 2
+    assert "unknown tracker 'neptune'" in capsys.readouterr().err

@@ -243,7 +243,10 @@ def take_snapshot(
 ) -> Snapshot:
     """θ_t for the stage. The cached log-probs are also saved, so a run resumed mid-stage uses them."""
     cache_path = run.output_dir / "stages" / stage.name / f"ref_logps.rank{run.rank}.pt"
-    if reuse_cache and cache_path.is_file():
+    if reuse_cache:
+        # Mid-stage the policy is no longer θ_t: only the cache written at the stage start can stand in for it.
+        if not cache_path.is_file():
+            raise ConfigError(f"cannot resume inside {stage.name}: its snapshot cache {cache_path} is missing")
         return CachedSnapshot(torch.load(cache_path))
     policy = run.accelerator.unwrap_model(model)
     if config.irft.snapshot == "lora":

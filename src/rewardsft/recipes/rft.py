@@ -189,10 +189,13 @@ def iteration_prompts(n_examples: int, config: RunConfig, iteration: int, run: R
     """This process's share of round ``iteration``'s prompts, walking seeded shuffles of the data."""
     per_round = config.rft.prompts_per_iteration
     first = iteration * per_round
+    orders: dict[int, list[int]] = {}
     ids = []
     for position in range(first, first + per_round):
         epoch, offset = divmod(position, n_examples)
-        ids.append(epoch_permutation(n_examples, config.seed, epoch)[offset])
+        if epoch not in orders:
+            orders[epoch] = epoch_permutation(n_examples, config.seed, epoch)
+        ids.append(orders[epoch][offset])
     return ids[run.rank :: run.world_size]
 
 
