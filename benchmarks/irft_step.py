@@ -9,8 +9,9 @@ phase; the paper puts RFT at about two SFTs plus generation.
     python benchmarks/irft_step.py --out benchmarks/results/irft_step_cpu.json            # SmolLM2-size Llama
     python benchmarks/irft_step.py --size tiny --steps 3 --out /tmp/b.json              # a quick smoke run
 
-On CPU, peak memory is the process's peak RSS minus its RSS after imports, with glibc told to return freed
-tensors at once (MALLOC_MMAP_THRESHOLD_); on CUDA it is ``torch.cuda.max_memory_allocated``. Writes JSON; the ratios the IRFT issue targets are in ``ratios``.
+On CPU, peak memory is the process's peak RSS minus its RSS after imports; with ``--live-memory`` glibc is told
+to return freed tensors at once (MALLOC_MMAP_THRESHOLD_), so that peak is the peak of live memory, at the cost
+of slower allocation (take times from a run without the flag). On CUDA it is ``torch.cuda.max_memory_allocated``. Writes JSON; the ratios the IRFT issue targets are in ``ratios``.
 """
 
 from __future__ import annotations
@@ -290,9 +291,13 @@ def parent(args: argparse.Namespace) -> None:
             "--response-len",
             str(args.response_len),
         ]
-        # glibc keeps freed heap pages, so RSS would remember earlier allocations; serving every allocation of
-        # 64 KiB or more with mmap returns freed tensors at once, so peak RSS tracks peak live memory.
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+        env = dict(os.environ)
+        if args.live_memory:
+            # glibc keeps freed heap pages, so RSS would remember earlier allocations; serving every allocation
+            # of 64 KiB or more with mmap returns freed tensors at once, so peak RSS tracks peak live memory.
+            # It also slows allocation down: time ratios come from a run without this flag.
+            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
         out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if out.returncode != 0:
             results[method] = {"error": out.stderr[-2000:]}
@@ -337,6 +342,7 @@ def main() -> None:
     parser.add_argument("--response-len", type=int, default=64)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--live-memory", action="store_true", help="CPU: peak RSS tracks live memory (slower)")
     parser.add_argument("--out", default="benchmarks/results/irft_step.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)

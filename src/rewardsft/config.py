@@ -131,9 +131,11 @@ class IRFTConfig:
     """Adds this times the demonstrations' token-mean NLL: an anchor against overfitting the snapshot."""
     snapshot: Literal["cached", "copy", "lora"] = "cached"
     """How π_ref = θ_t is held: cached log-probs (SFT memory), a frozen copy, or the LoRA base."""
-    pair_forward: Literal["split", "joint"] = "split"
-    """``split``: demonstrations and generations backpropagate one after the other (SFT activation memory, one
-    extra no-grad forward); ``joint``: one forward of both (faster when memory allows). Same gradient."""
+    pair_forward: Literal["auto", "split", "joint"] = "auto"
+    """``split``: demonstrations and generations backpropagate one after the other (one half's activations at a
+    time, one extra no-grad forward); ``joint``: one forward of both. Same gradient. ``auto``: joint with
+    gradient checkpointing (activations are small, joint is faster and leaner), split without
+    (docs/performance.md)."""
     epochs_per_stage: int = 1
     """Passes over the stage's chunk (the paper's K); its pythia-1.4b runs used 2."""
     reset_optimizer_each_stage: bool = False

@@ -188,3 +188,15 @@ def test_split_and_joint_pair_backward_give_the_same_gradient(tokenizer: Any, lo
     for joint, split in zip(outs[0], outs[1], strict=True):
         values = (joint, split) if isinstance(joint, torch.Tensor) else (joint.margin, split.margin)
         assert torch.allclose(*values, atol=1e-5)
+
+
+def test_pair_forward_auto_follows_gradient_checkpointing() -> None:
+    from rewardsft.config import load_config
+    from rewardsft.recipes.irft import pair_forward
+
+    assert pair_forward(load_config("irft")) == "split"
+    assert pair_forward(load_config("irft", overrides=["model.gradient_checkpointing=true"])) == "joint"
+    assert (
+        pair_forward(load_config("irft", overrides=["irft.pair_forward=split", "model.gradient_checkpointing=true"]))
+        == "split"
+    )

@@ -276,7 +276,7 @@ def accumulate_irft_step(
         chunk = [pairs[i] for i in ids]
         ref_demo, ref_gen = snapshot.logps(ids, pair_batch(chunk, pad_id, run.device))
         sync = k == len(micro_batches) - 1
-        backward = split_pair_backward if config.irft.pair_forward == "split" else joint_pair_backward
+        backward = split_pair_backward if pair_forward(config) == "split" else joint_pair_backward
         terms, loss, demo_logps, gen_logps = backward(
             run, model, chunk, ref_demo, ref_gen, config, pad_id, 1.0 / len(micro_batches), sync
         )
@@ -305,6 +305,13 @@ def accumulate_irft_step(
 
 
 PairBackward = tuple[IRFTTerms, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def pair_forward(config: RunConfig) -> str:
+    """Resolve ``irft.pair_forward=auto``: joint under gradient checkpointing, split otherwise."""
+    if config.irft.pair_forward != "auto":
+        return config.irft.pair_forward
+    return "joint" if config.model.gradient_checkpointing else "split"
 
 
 def pair_loss(
