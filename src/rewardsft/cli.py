@@ -14,6 +14,10 @@ from pathlib import Path
 
 from rewardsft.config import METHODS, ConfigError, RunConfig, load_config
 
+DESCRIPTION = (
+    "Fine-tune language models from demonstrations with reward learning: SFT, IRFT/SPIN, RFT (arXiv 2405.17888)."
+)
+
 
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.method, args.config, args.overrides)
@@ -168,7 +172,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rewardsft", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="rewardsft", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train_p = sub.add_parser("train", help="train a model: sft, irft (Algorithm 2) or rft (Algorithm 1)")
@@ -191,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     tiny_p.add_argument("--no-chat-template", action="store_true", help="leave the tokenizer without a template")
     tiny_p.set_defaults(func=_tiny_model)
 
+    _add_reward_model_commands(sub)
+    _add_eval_commands(sub)
+    report_p = sub.add_parser("report", help="compare runs: Markdown + self-contained HTML + PNG plots")
+    report_p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report_p.add_argument("--out", required=True)
+    report_p.set_defaults(func=_report)
+
+    demo_p = sub.add_parser("demo", help="an offline end-to-end run on a built-in task")
+    demo_p.add_argument("--output-dir", default="runs/demo")
+    demo_p.add_argument("--overwrite", action="store_true")
+    demo_p.set_defaults(func=_demo)
+    return parser
+
+
+def _add_reward_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     score_p = sub.add_parser("score", help="score (prompt, response) rows with a reward model")
     score_p.add_argument("--reward-model", required=True, help="dir or hub id of a sequence-classification model")
     score_p.add_argument("--data", required=True, help="rows in any supported format (rejected sides scored too)")
@@ -212,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     bon_p.add_argument("--seed", type=int, default=0)
     bon_p.set_defaults(func=_best_of_n)
 
+
+def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     eval_p = sub.add_parser("eval", help="evaluate models: log-prob gap, win rate, lm-eval-harness")
     eval_sub = eval_p.add_subparsers(dest="eval_command", required=True)
     gap_p = eval_sub.add_parser("gap", help="log p(chosen) - log p(rejected) on preference pairs")
@@ -247,17 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     harness_p.add_argument("--include-path", help="folder of extra task YAML files")
     harness_p.add_argument("--out")
     harness_p.set_defaults(func=_eval_harness)
-
-    report_p = sub.add_parser("report", help="compare runs: Markdown + self-contained HTML + PNG plots")
-    report_p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    report_p.add_argument("--out", required=True)
-    report_p.set_defaults(func=_report)
-
-    demo_p = sub.add_parser("demo", help="an offline end-to-end run on a built-in task")
-    demo_p.add_argument("--output-dir", default="runs/demo")
-    demo_p.add_argument("--overwrite", action="store_true")
-    demo_p.set_defaults(func=_demo)
-    return parser
 
 
 def _method_args(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import torch
 from rewardsft.config import GenerationConfig, ModelConfig
 from rewardsft.data import DataError, Example, Renderer, load_rows, parse_rows
 from rewardsft.data.formats import Prompt, parse_prompts
-from rewardsft.data.tokenize import TokenizedExample, render_prompt_ids, tokenize_example
+from rewardsft.data.tokenize import TokenizedExample, render_prompt_ids, tokenize_example, truncate_prompt
 from rewardsft.generation import generate
 from rewardsft.models import load_causal_lm, load_tokenizer
 from rewardsft.reward import load_reward_model, score_examples
@@ -86,32 +86,37 @@ def best_of_n(
         raise DataError("--n must be at least 1")
     rows, source = load_rows(prompts_path)
     prompts = parse_prompts(rows, source)
+    texts = sample_texts(model, prompts, generation, seed, max_prompt_length, n)
+    scorer = RewardScorer(reward_model)
+    scores = scorer.score([(prompts[i // n], text) for i, text in enumerate(texts)])
+    records = []
+    for p, prompt in enumerate(prompts):
+        best = max(range(p * n, (p + 1) * n), key=lambda i: scores[i])
+        candidates = [{"response": texts[i], "score": scores[i]} for i in range(p * n, (p + 1) * n)]
+        records.append({"prompt": prompt, "best": texts[best], "best_score": scores[best], "candidates": candidates})
+    write_jsonl(records, out)
+    return records
+
+
+def sample_texts(
+    model_path: str, prompts: list[Prompt], generation: GenerationConfig, seed: int, max_prompt_length: int, n: int = 1
+) -> list[str]:
+    """``n`` sampled responses per prompt (prompt-major order), rendered and truncated as in training."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_cfg = ModelConfig(name_or_path=model)
-    tokenizer = load_tokenizer(model_cfg)
-    policy = load_causal_lm(model_cfg, device)
+    cfg = ModelConfig(name_or_path=model_path)
+    tokenizer = load_tokenizer(cfg)
+    model = load_causal_lm(cfg, device)
     renderer = Renderer(tokenizer)
-    prompt_ids = [render_prompt_ids(p, renderer)[-max_prompt_length:] for p in prompts]
+    ids = [truncate_prompt(render_prompt_ids(p, renderer), max_prompt_length, renderer)[0] for p in prompts]
     samples = generate(
-        policy,
-        [ids for ids in prompt_ids for _ in range(n)],
+        model,
+        [p for p in ids for _ in range(n)],
         generation,
         pad_id=tokenizer.pad_token_id,
         eos_ids=[tokenizer.eos_token_id],
         seed=seed,
     )
-    texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
-    scorer = RewardScorer(reward_model)
-    scores = scorer.score([(prompts[i // n], text) for i, text in enumerate(texts)])
-    records = []
-    for p, prompt in enumerate(prompts):
-        candidates = [{"response": texts[p * n + j], "score": scores[p * n + j]} for j in range(n)]
-        best = max(candidates, key=lambda c: c["score"])
-        records.append(
-            {"prompt": prompt, "best": best["response"], "best_score": best["score"], "candidates": candidates}
-        )
-    write_jsonl(records, out)
-    return records
+    return [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
 
 
 def write_jsonl(records: list[dict[str, Any]], out: Path | None) -> None:

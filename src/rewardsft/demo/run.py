@@ -137,6 +137,16 @@ def run_demo(output_dir: Path, overwrite: bool = False) -> Path:
     )
 
     print("[3/4] evaluation: log-prob gap on held-out pairs, win rate against SFT")
+    evaluate_runs(runs, sft, pairs, held_out)
+
+    print("[4/4] report")
+    report = build_report([runs / n for n in ("sft", "spin", "irft", "rft")], output_dir / "report")
+    print(f"demo done: {report} (and report.html beside it)")
+    return report
+
+
+def evaluate_runs(runs: Path, sft: Path, pairs: Path, held_out: Path) -> None:
+    """Gap (against the SFT model as reference) and greedy win rate against SFT, for every run."""
     greedy = GenerationConfig(max_new_tokens=16, do_sample=False)
     judge = "rewardsft.demo.run:answer_overlap"
     for name in ("sft", "spin", "irft", "rft"):
@@ -156,8 +166,3 @@ def run_demo(output_dir: Path, overwrite: bool = False) -> Path:
             f"win rate vs SFT {wins['win_rate_ties_half']['mean']:.2f} "
             f"(W/T/L {wins['wins']}/{wins['ties']}/{wins['losses']})"
         )
-
-    print("[4/4] report")
-    report = build_report([runs / n for n in ("sft", "spin", "irft", "rft")], output_dir / "report")
-    print(f"demo done: {report} (and report.html beside it)")
-    return report

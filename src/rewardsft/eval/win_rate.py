@@ -11,16 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from rewardsft.config import GenerationConfig, ModelConfig
-from rewardsft.data import Renderer, load_rows
-from rewardsft.data.formats import Prompt, parse_prompts
-from rewardsft.data.tokenize import render_prompt_ids
+from rewardsft.config import GenerationConfig
+from rewardsft.data import load_rows
+from rewardsft.data.formats import parse_prompts
 from rewardsft.eval.judges import Judge, load_judge
 from rewardsft.eval.stats import bootstrap_ci
-from rewardsft.generation import generate
-from rewardsft.models import load_causal_lm, load_tokenizer
+from rewardsft.scoring import sample_texts
 
 
 @dataclass
@@ -42,21 +38,6 @@ def outcome(model_score: float, baseline_score: float, tie_margin: float) -> flo
     return 1.0 if diff > 0 else 0.0
 
 
-def answer(
-    model_path: str, prompts: list[Prompt], generation: GenerationConfig, seed: int, max_prompt_length: int
-) -> list[str]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(name_or_path=model_path)
-    tokenizer = load_tokenizer(cfg)
-    model = load_causal_lm(cfg, device)
-    renderer = Renderer(tokenizer)
-    ids = [render_prompt_ids(p, renderer)[-max_prompt_length:] for p in prompts]
-    samples = generate(
-        model, ids, generation, pad_id=tokenizer.pad_token_id, eos_ids=[tokenizer.eos_token_id], seed=seed
-    )
-    return [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
-
-
 def win_rate(
     model: str,
     baseline: str,
@@ -70,8 +51,8 @@ def win_rate(
     generation = generation or GenerationConfig(max_new_tokens=128)
     rows, source = load_rows(prompts_path, settings.split, settings.n)
     prompts = parse_prompts(rows, source)
-    model_answers = answer(model, prompts, generation, settings.seed, settings.max_prompt_length)
-    baseline_answers = answer(baseline, prompts, generation, settings.seed, settings.max_prompt_length)
+    model_answers = sample_texts(model, prompts, generation, settings.seed, settings.max_prompt_length)
+    baseline_answers = sample_texts(baseline, prompts, generation, settings.seed, settings.max_prompt_length)
     scorer = load_judge(judge) if isinstance(judge, str) else judge
     model_scores = scorer(list(zip(prompts, model_answers, strict=True)))
     baseline_scores = scorer(list(zip(prompts, baseline_answers, strict=True)))
