@@ -243,3 +243,13 @@ def test_score_command_scores_both_sides(llama_dir: Path, tmp_path: Path, capsys
     assert main(["score", "--reward-model", str(reward_dir), "--data", str(data), "--batch-size", "1"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["score"] for r in again] == pytest.approx([r["score"] for r in rows], abs=1e-5)
+
+
+def test_bad_preference_file_exits_2_before_writing(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path, capsys: Any
+) -> None:
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "Hi", "chosen": " Hello."}])
+    out = tmp_path / "run"
+    assert main(rft_args(llama_dir, split_data, out, f"rft.preference_path={prefs}", "rft.preference_weight=1")) == 2
+    assert "prefs.jsonl: row 1, field 'rejected': missing" in capsys.readouterr().err
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,22 +21,26 @@ class RecipeStart:
     eval_data: LoadedSplit | None
     model: Any
     """The policy in train mode (from the newest checkpoint when resuming), not yet prepared."""
+    extra: Any = None
+    """What the recipe's ``load_extra`` returned."""
 
 
-def start_recipe(config: RunConfig) -> RecipeStart:
+def start_recipe(config: RunConfig, load_extra: Callable[[Renderer], Any] | None = None) -> RecipeStart:
     """Check the config, load and validate every row, then create the output dir and load the policy.
 
-    The data is validated before anything is written, so bad input never leaves a half-made run behind.
+    The data (and whatever ``load_extra`` loads, e.g. RFT's preference pairs) is validated before anything is
+    written, so bad input never leaves a half-made run behind.
     """
     run = Run(config)
     tokenizer = load_tokenizer(config.model)
     renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
     train_data, eval_data = load_data(config, renderer)
+    extra = load_extra(renderer) if load_extra is not None else None
     run.begin()
     run.print(f"train data {train_data.source}: {train_data.stats.summary()}")
     model = load_policy(config.model, config.lora, run.device, run.checkpoint)
     model.train()
-    return RecipeStart(run, tokenizer, renderer, train_data, eval_data, model)
+    return RecipeStart(run, tokenizer, renderer, train_data, eval_data, model, extra)
 
 
 def load_data(config: RunConfig, renderer: Renderer) -> tuple[LoadedSplit, LoadedSplit | None]:

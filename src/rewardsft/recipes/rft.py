@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from rewardsft.config import ConfigError, RunConfig
-from rewardsft.data import TokenizedExample, collate, load_split
+from rewardsft.data import Renderer, TokenizedExample, collate
+from rewardsft.eval.logprob_gap import GapSettings, tokenize_pairs
 from rewardsft.generation import generate, generation_stats
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.losses import (
@@ -61,11 +62,10 @@ class Rollout:
 def train_rft(config: RunConfig) -> Path:
     """Train with RFT; returns ``final/`` (the policy). The reward model is saved to ``reward_model/``."""
     rc = config.rft
-    start = start_recipe(config)
-    run, tokenizer, policy = start.run, start.tokenizer, start.model
+    start = start_recipe(config, load_extra=lambda renderer: load_preference_pairs(renderer, config))
+    run, tokenizer, policy, preference = start.run, start.tokenizer, start.model, start.extra
     reward_model = build_reward_model(start, config)
     reference = build_reference(start, config)
-    preference = load_preference_pairs(start, config)
 
     policy_opt = build_optimizer(policy.parameters(), config.optim)
     policy_sched = build_scheduler(policy_opt, config.optim, rc.iterations * max(rc.policy_steps, 1))
@@ -161,28 +161,14 @@ def build_reference(start: RecipeStart, config: RunConfig) -> Any | None:
     return reference
 
 
-def load_preference_pairs(start: RecipeStart, config: RunConfig) -> list[tuple[TokenizedExample, TokenizedExample]]:
-    rc = config.rft
+def load_preference_pairs(renderer: Renderer, config: RunConfig) -> list[tuple[TokenizedExample, TokenizedExample]]:
+    """Real (chosen, rejected) pairs for the reward step, rendered and truncated exactly like the gap eval."""
+    rc, dc = config.rft, config.data
     if rc.preference_path is None or rc.preference_weight == 0:
         return []
-    dc = config.data
-    split = load_split(
-        rc.preference_path,
-        rc.preference_split,
-        start.renderer,
-        fmt="chosen_rejected",
-        max_length=dc.max_length,
-        max_prompt_length=dc.max_prompt_length,
-    )
-    pairs = []
-    for chosen, example in zip(split.tokenized, (split.examples[t.index] for t in split.tokenized), strict=True):
-        rejected_ids = start.tokenizer(example.rejected, add_special_tokens=False)["input_ids"]
-        rejected = TokenizedExample(
-            chosen.prompt_ids, [*rejected_ids, start.tokenizer.eos_token_id][: dc.max_length - len(chosen.prompt_ids)]
-        )
-        pairs.append((chosen, rejected))
-    start.run.print(f"preference pairs {split.source}: {len(pairs)}")
-    return pairs
+    settings = GapSettings(split=rc.preference_split, max_length=dc.max_length, max_prompt_length=dc.max_prompt_length)
+    chosen, rejected, _, _ = tokenize_pairs(rc.preference_path, renderer, settings)
+    return list(zip(chosen, rejected, strict=True))
 
 
 def iteration_prompts(n_examples: int, config: RunConfig, iteration: int, run: Run) -> list[int]:
