@@ -98,7 +98,7 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
     from rewardsft.logprobs import model_token_logps
     from rewardsft.losses import sft_nll
     from rewardsft.recipes.irft import joint_pair_backward, split_pair_backward
-    from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps, pair_batch
+    from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps
 
     model = build(args.size, device, args.gradient_checkpointing)
     model.train()
@@ -121,7 +121,7 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
             sft_nll(model_token_logps(model, **batch)).backward()
         else:
             chunk = [pairs[i] for i in ids]
-            ref_demo, ref_gen = snapshot.logps(ids, pair_batch(chunk, 0, device))
+            ref_demo, ref_gen = snapshot.logps(ids, chunk, 0, device)
             backward(run, model, chunk, ref_demo, ref_gen, config, 0, 1.0, True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

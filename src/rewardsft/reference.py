@@ -43,8 +43,13 @@ def split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
 
 class Snapshot(Protocol):
-    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Snapshot log-probs (demo (B,), gen (B,)) of the pairs ``pair_ids`` of the stage, given their batch."""
+    def logps(
+        self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Snapshot log-probs (demo (B,), gen (B,)) of ``pairs``, which are the stage's pairs ``pair_ids``.
+
+        The cached snapshot only looks the ids up; the others build and run the batch themselves.
+        """
         ...
 
 
@@ -66,8 +71,10 @@ class CachedSnapshot:
     def __init__(self, cache: torch.Tensor):
         self.cache = cache
 
-    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.cache[list(pair_ids)].to(batch["input_ids"].device)
+    def logps(
+        self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.cache[list(pair_ids)].to(device)
         return rows[:, 0], rows[:, 1]
 
 
@@ -77,8 +84,10 @@ class CopySnapshot:
         self.model.requires_grad_(False)
 
     @torch.no_grad()
-    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return split_logps(self.model, batch)
+    def logps(
+        self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_logps(self.model, pair_batch(pairs, pad_id, device))
 
 
 class LoraBaseSnapshot:
@@ -88,11 +97,13 @@ class LoraBaseSnapshot:
         self.model = model
 
     @torch.no_grad()
-    def logps(self, pair_ids: Sequence[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def logps(
+        self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
         with self.model.disable_adapter():
-            demo, gen = split_logps(self.model, batch)
+            demo, gen = split_logps(self.model, pair_batch(pairs, pad_id, device))
         self.model.train(was_training)
         return demo, gen
 

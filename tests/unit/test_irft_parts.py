@@ -147,7 +147,10 @@ def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
     copied = CopySnapshot(model)
     assert merge_lora_into_base(model) == 2 * 3  # 2 layers x (q, v, up)
     lora = LoraBaseSnapshot(model)
-    results = {name: snap.logps(ids, batch) for name, snap in {"cached": cached, "copy": copied, "lora": lora}.items()}
+    results = {
+        name: snap.logps(ids, pairs, tokenizer.pad_token_id, torch.device("cpu"))
+        for name, snap in {"cached": cached, "copy": copied, "lora": lora}.items()
+    }
     for name in ("copy", "lora"):
         for got, want in zip(results[name], results["cached"], strict=True):
             assert torch.allclose(got, want, atol=1e-4), name

@@ -75,7 +75,7 @@ def test_sigmoid_loss_and_rewards_match_trl_dpo(plain_tokenizer: Any, tmp_path: 
         batch = pair_batch([Pair(demo, gen)], tokenizer.pad_token_id, torch.device("cpu"))
         with torch.no_grad():
             policy_demo, policy_gen = split_logps(policy.eval(), batch)
-        ref_demo, ref_gen = snapshot.logps([0], batch)
+        ref_demo, ref_gen = snapshot.logps([0], [Pair(demo, gen)], tokenizer.pad_token_id, torch.device("cpu"))
         terms = irft_loss(policy_demo, policy_gen, ref_demo, ref_gen, beta=0.1)
         assert float(terms.loss.mean()) == pytest.approx(trl_loss, abs=1e-5)
         assert float(terms.demo_reward[0]) == pytest.approx(metrics["rewards/chosen"], abs=1e-5)

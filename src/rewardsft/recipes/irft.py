@@ -274,7 +274,7 @@ def accumulate_irft_step(
     totals = torch.zeros(7, device=run.device)
     for k, ids in enumerate(micro_batches):
         chunk = [pairs[i] for i in ids]
-        ref_demo, ref_gen = snapshot.logps(ids, pair_batch(chunk, pad_id, run.device))
+        ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, run.device)
         sync = k == len(micro_batches) - 1
         backward = split_pair_backward if pair_forward(config) == "split" else joint_pair_backward
         terms, loss, demo_logps, gen_logps = backward(

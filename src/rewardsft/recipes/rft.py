@@ -210,7 +210,7 @@ def make_rollout(
     )
     room = config.data.max_length
     gens = [TokenizedExample(p, g.response_ids[: room - len(p)]) for p, g in zip(prompts, generations, strict=True)]
-    old, ref, mask = [], [], []
+    old, kl, entropy_parts = [], [], []
     was_training = unwrapped.training
     unwrapped.eval()
     for start in range(0, len(gens), eval_batch(config)):
@@ -225,12 +225,12 @@ def make_rollout(
         else:
             ref_tokens = model_token_logps(reference, **batch)
         old.append(sequence_logps(tokens))
-        ref.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
-        mask.append((-(tokens.logps * tokens.mask).sum(), tokens.mask.sum()))
+        kl.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
+        entropy_parts.append((-(tokens.logps * tokens.mask).sum(), tokens.mask.sum()))
     unwrapped.train(was_training)
-    entropy = float(sum(m[0] for m in mask) / max(sum(float(m[1]) for m in mask), 1.0))
+    entropy = float(sum(e[0] for e in entropy_parts) / max(sum(float(e[1]) for e in entropy_parts), 1.0))
     stats = generation_stats(generations, [d.response_ids for d in demos for _ in range(k)])
-    return Rollout(demos, gens, torch.cat(old), torch.cat(ref), entropy, stats)
+    return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy, stats)
 
 
 def reward_step(
