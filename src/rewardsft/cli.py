@@ -12,7 +12,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rewardsft.config import METHODS, ConfigError, RunConfig, load_config
+from rewardsft.config import METHODS, RunConfig, load_config
+from rewardsft.errors import ConfigError
 
 DESCRIPTION = (
     "Fine-tune language models from demonstrations with reward learning: SFT, IRFT/SPIN, RFT (arXiv 2405.17888)."

@@ -18,11 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
+from rewardsft.errors import ConfigError
+
 METHODS = ("sft", "irft", "rft")
-
-
-class ConfigError(ValueError):
-    """A bad configuration or bad data: the CLI prints the message and exits with code 2."""
 
 
 @dataclass
@@ -66,6 +64,10 @@ class DataConfig:
     fallback_template: str = "default"
     """Chat template for tokenizers without one: ``default`` (role-tagged turns) or a Jinja string."""
     system_prompt: str | None = None
+    """Prepended as a system turn to message-list prompts that have none."""
+    text_prompts: Literal["verbatim", "user_turn"] = "verbatim"
+    """Plain-text prompts: ``verbatim`` (as TRL does; right for base models and HH-RLHF dialogues) or
+    ``user_turn`` (wrapped as one user message and rendered with the chat template, as a chat model expects)."""
 
 
 @dataclass
@@ -84,6 +86,10 @@ class TrainConfig:
     """Newest checkpoints kept; older ones are deleted once a newer one is complete."""
     eval_every: int | None = None
     log_every: int = 1
+    dropout: bool = True
+    """Keep the model's dropout (and ``lora.dropout``) active in training. IRFT and RFT default to false: with
+    dropout the policy at a stage start is not its snapshot and two forwards of one sequence differ (the
+    paper's code and TRL switch it off)."""
 
 
 @dataclass
@@ -206,8 +212,33 @@ class RunConfig:
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"output_dir": "runs/sft"},
     # Official IRFT setting (PAPER.md, Algorithm 2): RMSprop, lr 5e-7, linear with 10% warm-up.
-    "irft": {"output_dir": "runs/irft", "optim": {"name": "rmsprop", "lr": 5e-7}},
-    "rft": {"output_dir": "runs/rft", "optim": {"lr": 1e-6}},
+    # Dropout off for both reward-learning recipes, as in the paper's code and TRL (TrainConfig.dropout).
+    "irft": {"output_dir": "runs/irft", "optim": {"name": "rmsprop", "lr": 5e-7}, "train": {"dropout": False}},
+    "rft": {"output_dir": "runs/rft", "optim": {"lr": 1e-6}, "train": {"dropout": False}},
+}
+
+# Settings a method never reads, each with what does that job for the method. Setting one (to anything but
+# its default) is an error: a recipe never ignores a setting silently.
+UNUSED_BY_METHOD: dict[str, dict[str, str]] = {
+    "sft": {
+        "generation": "SFT does not generate",
+        "irft": "the irft section is read by `rewardsft train irft` only",
+        "rft": "the rft section is read by `rewardsft train rft` only",
+        "reward_model": "SFT trains no reward model (`rewardsft train rft` does)",
+    },
+    "irft": {
+        "rft": "the rft section is read by `rewardsft train rft` only",
+        "reward_model": "IRFT's reward is implicit, β·log(π_θ/π_ref) (irft.beta); `rewardsft train rft` trains one",
+    },
+    "rft": {
+        "irft": "the irft section is read by `rewardsft train irft` only",
+        "train.epochs": "RFT runs rft.iterations rounds of rft.prompts_per_iteration prompts; set rft.iterations",
+        "train.max_steps": "RFT runs rft.iterations rounds; set rft.iterations",
+        "train.grad_accum": (
+            "one RFT optimiser step covers a whole round (rft.prompts_per_iteration x rft.samples_per_prompt "
+            "sequences, micro-batched by train.batch_size); set those instead"
+        ),
+    },
 }
 
 
@@ -256,7 +287,44 @@ def load_config(method: str, config_file: str | Path | None = None, overrides: l
     config = _build(RunConfig, merged, prefix="")
     config.method = method  # type: ignore[assignment]
     validate(config)
+    reject_unused(config)
     return config
+
+
+def method_defaults(method: str) -> RunConfig:
+    """The config ``method`` gets with no file and no overrides."""
+    config: RunConfig = _build(RunConfig, dict(METHOD_DEFAULTS[method]), prefix="")
+    config.method = method  # type: ignore[assignment]
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A config from a resolved mapping (e.g. a run's ``config.yaml``), type-checked but not re-validated."""
+    config: RunConfig = _build(RunConfig, values, prefix="")
+    return config
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def reject_unused(config: RunConfig) -> None:
+    """Refuse settings this method (or this combination of settings) would not read."""
+    defaults = method_defaults(config.method)
+    unused = dict(UNUSED_BY_METHOD[config.method])
+    if not config.train.dropout:
+        unused["lora.dropout"] = "dropout is off (train.dropout=false); set train.dropout=true to keep it"
+    if not (config.lora.enabled or (config.method == "rft" and config.reward_model.lora)):
+        for name in ("r", "alpha", "dropout", "target_modules"):
+            unused.setdefault(f"lora.{name}", "LoRA is off; set lora.enabled=true to use it")
+    if config.data.eval_path is None and config.data.eval_split is None:
+        unused["train.eval_every"] = "there is no held-out data; set data.eval_path or data.eval_split"
+    for dotted, why in unused.items():
+        value, default = _get(config, dotted), _get(defaults, dotted)
+        if value != default:
+            raise ConfigError(f"config key {dotted!r} is not used by `rewardsft train {config.method}`: {why}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -341,6 +409,17 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+RFT_SAMPLING_MESSAGE = (
+    "RFT samples from the policy itself: its policy gradient and KL use π_θ's own log-probs, so sampling must "
+    "be plain (generation.do_sample=true, temperature=1, top_p=1, top_k=0); other settings would make RLOO "
+    "silently off-policy"
+)
+
+
+def _samples_from_policy(gen: GenerationConfig) -> bool:
+    return gen.do_sample and gen.temperature == 1.0 and gen.top_p == 1.0 and gen.top_k == 0
+
+
 def validate(config: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     checks = [
@@ -367,6 +446,11 @@ def validate(config: RunConfig) -> None:
         (config.rft.samples_per_prompt >= 2, "rft.samples_per_prompt must be at least 2 (RLOO's baseline)"),
         (config.rft.reward_steps >= 0 and config.rft.policy_steps >= 0, "rft step counts must be >= 0"),
         (not (config.resume and config.overwrite), "resume=true and overwrite=true contradict each other"),
+        (
+            not (config.method == "irft" and config.irft.snapshot == "lora" and not config.lora.enabled),
+            "irft.snapshot=lora needs lora.enabled=true",
+        ),
+        (config.method != "rft" or _samples_from_policy(config.generation), RFT_SAMPLING_MESSAGE),
     ]
     for ok, message in checks:
         if not ok:

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import ConfigError, LoraConfig, ModelConfig
+from rewardsft.config import LoraConfig, ModelConfig
+from rewardsft.errors import ConfigError
 
 # Attention + MLP projections per architecture: LoRA on all of them is the common, strong default.
 LORA_TARGETS: dict[str, list[str]] = {

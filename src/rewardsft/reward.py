@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import ConfigError
 from rewardsft.data import TokenizedExample, collate
+from rewardsft.errors import ConfigError
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

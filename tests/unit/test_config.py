@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from rewardsft.cli import main
-from rewardsft.config import ConfigError, load_config, parse_overrides
+from rewardsft.config import load_config, parse_overrides
+from rewardsft.errors import ConfigError
 
 
 def test_overrides_are_nested_and_typed() -> None:
@@ -53,7 +54,9 @@ def test_bad_values_are_rejected(override: str, message: str) -> None:
 
 
 def test_list_and_optional_values() -> None:
-    config = load_config("sft", overrides=["lora.target_modules=[q_proj, v_proj]", "train.max_steps=null"])
+    config = load_config(
+        "sft", overrides=["lora.enabled=true", "lora.target_modules=[q_proj, v_proj]", "train.max_steps=null"]
+    )
     assert config.lora.target_modules == ["q_proj", "v_proj"]
     assert config.train.max_steps is None
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from rewardsft.config import ConfigError
+from rewardsft.errors import ConfigError
 from rewardsft.eval.judges import load_judge
 from rewardsft.eval.logprob_gap import GapSettings, per_example_rows, sequence_logp_table, summarise
 from rewardsft.eval.stats import bootstrap_ci

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rewardsft.config import ConfigError
+from rewardsft.errors import ConfigError
 
 Message = dict[str, str]
 Prompt = str | list[Message]

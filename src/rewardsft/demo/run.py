@@ -16,8 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rewardsft.config import ConfigError, GenerationConfig, load_config
+from rewardsft.config import GenerationConfig, load_config
 from rewardsft.demo.builtin import builtin_rows
+from rewardsft.errors import ConfigError
 from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
 from rewardsft.eval.report import build_report
 from rewardsft.eval.win_rate import WinRateSettings, win_rate

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rewardsft.config import ConfigError
+from rewardsft.errors import ConfigError
 
 
 @dataclass(frozen=True)

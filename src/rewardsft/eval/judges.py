@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rewardsft.config import ConfigError
 from rewardsft.data.formats import Prompt
+from rewardsft.errors import ConfigError
 
 Judge = Callable[[list[tuple[Prompt, str]]], list[float]]
 

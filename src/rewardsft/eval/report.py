@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from rewardsft.config import ConfigError
+from rewardsft.errors import ConfigError
 from rewardsft.training.metrics import METRICS_FILE, read_metrics
 
 # Panels of the per-run training-curve figure: title -> metric keys drawn on it (those present).

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import ConfigError, RunConfig
+from rewardsft.config import RunConfig
 from rewardsft.data import Renderer, TokenizedExample, collate
+from rewardsft.errors import ConfigError
 from rewardsft.generation import Generation, generate, generation_stats
 from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
@@ -55,8 +56,6 @@ class Stage:
 def train_irft(config: RunConfig) -> Path:
     """Train with IRFT; returns the ``final/`` directory."""
     ic, tc = config.irft, config.train
-    if ic.snapshot == "lora" and not config.lora.enabled:
-        raise ConfigError("irft.snapshot=lora needs lora.enabled=true")
     start = start_recipe(config)
     run, tokenizer, model, renderer = start.run, start.tokenizer, start.model, start.renderer
     train_data, eval_data = start.train_data, start.eval_data

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import ConfigError, RunConfig
+from rewardsft.config import RunConfig
 from rewardsft.data import Renderer, TokenizedExample, collate
+from rewardsft.errors import ConfigError
 from rewardsft.eval.logprob_gap import GapSettings, tokenize_pairs
 from rewardsft.generation import generate, generation_stats
 from rewardsft.logprobs import model_token_logps, sequence_logps

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from rewardsft.config import ConfigError, RunConfig
+from rewardsft.config import RunConfig
 from rewardsft.data import TokenizedExample, collate
+from rewardsft.errors import ConfigError
 from rewardsft.logprobs import model_token_logps
 from rewardsft.losses import sft_nll
 from rewardsft.models import is_peft, save_policy
