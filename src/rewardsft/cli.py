@@ -55,7 +55,9 @@ def _rft(config: RunConfig) -> Path:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    print(load_config(args.method, args.config, args.overrides).to_yaml(), end="")
+    from rewardsft.config import to_commented_yaml
+
+    print(to_commented_yaml(load_config(args.method, args.config, args.overrides)), end="")
     return 0
 
 
@@ -93,8 +95,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from rewardsft.scoring import score_file
 
+    out = Path(args.out) if args.out else None
     records = score_file(
-        args.reward_model, args.data, Path(args.out) if args.out else None, args.format, args.split, args.batch_size
+        args.reward_model, args.data, out, args.format, args.split, args.batch_size, render=_render_flags(args)
     )
     if args.out:
         print(f"scored {len(records)} rows -> {args.out}")
@@ -106,8 +109,9 @@ def _best_of_n(args: argparse.Namespace) -> int:
     from rewardsft.scoring import best_of_n
 
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    out = Path(args.out) if args.out else None
     records = best_of_n(
-        args.model, args.reward_model, args.prompts, args.n, Path(args.out) if args.out else None, gen, seed=args.seed
+        args.model, args.reward_model, args.prompts, args.n, out, gen, seed=args.seed, render=_render_flags(args)
     )
     if args.out:
         print(f"best of {args.n} for {len(records)} prompts -> {args.out}")
@@ -117,15 +121,9 @@ def _best_of_n(args: argparse.Namespace) -> int:
 def _eval_gap(args: argparse.Namespace) -> int:
     from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
 
-    settings = GapSettings(
-        split=args.split,
-        beta=args.beta,
-        batch_size=args.batch_size,
-        max_rows=args.max_rows,
-        max_length=args.max_length,
-        max_prompt_length=args.max_prompt_length,
-    )
-    summary = logprob_gap(args.model, args.data, Path(args.out) if args.out else None, args.ref_model, settings)
+    settings = GapSettings(split=args.split, beta=args.beta, batch_size=args.batch_size, max_rows=args.max_rows)
+    out = Path(args.out) if args.out else None
+    summary = logprob_gap(args.model, args.data, out, args.ref_model, settings, render=_render_flags(args))
     gap, acc = summary["gap"], summary["accuracy"]
     print(
         f"{summary['pairs']} pairs: gap {gap['mean']:.4f} (95% CI {gap['ci95'][0]:.4f}..{gap['ci95'][1]:.4f}), "
@@ -142,9 +140,8 @@ def _eval_winrate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, do_sample=args.temperature > 0
     )
     settings = WinRateSettings(n=args.n, split=args.split, seed=args.seed, tie_margin=args.tie_margin)
-    summary = win_rate(
-        args.model, args.baseline, args.prompts, args.judge, Path(args.out) if args.out else None, gen, settings
-    )
+    out = Path(args.out) if args.out else None
+    summary = win_rate(args.model, args.baseline, args.prompts, args.judge, out, gen, settings, _render_flags(args))
     w = summary["win_rate_ties_half"]
     print(
         f"{summary['n']} prompts: W/T/L {summary['wins']}/{summary['ties']}/{summary['losses']}, win rate "
@@ -218,6 +215,7 @@ def _add_reward_model_commands(sub: argparse._SubParsersAction) -> None:  # type
     score_p.add_argument("--format", default="auto")
     score_p.add_argument("--split", default="train")
     score_p.add_argument("--batch-size", type=int, default=16)
+    _render_args(score_p)
     score_p.set_defaults(func=_score)
 
     bon_p = sub.add_parser("best-of-n", help="sample N responses per prompt and keep the reward model's favourite")
@@ -230,6 +228,7 @@ def _add_reward_model_commands(sub: argparse._SubParsersAction) -> None:  # type
     bon_p.add_argument("--temperature", type=float, default=1.0)
     bon_p.add_argument("--top-p", type=float, default=1.0)
     bon_p.add_argument("--seed", type=int, default=0)
+    _render_args(bon_p)
     bon_p.set_defaults(func=_best_of_n)
 
 
@@ -245,8 +244,7 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     gap_p.add_argument("--beta", type=float, default=0.1)
     gap_p.add_argument("--batch-size", type=int, default=16)
     gap_p.add_argument("--max-rows", type=int)
-    gap_p.add_argument("--max-length", type=int, default=1024)
-    gap_p.add_argument("--max-prompt-length", type=int, default=512)
+    _render_args(gap_p)
     gap_p.set_defaults(func=_eval_gap)
     win_p = eval_sub.add_parser("winrate", help="judge a model's answers against a baseline's")
     win_p.add_argument("--model", required=True)
@@ -260,6 +258,7 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     win_p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
     win_p.add_argument("--tie-margin", type=float, default=0.0)
     win_p.add_argument("--seed", type=int, default=0)
+    _render_args(win_p)
     win_p.set_defaults(func=_eval_winrate)
     harness_p = eval_sub.add_parser("harness", help="lm-evaluation-harness tasks (pip install 'rewardsft[eval]')")
     harness_p.add_argument("--model", required=True)
@@ -269,6 +268,26 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     harness_p.add_argument("--include-path", help="folder of extra task YAML files")
     harness_p.add_argument("--out")
     harness_p.set_defaults(func=_eval_harness)
+
+
+RENDER_FLAGS = ("system_prompt", "fallback_template", "text_prompts", "max_length", "max_prompt_length")
+
+
+def _render_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "prompt rendering",
+        "A run's model (its folder, final/ or reward_model/) renders prompts exactly as the run trained, from its "
+        "config.yaml, and refuses these flags; they apply to any other model (defaults in brackets).",
+    )
+    group.add_argument("--system-prompt", help="system turn added to message prompts [none]")
+    group.add_argument("--fallback-template", help="chat template for tokenizers without one [default]")
+    group.add_argument("--text-prompts", choices=["verbatim", "user_turn"], help="plain-text prompts [verbatim]")
+    group.add_argument("--max-length", type=int, help="prompt + response tokens [1024]")
+    group.add_argument("--max-prompt-length", type=int, help="prompt tokens kept from the end [512]")
+
+
+def _render_flags(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in RENDER_FLAGS}
 
 
 def _method_args(parser: argparse.ArgumentParser) -> None:

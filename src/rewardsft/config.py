@@ -8,8 +8,14 @@ silently trains with a default.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import re
+import sys
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,8 +36,13 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """``auto``: float32 on CPU, bfloat16 on GPU (the paper trains in bf16)."""
     trust_remote_code: bool = False
+    """Let ``from_pretrained`` run the repository's own modelling code (tokenizer, policy and RFT reward model)."""
     revision: str | None = None
+    """Hub branch, tag or commit of ``name_or_path`` for the tokenizer and initial policy; None: the default
+    branch. Not applied to the RFT reward model."""
     gradient_checkpointing: bool = False
+    """Recompute the policy's activations during backward (less memory, more compute); also makes
+    ``irft.pair_forward=auto`` choose ``joint``."""
     gguf_file: str | None = None
     """File name inside ``name_or_path`` when the weights are a GGUF file (see OFFLINE.md)."""
 
@@ -39,12 +50,16 @@ class ModelConfig:
 @dataclass
 class LoraConfig:
     enabled: bool = False
+    """Train LoRA adapters instead of all the policy's weights; ``final/`` holds the merged model."""
     r: int = 64
-    """Paper's 7B setting: r=64, alpha=16."""
+    """Adapter rank (paper's 7B setting: r=64, alpha=16)."""
     alpha: int = 16
+    """LoRA scaling: the adapter's update is multiplied by alpha / r (paper: 16)."""
     dropout: float = 0.05
+    """Dropout probability on the adapters' input; applies only while ``train.dropout`` is true."""
     target_modules: list[str] | Literal["auto"] = "auto"
-    """``auto`` picks the attention and MLP projections of Llama/Mistral/Qwen2/GPT-NeoX/GPT-2."""
+    """Module names to adapt; ``auto`` picks the attention and MLP projections of Llama/Mistral/Qwen2/GPT-NeoX/GPT-2
+    (for other architectures, every Linear layer except the output head)."""
 
 
 @dataclass
@@ -52,15 +67,23 @@ class DataConfig:
     path: str = ""
     """Hub dataset id, a local .json/.jsonl/.parquet file, or a directory of such files."""
     split: str = "train"
+    """Split of ``path`` to train on: a hub or saved-dataset split, or the files of a directory whose name contains
+    it (all files when none does); ignored for a single file."""
     eval_path: str | None = None
+    """Held-out data, in any form ``path`` accepts; None: ``path`` itself when ``eval_split`` is set, else no
+    held-out evaluation."""
     eval_split: str | None = None
-    """Split of ``eval_path`` (or of ``path`` when ``eval_path`` is unset); None disables eval."""
+    """Split of ``eval_path`` (or of ``path`` when ``eval_path`` is unset); None: ``split`` when ``eval_path`` is
+    set, else held-out evaluation is off."""
     format: Literal["auto", "prompt_completion", "messages", "chosen_rejected", "spin"] = "auto"
+    """Row format; ``auto`` detects it from the first row's columns (real/generated, chosen/rejected, messages,
+    prompt/completion)."""
     max_length: int = 512
     """Prompt + response tokens (paper: 512)."""
     max_prompt_length: int = 128
     """Prompt tokens kept, from the end of the prompt (paper: 128)."""
     max_rows: int | None = None
+    """Train on the first N rows only (the held-out data is not capped); None: all rows."""
     fallback_template: str = "default"
     """Chat template for tokenizers without one: ``default`` (role-tagged turns) or a Jinja string."""
     system_prompt: str | None = None
@@ -73,19 +96,29 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 1
+    """Passes over the training data (IRFT: repeats of the whole T-stage pass); RFT uses ``rft.iterations``."""
     max_steps: int | None = None
-    """Optimiser steps; overrides ``epochs`` when set."""
+    """Optimiser steps; when set, SFT runs exactly this many (ignoring ``epochs``) and IRFT stops after this many
+    (shortening or dropping its last stages)."""
     batch_size: int = 8
     """Examples per device per micro-batch; effective batch = batch_size * grad_accum * processes."""
     eval_batch_size: int | None = None
+    """Sequences per no-grad forward (held-out loss, IRFT snapshot log-probs, RFT rollout log-probs and reward
+    scoring); None: ``batch_size``."""
     grad_accum: int = 1
+    """Micro-batches accumulated into one optimiser step (SFT and IRFT)."""
     max_grad_norm: float | None = 1.0
+    """Clip the global gradient L2 norm to this before each optimiser step; None: no clipping."""
     save_every: int = 500
-    """Optimiser steps between checkpoints (a checkpoint is always written at the end)."""
+    """Optimiser steps (RFT: rounds) between checkpoints (a checkpoint is always written at the end)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept; older ones are deleted once a newer one is complete."""
     eval_every: int | None = None
+    """Optimiser steps between held-out loss evaluations in SFT and IRFT (always evaluated at the end); None: at
+    the end only. Needs ``data.eval_path`` or ``data.eval_split``."""
     log_every: int = 1
+    """Optimiser steps between metric records (metrics.jsonl and trackers) in SFT and IRFT; the last step (of each
+    IRFT stage) is always logged. RFT logs every round."""
     dropout: bool = True
     """Keep the model's dropout (and ``lora.dropout``) active in training. IRFT and RFT default to false: with
     dropout the policy at a stage start is not its snapshot and two forwards of one sequence differ (the
@@ -95,26 +128,37 @@ class TrainConfig:
 @dataclass
 class OptimConfig:
     name: Literal["adamw", "rmsprop"] = "adamw"
-    """The paper's IRFT runs use RMSprop."""
+    """Optimiser, ``adamw`` or ``rmsprop``; the paper's IRFT runs use RMSprop."""
     lr: float = 2e-5
+    """Peak learning rate of the policy (reached after warm-up); the irft preset uses the paper's 5e-7, rft 1e-6."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning rate after warm-up: ``linear`` or ``cosine`` decay to 0 at the last step, or ``constant``."""
     warmup_ratio: float = 0.1
-    """Paper: linear decay with 10% warm-up."""
+    """Share of the optimiser steps (rounded up) over which the learning rate ramps up linearly (paper: linear
+    decay with 10% warm-up)."""
     weight_decay: float = 0.0
+    """Weight decay: decoupled in AdamW, an L2 term added to the gradient in RMSprop."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's (beta1, beta2) moment decay rates; RMSprop ignores them."""
     eps: float = 1e-8
+    """Term added to the optimiser's denominator for numerical stability (AdamW and RMSprop)."""
 
 
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 256
-    """Paper's 7B setting."""
+    """Cap on sampled response tokens (paper's 7B setting: 256); a sample is also cut to fit ``data.max_length``."""
     temperature: float = 1.0
-    """1.0 samples from pi_theta as the theory requires (the official code decodes greedily)."""
+    """Sampling temperature; 1.0 samples from pi_theta as the theory requires (the official code decodes
+    greedily)."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest token set with this much probability (1.0: off; RFT requires 1.0)."""
     top_k: int = 0
+    """Sample among the k most likely tokens only (0: off; RFT requires 0)."""
     do_sample: bool = True
+    """Sample (true) or decode greedily (false, ignoring temperature/top_p/top_k); RFT requires true."""
     batch_size: int = 16
+    """Prompts per ``generate`` call on each process (longest prompts first, to pad less)."""
 
 
 @dataclass
@@ -122,7 +166,9 @@ class LoggingConfig:
     report_to: list[str] = field(default_factory=list)
     """Extra trackers through accelerate: tensorboard, wandb, trackio (metrics.jsonl is always written)."""
     project: str = "rewardsft"
+    """Project name passed to the trackers of ``report_to``."""
     progress: bool = True
+    """Show a progress bar (main process only)."""
 
 
 @dataclass
@@ -130,7 +176,7 @@ class IRFTConfig:
     stages: int = 5
     """T in Algorithm 2 (paper: T=5 for zephyr-7b); T=1 is SPIN."""
     beta: float = 0.1
-    """Paper and SPIN: 0.1."""
+    """β, the scale of the implicit reward β·log(π_θ/π_ref) inside ℓ (paper and SPIN: 0.1)."""
     loss: Literal["sigmoid", "hinge", "linear"] = "sigmoid"
     """ℓ(u): sigmoid log(1+e^-u) (SPIN/DPO), hinge max(0, 1-u), linear -u (the theory's form)."""
     sft_weight: float = 0.0
@@ -139,7 +185,7 @@ class IRFTConfig:
     """How π_ref = θ_t is held: cached log-probs (SFT memory), a frozen copy, or the LoRA base."""
     pair_forward: Literal["auto", "split", "joint"] = "auto"
     """``split``: demonstrations and generations backpropagate one after the other (one half's activations at a
-    time, one extra no-grad forward); ``joint``: one forward of both. Same gradient. ``auto``: joint with
+    time, one extra no-grad forward); ``joint``: one forward of both (same gradient); ``auto``: joint with
     gradient checkpointing (activations are small, joint is faster and leaner), split without
     (docs/performance.md)."""
     epochs_per_stage: int = 1
@@ -161,13 +207,18 @@ class RFTConfig:
     policy_steps: int = 1
     """Policy optimiser steps per round, each over the whole rollout (clipped ratio after the first)."""
     kl_coef: float = 0.05
-    """Per-token KL penalty to the initial policy, summed over the response."""
+    """Coefficient of the per-token KL penalty to the initial policy, summed over the response."""
     reward_norm: Literal["none", "whiten"] = "whiten"
+    """``whiten``: standardise the KL-penalised rewards over the rollout (zero mean, unit std) before
+    RLOO; ``none``: use them as they are."""
     reward_clip: float | None = None
+    """Clip the rewards (after ``reward_norm``) to ±this before RLOO; None: no clipping."""
     clip_ratio: float = 0.2
+    """ε of the PPO-style clip of π_θ/π_old to [1-ε, 1+ε]; has no effect on a rollout's first policy step."""
     preference_path: str | None = None
     """Optional real preference pairs (chosen/rejected) mixed into the reward step."""
     preference_split: str = "train"
+    """Split of ``preference_path``, as ``data.split`` is of ``data.path``."""
     preference_weight: float = 0.0
     """Weight of the preference pairs' BT loss (the official script uses 0)."""
 
@@ -179,27 +230,42 @@ class RewardModelConfig:
     lora: bool = False
     """Train the reward model with LoRA (the ``lora`` section's settings; the head is fully trained)."""
     lr: float = 1e-5
+    """Learning rate of the reward model; every other ``optim`` setting (optimiser, schedule, warm-up, weight decay)
+    is shared with the policy."""
 
 
 @dataclass
 class RunConfig:
     method: Literal["sft", "irft", "rft"] = "sft"
+    """Set by the command (``rewardsft train METHOD``); a config file's ``method`` must match it."""
     output_dir: str = "runs/sft"
+    """Run folder (config.yaml, metrics.jsonl, checkpoints/, final/); the preset is runs/METHOD."""
     seed: int = 42
+    """Seeds the RNGs, the data shuffles and the sampling (each stage, round and process derives its own)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in ``output_dir``."""
     overwrite: bool = False
     """Delete an existing non-empty ``output_dir`` first."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy: its weights and how they are loaded."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters for the policy (and for the RFT reward model with ``reward_model.lora``)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Demonstrations, held-out data and how they are rendered and truncated."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Batching, run length, evaluation, logging and checkpoint cadence."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and learning-rate schedule (shared by the RFT reward model, except its ``lr``)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Sampling of responses from the policy (IRFT stages, RFT rounds)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Progress bar and experiment trackers."""
     irft: IRFTConfig = field(default_factory=IRFTConfig)
+    """IRFT (the paper's Algorithm 2); read by ``rewardsft train irft`` only."""
     rft: RFTConfig = field(default_factory=RFTConfig)
+    """RFT (the paper's Algorithm 1); read by ``rewardsft train rft`` only."""
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """RFT's explicit reward model r_φ."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,6 +368,83 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """A config from a resolved mapping (e.g. a run's ``config.yaml``), type-checked but not re-validated."""
     config: RunConfig = _build(RunConfig, values, prefix="")
     return config
+
+
+@functools.cache
+def field_docs() -> dict[str, dict[str, str]]:
+    """Field docstrings of this module's dataclasses, ``{class name: {field: docstring}}``, from its source.
+
+    A string literal right after an annotated field documents it; Python keeps no such docstrings at runtime, so
+    they are parsed (once) with :mod:`ast`. Empty when the source is unavailable. Treat the result as read-only.
+    """
+    try:
+        source = inspect.getsource(sys.modules[__name__])
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields: dict[str, str] = {}
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                fields[stmt.target.id] = inspect.cleandoc(after.value.value)
+        docs[node.name] = fields
+    return docs
+
+
+COMMENT_WIDTH = 110
+"""Comment lines of ``to_commented_yaml`` are wrapped to about this many characters."""
+
+
+def _comment(doc: str, width: int) -> list[str]:
+    """The docstring's first sentence, whitespace collapsed and ``code`` marks made single backticks, wrapped to
+    lines of about ``width`` characters."""
+    text = " ".join(doc.split()).replace("``", "`")
+    sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z`])", text, maxsplit=1)[0]
+    return textwrap.wrap(sentence, max(width, 40), break_long_words=False, break_on_hyphens=False)
+
+
+def to_commented_yaml(config: RunConfig) -> str:
+    """The mapping of ``config.to_yaml()`` with each key's docstring (first sentence) as a comment above it.
+
+    ``yaml.safe_load`` of the result is exactly ``config.to_dict()``; ``rewardsft config show`` prints it.
+    """
+    lines: list[str] = []
+    _commented_section(RunConfig, config.to_dict(), 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _commented_section(cls: type, values: dict[str, Any], depth: int, lines: list[str]) -> None:
+    docs = field_docs().get(cls.__name__, {})
+    hints = typing.get_type_hints(cls)
+    indent = "  " * depth
+    for f in dataclasses.fields(cls):
+        value, hint = values[f.name], hints[f.name]
+        section = dataclasses.is_dataclass(hint)
+        if section and lines:
+            lines.append("")  # a blank line before each section
+        lines.extend(f"{indent}# {line}" for line in _comment(docs.get(f.name, ""), COMMENT_WIDTH - len(indent) - 2))
+        if section:
+            lines.append(f"{indent}{f.name}:")
+            _commented_section(hint, value, depth + 1, lines)
+            continue
+        # Dumping the one-key mapping quotes strings as needed (':', '#', 'yes', ...) and writes null for None;
+        # lists go in flow style ([a, b]); the huge width stops long strings being folded.
+        dumped = yaml.safe_dump(
+            {f.name: value},
+            sort_keys=False,
+            default_flow_style=None if isinstance(value, list) else False,
+            allow_unicode=True,
+            width=1 << 30,
+        )
+        lines.extend(f"{indent}{line}" for line in dumped.splitlines())
 
 
 def _get(config: Any, dotted: str) -> Any:

@@ -1,19 +1,24 @@
 """Sample responses from a policy with exactly the prompt ids used in training.
 
 Prompts come from :func:`rewardsft.data.tokenize.render_prompt_ids` (via ``TokenizedExample.prompt_ids``),
-so generation and training can never disagree about the chat template (SPIN issue #33).
+so generation and training can never disagree about the chat template (SPIN issue #33). Sampling settings
+come from our ``GenerationConfig`` alone: a checkpoint's own ``generation_config`` (``repetition_penalty``,
+``no_repeat_ngram_size``, ...) would make IRFT/RFT samples come from something other than π_θ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rewardsft.config import GenerationConfig
+from rewardsft.config import GenerationConfig, ModelConfig
 from rewardsft.data.collate import collate_prompts
+from rewardsft.data.formats import Prompt
+from rewardsft.data.tokenize import Renderer, TokenizedExample, render_prompt_ids, truncate_prompt
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ def generate(
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), only_our_sampling_settings(model):
             torch.manual_seed(seed)
             for start in range(0, len(order), cfg.batch_size):
                 batch_idx = order[start : start + cfg.batch_size]
@@ -55,6 +60,36 @@ def generate(
     finally:
         model.train(was_training)
     return [results[i] for i in range(len(prompts))]
+
+
+@contextmanager
+def only_our_sampling_settings(model: Any) -> Iterator[None]:
+    """Hide the checkpoint's ``generation_config`` while generating: transformers fills every setting we do not
+    pass from it, so e.g. a shipped ``repetition_penalty`` would silently change the sampling distribution."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = getattr(inner, "generation_config", None)
+    inner.generation_config = HFGenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
+def end_of_turn_ids(renderer: Renderer, model: Any | None = None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS, the ids the model's ``generation_config`` declares
+    (often a list), and the special token that closes an assistant turn in the chat template."""
+    tokenizer = renderer.tokenizer
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += [declared] if isinstance(declared, int) else list(declared or [])
+    if renderer.has_chat_template or renderer.template is not None:
+        # The first special token after the assistant's words is the template's turn end (e.g. <|im_end|>).
+        text, _ = renderer.response_text([{"role": "user", "content": "hi"}], "ok")
+        special = set(tokenizer.all_special_ids)
+        ids += [t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t in special][:1]
+    return list(dict.fromkeys(ids))
 
 
 def _generate_batch(
@@ -79,6 +114,45 @@ def _generate_batch(
     )
     new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
     return [cut_at_eos(row, eos_ids) for row in new_tokens]
+
+
+def as_example(prompt: TokenizedExample, generation: Generation, max_length: int) -> TokenizedExample:
+    """The prompt with a sampled response, cut to ``max_length`` tokens like a training example."""
+    room = max_length - len(prompt.prompt_ids)
+    return TokenizedExample(prompt.prompt_ids, generation.response_ids[:room], prompt.index)
+
+
+def sample_texts(
+    model_path: str,
+    prompts: list[Prompt],
+    generation: GenerationConfig,
+    seed: int,
+    n: int = 1,
+    render: dict[str, Any] | None = None,
+) -> list[str]:
+    """``n`` sampled responses per prompt (prompt-major order), rendered and truncated as the model trained.
+
+    ``render``: rendering flags for a model that is not a run (see :func:`rewardsft.layout.rendering_for`).
+    """
+    from rewardsft.layout import rendering_for
+    from rewardsft.models import load_causal_lm, load_tokenizer
+
+    path, settings = rendering_for(model_path, **(render or {}))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = ModelConfig(name_or_path=path)
+    tokenizer = load_tokenizer(cfg)
+    model = load_causal_lm(cfg, device)
+    renderer = Renderer.from_settings(tokenizer, settings)
+    ids = [truncate_prompt(render_prompt_ids(p, renderer), settings.max_prompt_length, renderer)[0] for p in prompts]
+    samples = generate(
+        model,
+        [p for p in ids for _ in range(n)],
+        generation,
+        pad_id=tokenizer.pad_token_id,
+        eos_ids=end_of_turn_ids(renderer, model),
+        seed=seed,
+    )
+    return [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
 
 
 def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> Generation:

@@ -11,12 +11,15 @@ import torch.nn.functional as F
 from rewardsft.logprobs import TokenLogps
 
 
-def sft_nll(tokens: TokenLogps) -> torch.Tensor:
-    """Mean negative log-likelihood per response token over the batch (scalar).
+def sft_nll(tokens: TokenLogps, n_tokens: float | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the response tokens, summed and divided by ``n_tokens`` (scalar).
 
-    Token-weighted, so long responses count in proportion to their length, as in standard SFT.
+    ``n_tokens`` defaults to this batch's response tokens (the per-token mean). Token-weighted, so long
+    responses count in proportion to their length, as in standard SFT; a step split into micro-batches or
+    processes passes the whole step's token count so the split does not change the gradient.
     """
-    return -tokens.logps.sum() / tokens.mask.sum().clamp(min=1)
+    denominator = tokens.mask.sum().clamp(min=1) if n_tokens is None else max(n_tokens, 1.0)
+    return -tokens.logps.sum() / denominator
 
 
 class IRFTLoss(StrEnum):

@@ -145,6 +145,24 @@ def save_policy(
         model.save_pretrained(str(out / "model"), state_dict=state_dict, safe_serialization=True)
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability in ``model`` to 0 (LoRA's included); returns how many were non-zero.
+
+    Covers ``nn.Dropout`` modules and the float attributes attention layers pass to the attention kernel
+    (Llama's ``attention_dropout``, OPT's ``dropout``); the config is left alone so exports keep it.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            changed += module.p > 0
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return int(changed)
+
+
 def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 

@@ -1,8 +1,11 @@
 """The explicit reward model r_φ: one read-out used in training, scoring, best-of-n and evaluation.
 
-The score of (prompt, response) is the scalar head applied to the hidden state of the LAST REAL TOKEN of the
-rendered prompt+response (the EOS that closes the response), found from the attention mask, so left and
-right padding give the same score. (The official RFT code reads rewards differently in training and RL.)
+The score of (prompt, response) is the scalar head applied to the hidden state of the last token of the rendered
+prompt+response that is attended and is not the pad id: exactly the token Hugging Face's own
+``...ForSequenceClassification`` forward reads, so the exported ``reward_model/`` scores the same under
+``AutoModelForSequenceClassification``. Usually that is the EOS closing the response; when the tokenizer pads
+with its EOS (Pythia, zephyr, every tokenizer without a pad token) it is the token before it. Left and right
+padding give the same score. (The official RFT code reads rewards differently in training and RL.)
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=-1)
 
 
+def read_out_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """(B,) position the reward is read at: the last attended token that is not ``pad_id`` (HF's rule)."""
+    readable = attention_mask.bool()
+    if pad_id is not None:
+        readable = readable & (input_ids != pad_id)
+    return last_token_index(readable)
+
+
 def rm_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) reward of each row: the score head at the last real token."""
+    """(B,) reward of each row: the score head at :func:`read_out_index`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    last = hidden[rows, last_token_index(attention_mask)]
+    last = hidden[rows, read_out_index(input_ids, attention_mask, base.config.pad_token_id)]
     return base.score(last).squeeze(-1).float()  # type: ignore[no-any-return]
 
 
@@ -72,3 +83,16 @@ def score_examples(model: Any, examples: Sequence[TokenizedExample], batch_size:
         scores += rm_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
     model.train(was_training)
     return scores
+
+
+def save_reward_model(out: Path, reward_model: Any, tokenizer: Any) -> None:
+    """``AutoModelForSequenceClassification``-loadable (LoRA merged) with the tokenizer; ``config.pad_token_id``
+    is the tokenizer's pad id, which is what HF's forward needs to find the read-out token."""
+    import copy
+
+    model = reward_model
+    if hasattr(model, "peft_config"):
+        model = copy.deepcopy(model).merge_and_unload()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))

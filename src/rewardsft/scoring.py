@@ -11,28 +11,34 @@ import torch
 from rewardsft.config import GenerationConfig, ModelConfig
 from rewardsft.data import DataError, Example, Renderer, load_rows, parse_rows
 from rewardsft.data.formats import Prompt, parse_prompts
-from rewardsft.data.tokenize import TokenizedExample, render_prompt_ids, tokenize_example, truncate_prompt
-from rewardsft.generation import generate
-from rewardsft.models import load_causal_lm, load_tokenizer
+from rewardsft.data.tokenize import TokenizedExample, render_prompt_ids, tokenize_example
+from rewardsft.generation import sample_texts
+from rewardsft.layout import rendering_for
+from rewardsft.models import load_tokenizer
 from rewardsft.reward import load_reward_model, score_examples
 
 
 class RewardScorer:
-    """A reward model with its own tokenizer and prompt rendering (the one read-out of ``reward.rm_scores``)."""
+    """A reward model with its own tokenizer and prompt rendering (the one read-out of ``reward.rm_scores``).
+
+    A run's ``reward_model/`` renders as the run trained (its ``config.yaml``); any other model takes the
+    ``render`` flags (see :func:`rewardsft.layout.rendering_for`).
+    """
 
     def __init__(
         self,
         path: str | Path,
         device: torch.device | None = None,
-        max_length: int = 2048,
-        max_prompt_length: int = 1024,
         batch_size: int = 16,
+        render: dict[str, Any] | None = None,
     ):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = load_tokenizer(ModelConfig(name_or_path=str(path)))
-        self.renderer = Renderer(self.tokenizer)
-        self.model = load_reward_model(path, self.device, pad_token_id=self.tokenizer.pad_token_id).eval()
-        self.max_length, self.max_prompt_length, self.batch_size = max_length, max_prompt_length, batch_size
+        model_path, settings = rendering_for(path, **(render or {}))
+        self.tokenizer = load_tokenizer(ModelConfig(name_or_path=model_path))
+        self.renderer = Renderer.from_settings(self.tokenizer, settings)
+        self.model = load_reward_model(model_path, self.device, pad_token_id=self.tokenizer.pad_token_id).eval()
+        self.max_length, self.max_prompt_length = settings.max_length, settings.max_prompt_length
+        self.batch_size = batch_size
 
     def score(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
         """Rewards of (prompt, response) pairs; an empty response scores the prompt's end alone."""
@@ -46,12 +52,18 @@ class RewardScorer:
 
 
 def score_file(
-    reward_model: str, data: str, out: Path | None, fmt: str = "auto", split: str = "train", batch_size: int = 16
+    reward_model: str,
+    data: str,
+    out: Path | None,
+    fmt: str = "auto",
+    split: str = "train",
+    batch_size: int = 16,
+    render: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every row's (prompt, response) — and its rejected side when it has one — and write JSONL."""
     rows, source = load_rows(data, split)
     examples = parse_rows(rows, source, fmt)
-    scorer = RewardScorer(reward_model, batch_size=batch_size)
+    scorer = RewardScorer(reward_model, batch_size=batch_size, render=render)
     scores = scorer.score([(ex.prompt, ex.response) for ex in examples])
     with_rejected = [i for i, ex in enumerate(examples) if ex.rejected is not None]
     rejected_scores = dict(
@@ -79,15 +91,18 @@ def best_of_n(
     out: Path | None,
     generation: GenerationConfig,
     seed: int = 0,
-    max_prompt_length: int = 1024,
+    render: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample ``n`` responses per prompt with ``model`` and keep the one ``reward_model`` scores highest."""
+    """Sample ``n`` responses per prompt with ``model`` and keep the one ``reward_model`` scores highest.
+
+    Each model renders prompts as its run trained; ``render`` flags apply to models that are not runs.
+    """
     if n < 1:
         raise DataError("--n must be at least 1")
     rows, source = load_rows(prompts_path)
     prompts = parse_prompts(rows, source)
-    texts = sample_texts(model, prompts, generation, seed, max_prompt_length, n)
-    scorer = RewardScorer(reward_model)
+    texts = sample_texts(model, prompts, generation, seed, n, render=render)
+    scorer = RewardScorer(reward_model, render=render)
     scores = scorer.score([(prompts[i // n], text) for i, text in enumerate(texts)])
     records = []
     for p, prompt in enumerate(prompts):
@@ -96,27 +111,6 @@ def best_of_n(
         records.append({"prompt": prompt, "best": texts[best], "best_score": scores[best], "candidates": candidates})
     write_jsonl(records, out)
     return records
-
-
-def sample_texts(
-    model_path: str, prompts: list[Prompt], generation: GenerationConfig, seed: int, max_prompt_length: int, n: int = 1
-) -> list[str]:
-    """``n`` sampled responses per prompt (prompt-major order), rendered and truncated as in training."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(name_or_path=model_path)
-    tokenizer = load_tokenizer(cfg)
-    model = load_causal_lm(cfg, device)
-    renderer = Renderer(tokenizer)
-    ids = [truncate_prompt(render_prompt_ids(p, renderer), max_prompt_length, renderer)[0] for p in prompts]
-    samples = generate(
-        model,
-        [p for p in ids for _ in range(n)],
-        generation,
-        pad_id=tokenizer.pad_token_id,
-        eos_ids=[tokenizer.eos_token_id],
-        seed=seed,
-    )
-    return [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
 
 
 def write_jsonl(records: list[dict[str, Any]], out: Path | None) -> None:

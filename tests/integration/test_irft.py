@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -224,3 +225,45 @@ def test_two_processes_with_torchrun(llama_dir: Path, builtin_jsonl: Path, tmp_p
     # 24 rows per stage, 4 per process per micro-batch x 2 processes -> 3 steps per stage.
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "irft/loss" in r] == list(range(1, 7))
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def max_logit_difference(first: Any, second: Any, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((first(ids).logits - second(ids).logits).abs().max())
+
+
+@pytest.mark.parametrize("snapshot", ["cached", "copy", "lora"])
+def test_lora_stage_two_starts_at_margin_zero_and_exports_reproduce_final(
+    snapshot: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """With the project's LoRA defaults (lora.dropout 0.05) the policy at a stage start IS its snapshot, and
+    whatever is exported as an adapter loads onto the base it names and reproduces final/."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / snapshot
+    extra = ["irft.stages=2", "lora.enabled=true", "lora.r=4", f"irft.snapshot={snapshot}"]
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *extra)) == 0
+    first_of_stage = {k: recs[0] for k, recs in stage_records(out).items()}
+    assert first_of_stage[2]["irft/margin"] == pytest.approx(0.0, abs=1e-6)
+    assert first_of_stage[2]["irft/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    final = AutoModelForCausalLM.from_pretrained(str(out / "final"))
+    ids = torch.tensor([[1, 7, 30, 52, 99, 120, 7, 3]])
+    assert max_logit_difference(final, AutoModelForCausalLM.from_pretrained(str(llama_dir)), ids) > 1e-3
+    if snapshot == "lora":
+        # Every stage's adapter was merged into the base: no adapter reproduces final/ on the original base.
+        assert not (out / "adapter").exists()
+        return
+    base = AutoModelForCausalLM.from_pretrained(str(llama_dir))
+    adapted = peft.PeftModel.from_pretrained(base, str(out / "adapter"))
+    assert max_logit_difference(adapted, final, ids) <= 1e-4
+
+
+def test_dropout_kept_on_request_is_warned_and_moves_the_stage_start(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any
+) -> None:
+    out = tmp_path / "dropout"
+    extra = ["irft.stages=2", "lora.enabled=true", "lora.r=4", "lora.dropout=0.3", "train.dropout=true"]
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *extra)) == 0
+    assert "warning: train.dropout=true" in capsys.readouterr().out
+    assert abs(stage_records(out)[2][0]["irft/margin"]) > 1e-5  # what the default spares the user

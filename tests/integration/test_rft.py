@@ -82,12 +82,13 @@ def sample_and_score(policy_dir: Path, reward_dir: Path, prompts: Path, tmp: Pat
 
 def test_rft_end_to_end(llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert main(rft_args(llama_dir, split_data, out, "rft.iterations=8", "train.save_every=4")) == 0
+    args = rft_args(llama_dir, split_data, out, "rft.iterations=8", "train.save_every=4", "train.eval_every=3")
+    assert main(args) == 0
     # Artefacts: the policy and an exportable reward model.
     reward = AutoModelForSequenceClassification.from_pretrained(str(out / "reward_model"))
     assert reward.config.num_labels == 1
     assert (out / "checkpoints" / "step-8" / "reward_model" / "model.safetensors").is_file()
-    assert (out / "checkpoints" / "step-8" / "rm_optimizer.pt").is_file()
+    assert (out / "checkpoints" / "step-8" / "optimizers.pt").is_file()
     records = read_metrics(out / "metrics.jsonl")
     rounds = [r for r in records if "rm/loss" in r]
     assert [r["step"] for r in rounds] == list(range(1, 9))
@@ -100,9 +101,12 @@ def test_rft_end_to_end(llama_dir: Path, split_data: tuple[Path, Path], tmp_path
         "policy/entropy",
         "policy/loss",
         "gen/mean_length",
-        "eval/rm_accuracy",
+        "rm/grad_norm",
+        "train/grad_norm",
     }
     assert keys <= set(rounds[0])
+    # train.eval_every=3: the held-out check runs at rounds 3, 6 and the last, not every round.
+    assert [r["step"] for r in records if "eval/rm_accuracy" in r] == [0, 3, 6, 8]
     # The reward model learns to separate held-out demonstrations from the policy's generations.
     before = next(r for r in records if r["step"] == 0)["eval/rm_accuracy"]
     after = rounds[-1]["eval/rm_accuracy"]

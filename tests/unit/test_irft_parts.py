@@ -117,13 +117,16 @@ def make_pairs(tokenizer: Any) -> list[Pair]:
 
 
 def trained_lora_model(tokenizer: Any, pairs: list[Pair]) -> Any:
-    """A LoRA policy whose adapter is no longer zero (as at the start of stage 2)."""
-    import peft
+    """A LoRA policy whose adapter is no longer zero (as at the start of stage 2), built as ``train irft``
+    builds it from the project's own LoRA settings (lora.dropout 0.05, switched off by train.dropout=false)."""
+    from rewardsft.config import load_config
+    from rewardsft.models import apply_lora, disable_dropout
 
-    model = peft.get_peft_model(
-        tiny_model(tokenizer, hidden_size=32, seed=3),
-        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]),
+    config = load_config(
+        "irft", overrides=["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj, up_proj]"]
     )
+    model = apply_lora(tiny_model(tokenizer, hidden_size=32, seed=3), config.lora)
+    disable_dropout(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     batch = pair_batch(pairs, tokenizer.pad_token_id, torch.device("cpu"))
     for _ in range(3):
@@ -157,7 +160,7 @@ def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
     # The snapshot is the current policy, not the initial model, and merging did not move the policy.
     assert torch.allclose(policy_before[0], results["cached"][0], atol=1e-4)
     with torch.no_grad():
-        policy_after = split_logps(model.eval(), batch)
+        policy_after = split_logps(model.train(), batch)  # train mode, as the training step sees the policy
     assert torch.allclose(policy_after[0], policy_before[0], atol=1e-4)
     # Same first-step loss in all three modes: at the stage start the policy equals the snapshot, u = 0.
     for name, (ref_demo, ref_gen) in results.items():
@@ -165,32 +168,83 @@ def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
         assert terms.loss.mean().item() == pytest.approx(math.log(2), abs=1e-4), name
 
 
-@pytest.mark.parametrize(("loss", "sft_weight"), [("sigmoid", 0.0), ("hinge", 0.5), ("linear", 0.0)])
-def test_split_and_joint_pair_backward_give_the_same_gradient(tokenizer: Any, loss: str, sft_weight: float) -> None:
+def pair_gradients(base: Any, pairs: list[Pair], spec: Any, pad_id: int) -> tuple[list[Any], list[Any]]:
+    """Gradients and outputs of the joint and the split pair backward from copies of ``base`` (train mode)."""
     import copy
-    from types import SimpleNamespace
 
     from accelerate import Accelerator
 
-    from rewardsft.config import load_config
     from rewardsft.recipes.irft import joint_pair_backward, split_pair_backward
 
-    pairs = make_pairs(tokenizer)
-    config = load_config("irft", overrides=[f"irft.loss={loss}", f"irft.sft_weight={sft_weight}", "irft.beta=0.5"])
-    run = SimpleNamespace(device=torch.device("cpu"), accelerator=Accelerator(cpu=True))
-    base = tiny_model(tokenizer, hidden_size=32, seed=5)
+    accelerator = Accelerator(cpu=True)
     ref_demo, ref_gen = torch.tensor([-40.0, -30.0, -35.0]), torch.tensor([-20.0, -25.0, -10.0])
     grads, outs = [], []
     for backward in (joint_pair_backward, split_pair_backward):
-        model = copy.deepcopy(base)
-        outs.append(backward(run, model, pairs, ref_demo, ref_gen, config, tokenizer.pad_token_id, 0.5, True))
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+        model = copy.deepcopy(base).train()
+        torch.manual_seed(0)
+        outs.append(backward(accelerator, model, pairs, ref_demo, ref_gen, spec, pad_id, 0.5, True))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    return grads, outs
+
+
+def same_gradients(grads: list[Any]) -> bool:
+    return all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4) for n in grads[0])
+
+
+@pytest.mark.parametrize(("loss", "sft_weight"), [("sigmoid", 0.0), ("hinge", 0.5), ("linear", 0.0)])
+def test_split_and_joint_pair_backward_give_the_same_gradient(tokenizer: Any, loss: str, sft_weight: float) -> None:
+    from rewardsft.config import load_config
+    from rewardsft.recipes.irft import PairLossSpec
+
+    pairs = make_pairs(tokenizer)
+    config = load_config("irft", overrides=[f"irft.loss={loss}", f"irft.sft_weight={sft_weight}", "irft.beta=0.5"])
+    grads, outs = pair_gradients(
+        tiny_model(tokenizer, hidden_size=32, seed=5), pairs, PairLossSpec.from_config(config), tokenizer.pad_token_id
+    )
+    assert same_gradients(grads)
     assert any(g.abs().sum() > 0 for g in grads[0].values())
     for joint, split in zip(outs[0], outs[1], strict=True):
         values = (joint, split) if isinstance(joint, torch.Tensor) else (joint.margin, split.margin)
         assert torch.allclose(*values, atol=1e-5)
+
+
+def test_lora_with_the_project_defaults_has_no_dropout_noise_in_irft(tokenizer: Any) -> None:
+    """lora.dropout defaults to 0.05: IRFT must switch it off, or the split backward's two forwards of the
+    generations draw different masks and its gradient is no longer the joint one."""
+    from rewardsft.config import load_config
+    from rewardsft.models import apply_lora, disable_dropout
+    from rewardsft.recipes.irft import PairLossSpec
+
+    config = load_config("irft", overrides=["lora.enabled=true", "lora.r=4"])
+    assert config.lora.dropout > 0 and not config.train.dropout
+    spec = PairLossSpec.from_config(config)
+    pairs = make_pairs(tokenizer)
+    noisy = apply_lora(tiny_model(tokenizer, hidden_size=32, seed=5), config.lora)
+    torch.nn.init.normal_(next(p for n, p in noisy.named_parameters() if "lora_B" in n), std=0.5)
+    assert not same_gradients(pair_gradients(noisy, pairs, spec, tokenizer.pad_token_id)[0])  # what dropout does
+    assert disable_dropout(noisy) > 0
+    assert same_gradients(pair_gradients(noisy, pairs, spec, tokenizer.pad_token_id)[0])
+
+
+def test_disable_dropout_makes_two_train_mode_forwards_agree(tokenizer: Any) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rewardsft.models import disable_dropout
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        attention_dropout=0.5,
+    )
+    model = LlamaForCausalLM(config).train()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # attention dropout is a float, not a module
+    disable_dropout(model)
+    assert model.training and torch.equal(model(ids).logits, model(ids).logits)
 
 
 def test_pair_forward_auto_follows_gradient_checkpointing() -> None:

@@ -78,3 +78,12 @@ def test_model_logps_do_not_depend_on_padding(tokenizer: Any) -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="disagree"):
         token_logps(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_sft_nll_with_a_step_token_count_sums_to_the_step_mean() -> None:
+    # Two micro-batches of 3 and 1 response tokens: each divided by the step's 4 tokens, they add up to the
+    # token mean over the step (6 + 2) / 4, not to the mean of the micro-batch means (2 + 2) / 2.
+    first = TokenLogps(torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[True, True, True]]))
+    second = TokenLogps(torch.tensor([[-2.0, 0.0, 0.0]]), torch.tensor([[True, False, False]]))
+    total = sft_nll(first, n_tokens=4) + sft_nll(second, n_tokens=4)
+    assert float(total) == pytest.approx(8.0 / 4)

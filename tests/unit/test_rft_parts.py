@@ -112,3 +112,36 @@ def test_left_and_right_padding_give_the_same_score(tokenizer: Any, reward_model
         hf = reward_model(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits.squeeze(-1)
     assert torch.allclose(hf, right_scores, atol=1e-5)
     assert score_examples(reward_model, tokenized, 1, tokenizer.pad_token_id) == pytest.approx(alone, abs=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_exported_reward_model_scores_the_same_under_hf_when_pad_is_eos(
+    tokenizer: Any, reward_model: Any, padding_side: str, tmp_path: Any
+) -> None:
+    """Pythia/zephyr-style tokenizers pad with EOS: HF's forward then reads the token before the closing EOS, and
+    `rewardsft score` must read the same one, or the exported reward_model/ scores differently elsewhere."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rewardsft.reward import save_reward_model
+    from rewardsft.scoring import RewardScorer
+
+    eos_padded = copy.deepcopy(tokenizer)
+    eos_padded.pad_token = eos_padded.eos_token
+    model = copy.deepcopy(reward_model)
+    model.config.pad_token_id = eos_padded.pad_token_id
+    save_reward_model(tmp_path / "rm", model, eos_padded)
+
+    pairs = [("What is the capital of Peru?", " Lima."), ("Hi", " The opposite of hot is cold. Hello!")]
+    ours = RewardScorer(tmp_path / "rm").score(pairs)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
+    hf_tokenizer.padding_side = padding_side
+    hf_model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm")).eval()
+    scorer = RewardScorer(tmp_path / "rm")
+    examples = [tokenize_examples([Example(p, r)], scorer.renderer, 2048, 1024)[0][0] for p, r in pairs]
+    assert all(ex.input_ids[-1] == eos_padded.eos_token_id for ex in examples)
+    batch = hf_tokenizer.pad({"input_ids": [ex.input_ids for ex in examples]}, return_tensors="pt")
+    with torch.no_grad():
+        hf = hf_model(**batch).logits.squeeze(-1)
+    assert hf.tolist() == pytest.approx(ours, abs=1e-5)

@@ -10,8 +10,10 @@ from rewardsft.data.loading import load_rows
 from rewardsft.data.tokenize import (
     IGNORE_INDEX,
     Renderer,
+    RenderSettings,
     TokenizedExample,
     TokenizeStats,
+    tokenize_example,
     tokenize_examples,
 )
 
@@ -20,12 +22,15 @@ __all__ = [
     "DataError",
     "Example",
     "LoadedSplit",
+    "PairSplit",
+    "RenderSettings",
     "Renderer",
     "TokenizeStats",
     "TokenizedExample",
     "collate",
     "collate_prompts",
     "load_examples",
+    "load_pairs",
     "load_split",
     "parse_rows",
     "tokenize_examples",
@@ -61,3 +66,33 @@ def load_split(
     if not tokenized:
         raise DataError(f"{source}: every row was skipped ({stats.summary()})")
     return LoadedSplit(source, examples, tokenized, stats)
+
+
+@dataclass
+class PairSplit:
+    """Preference pairs tokenised like training examples: ``chosen[i]`` and ``rejected[i]`` share a prompt."""
+
+    source: str
+    chosen: list[TokenizedExample]
+    rejected: list[TokenizedExample]
+    skipped: int
+    """Rows whose either side had no room left for a response token."""
+
+
+def load_pairs(
+    path: str, split: str, renderer: Renderer, *, max_length: int, max_prompt_length: int, max_rows: int | None = None
+) -> PairSplit:
+    """Chosen and rejected sides of every preference row (for the gap evaluation and RFT's preference mix)."""
+    examples, source = load_examples(path, split, "chosen_rejected", max_rows)
+    chosen, rejected, skipped = [], [], 0
+    for index, ex in enumerate(examples):
+        if ex.rejected is None:
+            raise DataError(f"{source}: row {index + 1}: field 'rejected': missing")
+        c, _, _ = tokenize_example(ex, renderer, max_length, max_prompt_length, index)
+        r, _, _ = tokenize_example(Example(ex.prompt, ex.rejected), renderer, max_length, max_prompt_length, index)
+        if c is None or r is None:
+            skipped += 1
+            continue
+        chosen.append(c)
+        rejected.append(r)
+    return PairSplit(source, chosen, rejected, skipped)

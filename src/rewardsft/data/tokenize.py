@@ -65,13 +65,32 @@ class TokenizeStats:
         )
 
 
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything that decides a model's prompt and response tokens (the ``data`` section's rendering keys)."""
+
+    system_prompt: str | None = None
+    fallback_template: str = "default"
+    text_prompts: str = "verbatim"
+    max_length: int = 1024
+    max_prompt_length: int = 512
+
+
 class Renderer:
     """Renders prompts and responses to text with a tokenizer's chat template (or the fallback)."""
 
-    def __init__(self, tokenizer: Any, fallback_template: str = "default", system_prompt: str | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        fallback_template: str = "default",
+        system_prompt: str | None = None,
+        text_prompts: str = "verbatim",
+    ):
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
+        self.text_prompts = text_prompts
         has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.has_chat_template = has_template
         self.template: str | None = None
         if not has_template:
             self.template = DEFAULT_FALLBACK_TEMPLATE if fallback_template == "default" else fallback_template
@@ -80,6 +99,16 @@ class Renderer:
         self.adds_bos = self.bos_id is not None and len(probe) > 0 and probe[0] == self.bos_id
         self.eos_token: str | None = tokenizer.eos_token
         self.eos_id: int | None = tokenizer.eos_token_id
+
+    @classmethod
+    def from_settings(cls, tokenizer: Any, settings: RenderSettings) -> Renderer:
+        return cls(tokenizer, settings.fallback_template, settings.system_prompt, settings.text_prompts)
+
+    def as_chat(self, prompt: Prompt) -> Prompt:
+        """A text prompt as one user turn when ``text_prompts=user_turn``; anything else unchanged."""
+        if isinstance(prompt, str) and self.text_prompts == "user_turn":
+            return [{"role": "user", "content": prompt}]
+        return prompt
 
     def _messages(self, prompt: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.system_prompt and not (prompt and prompt[0]["role"] == "system"):
@@ -93,12 +122,14 @@ class Renderer:
         return str(text)
 
     def prompt_text(self, prompt: Prompt) -> str:
+        prompt = self.as_chat(prompt)
         if isinstance(prompt, str):
             return prompt
         return self._chat(self._messages(prompt), generation_prompt=True)
 
     def response_text(self, prompt: Prompt, response: str) -> tuple[str, bool]:
         """The response as it follows the rendered prompt, and whether it already ends with EOS."""
+        prompt = self.as_chat(prompt)
         if isinstance(prompt, str):
             return response, False
         prompt_text = self.prompt_text(prompt)
@@ -151,6 +182,17 @@ def truncate_prompt(ids: list[int], max_prompt_length: int, renderer: Renderer) 
     if renderer.adds_bos and ids and ids[0] == renderer.bos_id:
         return [ids[0], *ids[len(ids) - max_prompt_length + 1 :]], True
     return ids[len(ids) - max_prompt_length :], True
+
+
+def verbatim_text_prompt_warning(examples: Sequence[Example], renderer: Renderer) -> str | None:
+    """A warning when text prompts go verbatim to a model that has a chat template (usually a mistake)."""
+    n_text = sum(isinstance(ex.prompt, str) for ex in examples)
+    if not n_text or not renderer.has_chat_template or renderer.text_prompts != "verbatim":
+        return None
+    return (
+        f"warning: {n_text} of {len(examples)} prompts are plain text and are used verbatim, although the "
+        "tokenizer has a chat template; set data.text_prompts=user_turn to render each as a user turn"
+    )
 
 
 def tokenize_examples(

@@ -19,7 +19,7 @@ from typing import Any
 from rewardsft.config import GenerationConfig, load_config
 from rewardsft.demo.builtin import builtin_rows
 from rewardsft.errors import ConfigError
-from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
+from rewardsft.eval.logprob_gap import logprob_gap
 from rewardsft.eval.report import build_report
 from rewardsft.eval.win_rate import WinRateSettings, win_rate
 from rewardsft.recipes.irft import train_irft
@@ -157,7 +157,6 @@ def evaluate_runs(runs: Path, sft: Path, pairs: Path, held_out: Path) -> None:
             str(pairs),
             runs / name / "eval" / "gap",
             ref_model=str(sft),
-            settings=GapSettings(max_length=64, max_prompt_length=32),
         )
         wins = win_rate(
             str(model), str(sft), str(held_out), judge, runs / name / "eval" / "winrate", greedy, WinRateSettings()

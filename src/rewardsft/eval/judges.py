@@ -14,13 +14,13 @@ from rewardsft.errors import ConfigError
 Judge = Callable[[list[tuple[Prompt, str]]], list[float]]
 
 
-def load_judge(spec: str) -> Judge:
+def load_judge(spec: str, render: dict[str, Any] | None = None) -> Judge:
     """``path/or/hub-id`` -> reward-model judge; ``package.module:function`` -> callable judge."""
     if ":" in spec and not Path(spec).exists():
         return callable_judge(spec)
     from rewardsft.scoring import RewardScorer
 
-    scorer = RewardScorer(spec)
+    scorer = RewardScorer(spec, render=render)
     return scorer.score
 
 

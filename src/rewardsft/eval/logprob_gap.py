@@ -18,19 +18,19 @@ from typing import Any
 import torch
 
 from rewardsft.config import ModelConfig
-from rewardsft.data import DataError, Renderer, TokenizedExample, collate, load_examples
-from rewardsft.data.tokenize import tokenize_example
+from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.eval.stats import bootstrap_ci
+from rewardsft.layout import rendering_for
 from rewardsft.logprobs import model_token_logps, sequence_logps
+from rewardsft.losses import irft_loss
 from rewardsft.models import load_causal_lm, load_tokenizer
+from rewardsft.training.step import batch_on, eval_mode
 
 
 @dataclass
 class GapSettings:
     split: str = "train"
     beta: float = 0.1
-    max_length: int = 1024
-    max_prompt_length: int = 512
     batch_size: int = 16
     max_rows: int | None = None
     bootstrap: int = 1000
@@ -40,40 +40,16 @@ class GapSettings:
 @torch.no_grad()
 def sequence_logp_table(model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> torch.Tensor:
     """(N, 2) [sum, mean] response log-probs of every example, in input order."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out = torch.zeros(len(examples), 2, dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        tokens = model_token_logps(model, **batch)
-        out[idx, 0] = sequence_logps(tokens, "sum").double().cpu()
-        out[idx, 1] = sequence_logps(tokens, "mean").double().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            tokens = model_token_logps(model, **batch_on([examples[i] for i in idx], pad_id, device))
+            out[idx, 0] = sequence_logps(tokens, "sum").double().cpu()
+            out[idx, 1] = sequence_logps(tokens, "mean").double().cpu()
     return out
-
-
-def tokenize_pairs(
-    path: str, renderer: Renderer, settings: GapSettings
-) -> tuple[list[TokenizedExample], list[TokenizedExample], str, int]:
-    """Chosen and rejected sides of every preference row; rows whose either side is cut away are skipped."""
-    examples, source = load_examples(path, settings.split, "chosen_rejected", settings.max_rows)
-    chosen, rejected, skipped = [], [], 0
-    for index, ex in enumerate(examples):
-        if ex.rejected is None:
-            raise DataError(f"{source}: row {index + 1}: field 'rejected': missing")
-        c, _, _ = tokenize_example(ex, renderer, settings.max_length, settings.max_prompt_length, index)
-        r, _, _ = tokenize_example(
-            type(ex)(ex.prompt, ex.rejected), renderer, settings.max_length, settings.max_prompt_length, index
-        )
-        if c is None or r is None:
-            skipped += 1
-            continue
-        chosen.append(c)
-        rejected.append(r)
-    return chosen, rejected, source, skipped
 
 
 def logprob_gap(
@@ -82,21 +58,35 @@ def logprob_gap(
     out: Path | None = None,
     ref_model: str | None = None,
     settings: GapSettings | None = None,
+    render: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the gap; writes ``summary.json`` and ``per_example.csv`` under ``out`` when given."""
+    """Evaluate the gap; writes ``summary.json`` and ``per_example.csv`` under ``out`` when given.
+
+    The pairs are rendered as ``model_path`` trained (a run's ``config.yaml``) or by the ``render`` flags
+    (:func:`rewardsft.layout.rendering_for`); the reference model scores the very same token ids.
+    """
     settings = settings or GapSettings()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(name_or_path=model_path)
+    path, rendering = rendering_for(model_path, **(render or {}))
+    cfg = ModelConfig(name_or_path=path)
     tokenizer = load_tokenizer(cfg)
-    chosen, rejected, source, skipped = tokenize_pairs(data, Renderer(tokenizer), settings)
+    pairs = load_pairs(
+        data,
+        settings.split,
+        Renderer.from_settings(tokenizer, rendering),
+        max_length=rendering.max_length,
+        max_prompt_length=rendering.max_prompt_length,
+        max_rows=settings.max_rows,
+    )
+    chosen, source, skipped = pairs.chosen, pairs.source, pairs.skipped
     pad = tokenizer.pad_token_id
     model = load_causal_lm(cfg, device)
-    both = chosen + rejected
+    both = pairs.chosen + pairs.rejected
     table = sequence_logp_table(model, both, settings.batch_size, pad)
     del model
     ref_table = None
     if ref_model is not None:
-        ref = load_causal_lm(ModelConfig(name_or_path=ref_model), device)
+        ref = load_causal_lm(ModelConfig(name_or_path=rendering_for(ref_model)[0]), device)
         ref_table = sequence_logp_table(ref, both, settings.batch_size, pad)
     rows = per_example_rows(table, ref_table, len(chosen), settings.beta, [c.index for c in chosen])
     summary = summarise(rows, settings, ref_table is not None)
@@ -132,11 +122,13 @@ def per_example_rows(
             "gap_mean": c_mean - r_mean,
             "correct": float(c_sum > r_sum),
         }
-        if ref_table is not None:
-            ref_c, ref_r = ref_table[i, 0].item(), ref_table[n + i, 0].item()
-            row["implicit_margin"] = beta * ((c_sum - r_sum) - (ref_c - ref_r))
-            row["implicit_correct"] = float(row["implicit_margin"] > 0)
         rows.append(row)
+    if ref_table is not None:
+        # The same margin IRFT trains on, with chosen in the demonstration's place and rejected in the generation's.
+        margins = irft_loss(table[:n, 0], table[n:, 0], ref_table[:n, 0], ref_table[n:, 0], beta).margin
+        for row, margin in zip(rows, margins.tolist(), strict=True):
+            row["implicit_margin"] = margin
+            row["implicit_correct"] = float(margin > 0)
     return rows
 
 

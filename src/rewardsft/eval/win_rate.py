@@ -16,7 +16,7 @@ from rewardsft.data import load_rows
 from rewardsft.data.formats import parse_prompts
 from rewardsft.eval.judges import Judge, load_judge
 from rewardsft.eval.stats import bootstrap_ci
-from rewardsft.scoring import sample_texts
+from rewardsft.generation import sample_texts
 
 
 @dataclass
@@ -26,7 +26,6 @@ class WinRateSettings:
     split: str = "train"
     seed: int = 0
     tie_margin: float = 0.0
-    max_prompt_length: int = 1024
     bootstrap: int = 1000
 
 
@@ -46,14 +45,17 @@ def win_rate(
     out: Path | None = None,
     generation: GenerationConfig | None = None,
     settings: WinRateSettings | None = None,
+    render: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Sample both models on every prompt (each rendering prompts as its run trained; ``render`` flags for
+    models that are not runs), judge both answers, count wins, ties and losses."""
     settings = settings or WinRateSettings()
     generation = generation or GenerationConfig(max_new_tokens=128)
     rows, source = load_rows(prompts_path, settings.split, settings.n)
     prompts = parse_prompts(rows, source)
-    model_answers = sample_texts(model, prompts, generation, settings.seed, settings.max_prompt_length)
-    baseline_answers = sample_texts(baseline, prompts, generation, settings.seed, settings.max_prompt_length)
-    scorer = load_judge(judge) if isinstance(judge, str) else judge
+    model_answers = sample_texts(model, prompts, generation, settings.seed, render=render)
+    baseline_answers = sample_texts(baseline, prompts, generation, settings.seed, render=render)
+    scorer = load_judge(judge, render) if isinstance(judge, str) else judge
     model_scores = scorer(list(zip(prompts, model_answers, strict=True)))
     baseline_scores = scorer(list(zip(prompts, baseline_answers, strict=True)))
     outcomes = [outcome(m, b, settings.tie_margin) for m, b in zip(model_scores, baseline_scores, strict=True)]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rewardsft.config import RunConfig
-from rewardsft.data import LoadedSplit, Renderer, load_split
-from rewardsft.models import load_policy, load_tokenizer
+from rewardsft.data import LoadedSplit, Renderer, RenderSettings, load_split
+from rewardsft.data.tokenize import verbatim_text_prompt_warning
+from rewardsft.models import disable_dropout, load_policy, load_tokenizer
 from rewardsft.training.run import Run
 
 
@@ -33,14 +35,35 @@ def start_recipe(config: RunConfig, load_extra: Callable[[Renderer], Any] | None
     """
     run = Run(config)
     tokenizer = load_tokenizer(config.model)
-    renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
+    renderer = Renderer.from_settings(tokenizer, render_settings(config))
     train_data, eval_data = load_data(config, renderer)
     extra = load_extra(renderer) if load_extra is not None else None
     run.begin()
     run.print(f"train data {train_data.source}: {train_data.stats.summary()}")
-    model = load_policy(config.model, config.lora, run.device, run.checkpoint)
+    warning = verbatim_text_prompt_warning(train_data.examples, renderer)
+    if warning:
+        run.print(warning)
+    lora = config.lora if config.train.dropout else dataclasses.replace(config.lora, dropout=0.0)
+    model = load_policy(config.model, lora, run.device, run.checkpoint)
+    set_dropout(model, config, run)
     model.train()
     return RecipeStart(run, tokenizer, renderer, train_data, eval_data, model, extra)
+
+
+def render_settings(config: RunConfig) -> RenderSettings:
+    dc = config.data
+    return RenderSettings(dc.system_prompt, dc.fallback_template, dc.text_prompts, dc.max_length, dc.max_prompt_length)
+
+
+def set_dropout(model: Any, config: RunConfig, run: Run) -> None:
+    """Switch every dropout off unless ``train.dropout``; warn when a reward-learning recipe keeps it."""
+    if not config.train.dropout:
+        disable_dropout(model)
+    elif config.method in ("irft", "rft"):
+        run.print(
+            f"warning: train.dropout=true: {config.method.upper()}'s policy differs from its snapshot at a stage "
+            "start and two forwards of one sequence disagree; the paper's code and TRL switch dropout off"
+        )
 
 
 def load_data(config: RunConfig, renderer: Renderer) -> tuple[LoadedSplit, LoadedSplit | None]:

@@ -8,8 +8,6 @@ policy (θ_t), samples one response per prompt of chunk t with it, then trains t
 from __future__ import annotations
 
 import json
-import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,10 @@ from typing import Any
 import torch
 
 from rewardsft.config import RunConfig
-from rewardsft.data import Renderer, TokenizedExample, collate
+from rewardsft.data import Renderer, TokenizedExample
 from rewardsft.errors import ConfigError
-from rewardsft.generation import Generation, generate, generation_stats
+from rewardsft.generation import Generation, as_example, end_of_turn_ids, generate, generation_stats
+from rewardsft.layout import GENERATIONS_FILE, stage_dir
 from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
 from rewardsft.recipes.common import eval_batch, start_recipe
@@ -34,8 +33,10 @@ from rewardsft.reference import (
     pair_batch,
 )
 from rewardsft.training.batches import epoch_permutation, plan_steps, steps_per_epoch
+from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import Run, StepTimer
+from rewardsft.training.step import batch_on, derive_seed, micro_batch_context, optimizer_step, reduce_metrics
 
 OVERFIT_LOSS = 0.05
 
@@ -63,23 +64,25 @@ def train_irft(config: RunConfig) -> Path:
     n_steps = stages[-1].first_step + stages[-1].steps
     state = run.resume_state()
     model = run.accelerator.prepare(model)
-    optimizer: Any = None
-    scheduler: Any = None
+    spec = PairLossSpec.from_config(config)
+    optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
+    stop_ids = end_of_turn_ids(renderer, run.accelerator.unwrap_model(model))
     for stage in stages:
         if stage.first_step + stage.steps <= state["step"]:
             continue  # finished before the checkpoint
         resuming_in_stage = state["step"] > stage.first_step
-        if optimizer is None or ic.reset_optimizer_each_stage:
+        if not optimizers or ic.reset_optimizer_each_stage:
             horizon = stage.steps if ic.reset_optimizer_each_stage else n_steps
             optimizer = build_optimizer(model.parameters(), config.optim)
             scheduler = build_scheduler(optimizer, config.optim, horizon)
-            optimizer = run.accelerator.prepare(optimizer)
+            optimizers = {"policy": (run.accelerator.prepare(optimizer), scheduler)}
             if state["step"] > 0 and (resuming_in_stage or not ic.reset_optimizer_each_stage):
-                run.restore_optimizer(optimizer, scheduler)
+                run.restore_optimizers(optimizers)
+        optimizer, scheduler = optimizers["policy"]
 
         examples = [train_data.tokenized[i] for i in stage.example_ids]
-        pairs = stage_pairs(run, model, stage, examples, tokenizer, config, renderer)
+        pairs = stage_pairs(run, model, stage, examples, tokenizer, config, renderer, stop_ids)
         snapshot = take_snapshot(run, model, stage, pairs, config, pad_id, reuse_cache=resuming_in_stage)
         done = max(state["step"] - stage.first_step, 0)
         plan = plan_steps(
@@ -87,23 +90,22 @@ def train_irft(config: RunConfig) -> Path:
             batch_size=tc.batch_size,
             grad_accum=tc.grad_accum,
             n_steps=stage.steps,
-            seed=config.seed + stage.index,
+            seed=derive_seed(config.seed, "irft/stage-order", stage.index),
             rank=run.rank,
             world_size=run.world_size,
             start_step=done,
         )
         warned, timer = False, StepTimer()
         for batches in run.progress(plan, total=stage.steps, initial=done, desc=f"irft {stage.name}"):
-            metrics = accumulate_irft_step(run, model, snapshot, pairs, batches.micro_batches, pad_id, config)
-            metrics["train/grad_norm"] = float(
-                run.accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf)
-            )
-            metrics["train/lr"] = float(scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            metrics = accumulate_irft_step(run.accelerator, model, snapshot, pairs, batches.micro_batches, pad_id, spec)
+            stats = optimizer_step(run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm)
             step = stage.first_step + batches.step + 1
-            metrics.update({"irft/stage": stage.index + 1, "time/step_s": timer.lap()})
+            metrics |= {
+                "train/grad_norm": stats.grad_norm,
+                "train/lr": stats.lr,
+                "irft/stage": stage.index + 1,
+                "time/step_s": timer.lap(),
+            }
             if not warned and overfitting(metrics, batches.step, stage.steps):
                 warned = True
                 metrics["irft/overfit_warning"] = 1.0
@@ -117,19 +119,16 @@ def train_irft(config: RunConfig) -> Path:
             if step % tc.log_every == 0 or batches.step + 1 == stage.steps:
                 run.log(step, metrics)
             if step % tc.save_every == 0 or batches.step + 1 == stage.steps:
-                run.save_checkpoint(
-                    model,
-                    optimizer,
-                    scheduler,
-                    {"step": step, "stage": stage.index + 1},
-                    with_base=ic.snapshot == "lora",
-                )
+                checkpoint_state = {"step": step, "stage": stage.index + 1}
+                run.save_checkpoint(model, optimizers, checkpoint_state, with_base=ic.snapshot == "lora")
         state = {"step": stage.first_step + stage.steps}
         del snapshot
 
     if eval_data is not None:
         run.log(n_steps, {"eval/loss": run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)})
-    return run.save_final(model, tokenizer)
+    # snapshot=lora merges every stage's adapter into the base: the last adapter alone would not reproduce the
+    # model on the base it names, so only final/ (merged) is exported.
+    return run.save_final(model, tokenizer, export_adapter=ic.snapshot != "lora")
 
 
 def plan_stages(n_examples: int, config: RunConfig, world_size: int) -> list[Stage]:
@@ -164,39 +163,43 @@ def stage_pairs(
     tokenizer: Any,
     config: RunConfig,
     renderer: Renderer,
+    stop_ids: list[int],
 ) -> list[Pair]:
     """(demonstration, generation) pairs of the stage: read back from disk, or sampled by the snapshot."""
-    path = run.output_dir / "stages" / stage.name / "generations.jsonl"
+    path = stage_dir(run.output_dir, stage.name) / GENERATIONS_FILE
     if path.is_file():
         generations = read_generations(path, stage)
         run.print(f"{stage.name}: reusing {len(generations)} generations from {path}")
     else:
-        generations = sample_stage(run, model, stage, examples, tokenizer, config)
+        generations = sample_stage(run, model, stage, examples, tokenizer.pad_token_id, config, stop_ids)
         stats = generation_stats(generations, [ex.response_ids for ex in examples])
         if run.is_main:
             write_generations(path, stage, examples, generations, tokenizer, renderer, stats)
         run.accelerator.wait_for_everyone()
         run.log(stage.first_step, stats)
-    room = config.data.max_length
     return [
-        Pair(ex, TokenizedExample(ex.prompt_ids, gen.response_ids[: room - len(ex.prompt_ids)], ex.index))
-        for ex, gen in zip(examples, generations, strict=True)
+        Pair(ex, as_example(ex, gen, config.data.max_length)) for ex, gen in zip(examples, generations, strict=True)
     ]
 
 
 def sample_stage(
-    run: Run, model: Any, stage: Stage, examples: list[TokenizedExample], tokenizer: Any, config: RunConfig
+    run: Run,
+    model: Any,
+    stage: Stage,
+    examples: list[TokenizedExample],
+    pad_id: int,
+    config: RunConfig,
+    stop_ids: list[int],
 ) -> list[Generation]:
     """Each process samples its share of the prompts; the shares are gathered back into chunk order."""
     mine = list(range(run.rank, len(examples), run.world_size))
-    eos_ids = [tokenizer.eos_token_id]
     local = generate(
         run.accelerator.unwrap_model(model),
         [examples[i].prompt_ids for i in mine],
         config.generation,
-        pad_id=tokenizer.pad_token_id,
-        eos_ids=eos_ids,
-        seed=config.seed * 7919 + stage.index * 104729 + run.rank,
+        pad_id=pad_id,
+        eos_ids=stop_ids,
+        seed=derive_seed(config.seed, "irft/generate", stage.index, run.rank),
     )
     gathered = run.gather(list(zip(mine, local, strict=True)))
     by_position = dict(gathered)
@@ -241,7 +244,7 @@ def take_snapshot(
     run: Run, model: Any, stage: Stage, pairs: list[Pair], config: RunConfig, pad_id: int, reuse_cache: bool
 ) -> Snapshot:
     """θ_t for the stage. The cached log-probs are also saved, so a run resumed mid-stage uses them."""
-    cache_path = run.output_dir / "stages" / stage.name / f"ref_logps.rank{run.rank}.pt"
+    cache_path = stage_dir(run.output_dir, stage.name) / f"ref_logps.rank{run.rank}.pt"
     if reuse_cache:
         # Mid-stage the policy is no longer θ_t: only the cache written at the stage start can stand in for it.
         if not cache_path.is_file():
@@ -260,47 +263,56 @@ def take_snapshot(
     return CachedSnapshot(cache)
 
 
+@dataclass(frozen=True)
+class PairLossSpec:
+    """What one IRFT micro-step needs to know about the objective."""
+
+    beta: float
+    loss: IRFTLoss
+    sft_weight: float
+    pair_forward: str
+    """``split`` or ``joint`` (``auto`` already resolved)."""
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> PairLossSpec:
+        ic = config.irft
+        return cls(ic.beta, IRFTLoss(ic.loss), ic.sft_weight, pair_forward(config))
+
+
+IRFT_METRICS = (
+    "irft/loss",
+    "irft/demo_reward",
+    "irft/gen_reward",
+    "irft/margin",
+    "irft/accuracy",
+    "logps/demo",
+    "logps/gen",
+)
+
+
 def accumulate_irft_step(
-    run: Run,
+    accelerator: Any,
     model: Any,
     snapshot: Snapshot,
     pairs: list[Pair],
     micro_batches: list[list[int]],
     pad_id: int,
-    config: RunConfig,
+    spec: PairLossSpec,
 ) -> dict[str, float]:
     """Forward/backward the micro-batches of one optimiser step; returns the step's metrics (mean over ranks)."""
-    totals = torch.zeros(7, device=run.device)
+    totals = torch.zeros(len(IRFT_METRICS), dtype=torch.float64)
+    backward = split_pair_backward if spec.pair_forward == "split" else joint_pair_backward
     for k, ids in enumerate(micro_batches):
         chunk = [pairs[i] for i in ids]
-        ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, run.device)
-        sync = k == len(micro_batches) - 1
-        backward = split_pair_backward if pair_forward(config) == "split" else joint_pair_backward
+        ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, accelerator.device)
+        last = k == len(micro_batches) - 1
         terms, loss, demo_logps, gen_logps = backward(
-            run, model, chunk, ref_demo, ref_gen, config, pad_id, 1.0 / len(micro_batches), sync
+            accelerator, model, chunk, ref_demo, ref_gen, spec, pad_id, 1.0 / len(micro_batches), last
         )
-        totals += torch.stack(
-            [
-                loss,
-                terms.demo_reward.mean(),
-                terms.gen_reward.mean(),
-                terms.margin.mean(),
-                (terms.margin > 0).float().mean(),
-                demo_logps.mean(),
-                gen_logps.mean(),
-            ]
-        ) / len(micro_batches)
-    totals = run.accelerator.reduce(totals, reduction="mean")
-    names = [
-        "irft/loss",
-        "irft/demo_reward",
-        "irft/gen_reward",
-        "irft/margin",
-        "irft/accuracy",
-        "logps/demo",
-        "logps/gen",
-    ]
-    return {name: float(value) for name, value in zip(names, totals.tolist(), strict=True)}
+        parts = [loss, terms.demo_reward.mean(), terms.gen_reward.mean(), terms.margin.mean()]
+        parts += [(terms.margin > 0).float().mean(), demo_logps.mean(), gen_logps.mean()]
+        totals += torch.stack([p.double().cpu() for p in parts]) / len(micro_batches)
+    return reduce_metrics(accelerator, dict(zip(IRFT_METRICS, totals.tolist(), strict=True)))
 
 
 PairBackward = tuple[IRFTTerms, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -319,49 +331,48 @@ def pair_loss(
     ref_demo: torch.Tensor,
     ref_gen: torch.Tensor,
     demo_tokens: TokenLogps,
-    config: RunConfig,
+    spec: PairLossSpec,
 ) -> tuple[IRFTTerms, torch.Tensor]:
     """The stage objective on one micro-batch: mean ℓ(margin), plus ``sft_weight`` × the demonstrations' NLL."""
-    ic = config.irft
-    terms = irft_loss(demo_logps, gen_logps, ref_demo, ref_gen, ic.beta, IRFTLoss(ic.loss))
+    terms = irft_loss(demo_logps, gen_logps, ref_demo, ref_gen, spec.beta, spec.loss)
     loss = terms.loss.mean()
-    if ic.sft_weight:
-        loss = loss + ic.sft_weight * sft_nll(demo_tokens)
+    if spec.sft_weight:
+        loss = loss + spec.sft_weight * sft_nll(demo_tokens)
     return terms, loss
 
 
 def joint_pair_backward(
-    run: Run,
+    accelerator: Any,
     model: Any,
     chunk: list[Pair],
     ref_demo: torch.Tensor,
     ref_gen: torch.Tensor,
-    config: RunConfig,
+    spec: PairLossSpec,
     pad_id: int,
     scale: float,
-    sync: bool,
+    last: bool,
 ) -> PairBackward:
     """Demonstrations and generations in one forward of 2B rows: fastest, twice SFT's activation memory."""
-    with nullcontext() if sync else run.accelerator.no_sync(model):
-        tokens = model_token_logps(model, **pair_batch(chunk, pad_id, run.device))
+    with micro_batch_context(accelerator, model, last):
+        tokens = model_token_logps(model, **pair_batch(chunk, pad_id, accelerator.device))
         seq = sequence_logps(tokens, "sum")
         half = len(chunk)
         demo_tokens = TokenLogps(tokens.logps[:half], tokens.mask[:half])
-        terms, loss = pair_loss(seq[:half], seq[half:], ref_demo, ref_gen, demo_tokens, config)
-        run.accelerator.backward(loss * scale)
+        terms, loss = pair_loss(seq[:half], seq[half:], ref_demo, ref_gen, demo_tokens, spec)
+        accelerator.backward(loss * scale)
     return terms, loss.detach(), seq[:half].detach(), seq[half:].detach()
 
 
 def split_pair_backward(
-    run: Run,
+    accelerator: Any,
     model: Any,
     chunk: list[Pair],
     ref_demo: torch.Tensor,
     ref_gen: torch.Tensor,
-    config: RunConfig,
+    spec: PairLossSpec,
     pad_id: int,
     scale: float,
-    sync: bool,
+    last: bool,
 ) -> PairBackward:
     """The same gradient with one half's activations alive at a time (SFT memory), for one extra no-grad
     forward of the generations.
@@ -369,23 +380,23 @@ def split_pair_backward(
     The loss couples the halves only through the scalar log-probs, so: forward the generations without grad
     and the demonstrations with, backward the loss through the demonstrations and into a leaf holding the
     generations' log-probs (giving ∂loss/∂log π(ỹ) per row), then forward the generations again with grad
-    and backward that coefficient times their log-probs. With dropout active the two generation forwards
-    would differ; the models we train use none.
+    and backward that coefficient times their log-probs. This needs the two generation forwards to agree,
+    which is why dropout is off in IRFT (``train.dropout``).
     """
-    demo_batch = {k: v.to(run.device) for k, v in collate([p.demo for p in chunk], pad_id).items()}
-    gen_batch = {k: v.to(run.device) for k, v in collate([p.gen for p in chunk], pad_id).items()}
+    demo_batch = batch_on([p.demo for p in chunk], pad_id, accelerator.device)
+    gen_batch = batch_on([p.gen for p in chunk], pad_id, accelerator.device)
     # The no-grad pass goes first so its logits are freed before the demonstrations' graph is built.
     with torch.no_grad():
         gen_leaf = sequence_logps(model_token_logps(model, **gen_batch), "sum").requires_grad_(True)
-    with run.accelerator.no_sync(model):
+    with micro_batch_context(accelerator, model, last=False):
         demo_tokens = model_token_logps(model, **demo_batch)
         demo_logps = sequence_logps(demo_tokens, "sum")
-        terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, config)
-        run.accelerator.backward(loss * scale)
+        terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, spec)
+        accelerator.backward(loss * scale)
     assert gen_leaf.grad is not None
-    with nullcontext() if sync else run.accelerator.no_sync(model):
+    with micro_batch_context(accelerator, model, last):
         gen_logps = sequence_logps(model_token_logps(model, **gen_batch), "sum")
-        run.accelerator.backward((gen_leaf.grad * gen_logps).sum())
+        accelerator.backward((gen_leaf.grad * gen_logps).sum())
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
 
 

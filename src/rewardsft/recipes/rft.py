@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rewardsft.config import RunConfig
-from rewardsft.data import Renderer, TokenizedExample, collate
+from rewardsft.config import GenerationConfig, RunConfig
+from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.errors import ConfigError
-from rewardsft.eval.logprob_gap import GapSettings, tokenize_pairs
-from rewardsft.generation import generate, generation_stats
+from rewardsft.generation import as_example, end_of_turn_ids, generate, generation_stats
+from rewardsft.layout import REWARD_MODEL
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.losses import (
     kl_penalised_rewards,
@@ -32,14 +31,22 @@ from rewardsft.losses import (
     rloo_policy_loss,
     sequence_kl,
 )
-from rewardsft.models import apply_lora, is_peft, load_causal_lm, resolve_dtype
+from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, eval_batch, start_recipe
-from rewardsft.reward import load_reward_model, rm_scores, score_examples
+from rewardsft.reward import load_reward_model, rm_scores, save_reward_model, score_examples
 from rewardsft.training.batches import epoch_permutation
+from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import Run, StepTimer
+from rewardsft.training.step import (
+    batch_on,
+    derive_seed,
+    eval_mode,
+    micro_batch_context,
+    optimizer_step,
+    reduce_metrics,
+)
 
-REWARD_DIR = "reward_model"
 REWARD_ADAPTER = "reward_adapter"
 
 
@@ -62,7 +69,7 @@ class Rollout:
 
 def train_rft(config: RunConfig) -> Path:
     """Train with RFT; returns ``final/`` (the policy). The reward model is saved to ``reward_model/``."""
-    rc = config.rft
+    rc, tc = config.rft, config.train
     start = start_recipe(config, load_extra=lambda renderer: load_preference_pairs(renderer, config))
     run, tokenizer, policy, preference = start.run, start.tokenizer, start.model, start.extra
     reward_model = build_reward_model(start, config)
@@ -73,59 +80,90 @@ def train_rft(config: RunConfig) -> Path:
     rm_opt = build_optimizer(reward_model.parameters(), dataclasses.replace(config.optim, lr=config.reward_model.lr))
     rm_sched = build_scheduler(rm_opt, config.optim, rc.iterations * max(rc.reward_steps, 1))
     policy, policy_opt = run.accelerator.prepare(policy, policy_opt)
-    state = run.resume_state()
-    run.restore_optimizer(policy_opt, policy_sched)
-    if run.checkpoint is not None:
-        restore_reward_optimizer(run.checkpoint, rm_opt, rm_sched)
+    optimizers: Optimizers = {"policy": (policy_opt, policy_sched), "reward_model": (rm_opt, rm_sched)}
+    state = run.resume(optimizers)
 
     pad_id = tokenizer.pad_token_id
+    stop_ids = end_of_turn_ids(start.renderer, run.accelerator.unwrap_model(policy))
+    spec = RolloutSpec.from_config(config, pad_id, stop_ids)
     if start.eval_data is not None and state["step"] == 0:
         # Step 0: how well the untrained reward model separates held-out demonstrations from generations.
-        run.log(0, {"eval/rm_accuracy": held_out_rm_accuracy(run, policy, reward_model, start, config, -1)})
+        run.log(0, {"eval/rm_accuracy": held_out_rm_accuracy(run, policy, reward_model, start, spec, 0)})
     timer = StepTimer()
     for iteration in run.progress(
         range(state["step"], rc.iterations), total=rc.iterations, initial=state["step"], desc="rft"
     ):
         prompts = iteration_prompts(len(start.train_data.tokenized), config, iteration, run)
         demos = [start.train_data.tokenized[i] for i in prompts]
-        rollout = make_rollout(run, policy, reference, demos, tokenizer, config, iteration)
+        rollout = make_rollout(run, policy, reference, demos, spec, iteration)
         metrics = dict(rollout.stats)
         for _ in range(rc.reward_steps):
-            metrics.update(reward_step(run, reward_model, rollout, preference, config, pad_id, iteration))
-            rm_opt.step()
-            rm_sched.step()
-            rm_opt.zero_grad(set_to_none=True)
-        scores = torch.tensor(score_examples(reward_model, rollout.gens, eval_batch(config), pad_id))
+            metrics |= reward_step(run, reward_model, rollout, preference, spec, iteration)
+            stats = optimizer_step(run.accelerator, reward_model.parameters(), rm_opt, rm_sched, tc.max_grad_norm)
+            metrics |= {"rm/grad_norm": stats.grad_norm, "rm/lr": stats.lr}
+        scores = torch.tensor(score_examples(reward_model, rollout.gens, spec.batch_size, pad_id))
         for _ in range(rc.policy_steps):
-            metrics.update(policy_step(run, policy, rollout, scores, config, pad_id))
-            metrics["train/lr"] = float(policy_sched.get_last_lr()[0])
-            policy_opt.step()
-            policy_sched.step()
-            policy_opt.zero_grad(set_to_none=True)
-        metrics.update(
-            {
-                "policy/reward": float(scores.mean()),
-                "policy/kl": float(rollout.kl.mean()),
-                "policy/entropy": rollout.entropy,
-            }
-        )
-        if start.eval_data is not None:
-            metrics["eval/rm_accuracy"] = held_out_rm_accuracy(run, policy, reward_model, start, config, iteration)
-        metrics["time/iteration_s"] = timer.lap()
+            metrics |= policy_step(run.accelerator, policy, rollout, scores, spec)
+            stats = optimizer_step(run.accelerator, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm)
+            metrics |= {"train/grad_norm": stats.grad_norm, "train/lr": stats.lr}
+        metrics |= {
+            "policy/reward": float(scores.mean()),
+            "policy/kl": float(rollout.kl.mean()),
+            "policy/entropy": rollout.entropy,
+        }
         step = iteration + 1
-        run.log(step, run_mean(run, metrics))
-        if step % config.train.save_every == 0 or step == rc.iterations:
+        if start.eval_data is not None and (step == rc.iterations or (tc.eval_every and step % tc.eval_every == 0)):
+            metrics["eval/rm_accuracy"] = held_out_rm_accuracy(run, policy, reward_model, start, spec, step)
+        metrics["time/iteration_s"] = timer.lap()
+        if step % tc.log_every == 0 or step == rc.iterations:
+            run.log(step, reduce_metrics(run.accelerator, metrics))
+        if step % tc.save_every == 0 or step == rc.iterations:
             run.save_checkpoint(
-                policy,
-                policy_opt,
-                policy_sched,
-                {"step": step},
-                extra=lambda tmp: save_reward_state(tmp, reward_model, rm_opt, rm_sched, tokenizer),
+                policy, optimizers, {"step": step}, extra=lambda tmp: save_reward_weights(tmp, reward_model, tokenizer)
             )
 
     if run.is_main:
-        save_reward_model(run.output_dir / REWARD_DIR, reward_model, tokenizer)
+        save_reward_model(run.output_dir / REWARD_MODEL, reward_model, tokenizer)
     return run.save_final(policy, tokenizer)
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What the RFT step functions need from the config."""
+
+    samples_per_prompt: int
+    max_length: int
+    batch_size: int
+    """Micro-batch of the reward and policy steps."""
+    eval_batch_size: int
+    generation: GenerationConfig
+    seed: int
+    pad_id: int
+    stop_ids: list[int]
+    kl_coef: float
+    reward_norm: str
+    reward_clip: float | None
+    clip_ratio: float
+    preference_weight: float
+
+    @classmethod
+    def from_config(cls, config: RunConfig, pad_id: int, stop_ids: list[int]) -> RolloutSpec:
+        rc = config.rft
+        return cls(
+            rc.samples_per_prompt,
+            config.data.max_length,
+            config.train.batch_size,
+            eval_batch(config),
+            config.generation,
+            config.seed,
+            pad_id,
+            stop_ids,
+            rc.kl_coef,
+            rc.reward_norm,
+            rc.reward_clip,
+            rc.clip_ratio,
+            rc.preference_weight,
+        )
 
 
 def build_reward_model(start: RecipeStart, config: RunConfig) -> Any:
@@ -135,7 +173,7 @@ def build_reward_model(start: RecipeStart, config: RunConfig) -> Any:
     source: str | Path = config.reward_model.name_or_path or config.model.name_or_path
     adapter = run.checkpoint / REWARD_ADAPTER if run.checkpoint is not None else None
     if run.checkpoint is not None and not config.reward_model.lora:
-        source = run.checkpoint / REWARD_DIR
+        source = run.checkpoint / REWARD_MODEL
     model = load_reward_model(source, run.device, dtype, start.tokenizer.pad_token_id, config.model.trust_remote_code)
     if model.config.vocab_size < len(start.tokenizer):
         raise ConfigError("reward_model.name_or_path must share the policy's tokenizer (its vocabulary is smaller)")
@@ -145,7 +183,10 @@ def build_reward_model(start: RecipeStart, config: RunConfig) -> Any:
 
             model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
         else:
-            model = apply_lora(model, config.lora, task_type="SEQ_CLS")
+            lora = config.lora if config.train.dropout else dataclasses.replace(config.lora, dropout=0.0)
+            model = apply_lora(model, lora, task_type="SEQ_CLS")
+    if not config.train.dropout:
+        disable_dropout(model)
     model.train()
     return model
 
@@ -167,9 +208,14 @@ def load_preference_pairs(renderer: Renderer, config: RunConfig) -> list[tuple[T
     rc, dc = config.rft, config.data
     if rc.preference_path is None or rc.preference_weight == 0:
         return []
-    settings = GapSettings(split=rc.preference_split, max_length=dc.max_length, max_prompt_length=dc.max_prompt_length)
-    chosen, rejected, _, _ = tokenize_pairs(rc.preference_path, renderer, settings)
-    return list(zip(chosen, rejected, strict=True))
+    pairs = load_pairs(
+        rc.preference_path,
+        rc.preference_split,
+        renderer,
+        max_length=dc.max_length,
+        max_prompt_length=dc.max_prompt_length,
+    )
+    return list(zip(pairs.chosen, pairs.rejected, strict=True))
 
 
 def iteration_prompts(n_examples: int, config: RunConfig, iteration: int, run: Run) -> list[int]:
@@ -188,155 +234,120 @@ def iteration_prompts(n_examples: int, config: RunConfig, iteration: int, run: R
 
 @torch.no_grad()
 def make_rollout(
-    run: Run,
-    policy: Any,
-    reference: Any | None,
-    demos: list[TokenizedExample],
-    tokenizer: Any,
-    config: RunConfig,
-    iteration: int,
+    run: Run, policy: Any, reference: Any | None, demos: list[TokenizedExample], spec: RolloutSpec, iteration: int
 ) -> Rollout:
     """Sample k responses per prompt; log-probs under the sampler and the initial policy, computed once."""
-    k = config.rft.samples_per_prompt
+    k = spec.samples_per_prompt
     unwrapped = run.accelerator.unwrap_model(policy)
-    prompts = [d.prompt_ids for d in demos for _ in range(k)]
-    seed = config.seed * 7919 + iteration * 104729 + run.rank
+    prompts = [d for d in demos for _ in range(k)]
     generations = generate(
         unwrapped,
-        prompts,
-        config.generation,
-        pad_id=tokenizer.pad_token_id,
-        eos_ids=[tokenizer.eos_token_id],
-        seed=seed,
+        [p.prompt_ids for p in prompts],
+        spec.generation,
+        pad_id=spec.pad_id,
+        eos_ids=spec.stop_ids,
+        seed=derive_seed(spec.seed, "rft/generate", iteration, run.rank),
     )
-    room = config.data.max_length
-    gens = [TokenizedExample(p, g.response_ids[: room - len(p)]) for p, g in zip(prompts, generations, strict=True)]
-    old, kl, entropy_parts = [], [], []
-    was_training = unwrapped.training
-    unwrapped.eval()
-    for start in range(0, len(gens), eval_batch(config)):
-        batch = {
-            key: v.to(run.device)
-            for key, v in collate(gens[start : start + eval_batch(config)], tokenizer.pad_token_id).items()
-        }
-        tokens = model_token_logps(unwrapped, **batch)
-        if reference is None:
-            with unwrapped.disable_adapter():
-                ref_tokens = model_token_logps(unwrapped, **batch)
-        else:
-            ref_tokens = model_token_logps(reference, **batch)
-        old.append(sequence_logps(tokens))
-        kl.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
-        entropy_parts.append((-(tokens.logps * tokens.mask).sum(), tokens.mask.sum()))
-    unwrapped.train(was_training)
-    entropy = float(sum(e[0] for e in entropy_parts) / max(sum(float(e[1]) for e in entropy_parts), 1.0))
-    stats = generation_stats(generations, [d.response_ids for d in demos for _ in range(k)])
-    return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy, stats)
+    gens = [as_example(p, g, spec.max_length) for p, g in zip(prompts, generations, strict=True)]
+    old, kl = [], []
+    entropy_sum, n_tokens = 0.0, 0
+    with eval_mode(unwrapped):
+        for start in range(0, len(gens), spec.eval_batch_size):
+            batch = batch_on(gens[start : start + spec.eval_batch_size], spec.pad_id, run.device)
+            tokens = model_token_logps(unwrapped, **batch)
+            if reference is None:
+                with unwrapped.disable_adapter():
+                    ref_tokens = model_token_logps(unwrapped, **batch)
+            else:
+                ref_tokens = model_token_logps(reference, **batch)
+            old.append(sequence_logps(tokens))
+            kl.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
+            entropy_sum += float(-(tokens.logps * tokens.mask).sum())
+            n_tokens += int(tokens.mask.sum())
+    stats = generation_stats(generations, [d.response_ids for d in prompts])
+    return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy_sum / max(n_tokens, 1), stats)
 
 
 def reward_step(
-    run: Run, reward_model: Any, rollout: Rollout, preference: list[Any], config: RunConfig, pad_id: int, iteration: int
+    run: Run, reward_model: Any, rollout: Rollout, preference: list[Any], spec: RolloutSpec, iteration: int
 ) -> dict[str, float]:
-    """Accumulate one BT step over every (demonstration, generation) pair of the round (+ preference pairs)."""
-    k = config.rft.samples_per_prompt
+    """Backpropagate one BT step over every (demonstration, generation) pair of the round (+ preference pairs).
+
+    The reward model is not wrapped in DDP (its read-out calls the backbone and head directly), so its
+    gradients are averaged across processes explicitly before the optimiser step.
+    """
+    k = spec.samples_per_prompt
     pairs = [(rollout.demos[i // k], gen) for i, gen in enumerate(rollout.gens)]
-    totals = torch.zeros(3, device=run.device)
-    size = config.train.batch_size
-    for start in range(0, len(pairs), size):
-        chunk = pairs[start : start + size]
-        terms = bt_terms(reward_model, chunk, pad_id, run.device)
+    totals = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(pairs), spec.batch_size):
+        chunk = pairs[start : start + spec.batch_size]
+        terms = bt_terms(reward_model, chunk, spec.pad_id, run.device)
         loss = terms.loss.sum() / len(pairs)
         if preference:
             pick = [preference[(iteration * len(pairs) + start + j) % len(preference)] for j in range(len(chunk))]
-            loss = loss + config.rft.preference_weight * bt_terms(
-                reward_model, pick, pad_id, run.device
-            ).loss.sum() / len(pairs)
-        loss.backward()
-        totals += torch.stack([terms.loss.detach().sum(), terms.accuracy.sum(), terms.margin.sum()]) / len(pairs)
+            mixed = bt_terms(reward_model, pick, spec.pad_id, run.device).loss.sum() / len(pairs)
+            loss = loss + spec.preference_weight * mixed
+        run.accelerator.backward(loss)
+        parts = [terms.loss.detach().sum(), terms.accuracy.sum(), terms.margin.detach().sum()]
+        totals += torch.stack([p.double().cpu() for p in parts]) / len(pairs)
     run.average_gradients(reward_model)
-    return {"rm/loss": float(totals[0]), "rm/accuracy": float(totals[1]), "rm/margin": float(totals[2])}
+    return dict(zip(("rm/loss", "rm/accuracy", "rm/margin"), totals.tolist(), strict=True))
 
 
 def bt_terms(
     reward_model: Any, pairs: list[tuple[TokenizedExample, TokenizedExample]], pad_id: int, device: torch.device
 ) -> Any:
-    batch = collate([p[0] for p in pairs] + [p[1] for p in pairs], pad_id)
-    scores = rm_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    batch = batch_on([p[0] for p in pairs] + [p[1] for p in pairs], pad_id, device)
+    scores = rm_scores(reward_model, batch["input_ids"], batch["attention_mask"])
     return reward_bt_loss(scores[: len(pairs)], scores[len(pairs) :])
 
 
 def policy_step(
-    run: Run, policy: Any, rollout: Rollout, scores: torch.Tensor, config: RunConfig, pad_id: int
+    accelerator: Any, policy: Any, rollout: Rollout, scores: torch.Tensor, spec: RolloutSpec
 ) -> dict[str, float]:
-    """Accumulate one RLOO step over the whole rollout."""
-    rc = config.rft
-    rewards = kl_penalised_rewards(scores.to(run.device), rollout.kl.to(run.device), rc.kl_coef)
-    rewards = normalise_rewards(rewards, rc.reward_norm, rc.reward_clip)
-    advantages = rloo_advantages(rewards.view(-1, rc.samples_per_prompt)).view(-1)
-    n, size, total = len(rollout.gens), config.train.batch_size, 0.0
+    """Backpropagate one RLOO step over the whole rollout, micro-batched; gradients sync on the last one."""
+    device = accelerator.device
+    rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
+    rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip)
+    advantages = rloo_advantages(rewards.view(-1, spec.samples_per_prompt)).view(-1)
+    n, size, total = len(rollout.gens), spec.batch_size, 0.0
     for start in range(0, n, size):
         ids = list(range(start, min(start + size, n)))
-        batch = {key: v.to(run.device) for key, v in collate([rollout.gens[i] for i in ids], pad_id).items()}
-        with nullcontext() if start + size >= n else run.accelerator.no_sync(policy):
-            logps = sequence_logps(model_token_logps(policy, **batch))
-            loss = rloo_policy_loss(logps, rollout.old_logps[ids].to(run.device), advantages[ids], rc.clip_ratio)
-            run.accelerator.backward(loss * len(ids) / n)
+        with micro_batch_context(accelerator, policy, last=start + size >= n):
+            logps = sequence_logps(
+                model_token_logps(policy, **batch_on([rollout.gens[i] for i in ids], spec.pad_id, device))
+            )
+            loss = rloo_policy_loss(logps, rollout.old_logps[ids].to(device), advantages[ids], spec.clip_ratio)
+            accelerator.backward(loss * len(ids) / n)
         total += float(loss.detach()) * len(ids) / n
     return {"policy/loss": total}
 
 
 def held_out_rm_accuracy(
-    run: Run, policy: Any, reward_model: Any, start: RecipeStart, config: RunConfig, iteration: int
+    run: Run, policy: Any, reward_model: Any, start: RecipeStart, spec: RolloutSpec, step: int
 ) -> float:
     """Share of held-out prompts where r_φ scores the demonstration above the current policy's sample."""
     assert start.eval_data is not None
     demos = start.eval_data.tokenized[run.rank :: run.world_size]
-    unwrapped = run.accelerator.unwrap_model(policy)
     generations = generate(
-        unwrapped,
+        run.accelerator.unwrap_model(policy),
         [d.prompt_ids for d in demos],
-        config.generation,
-        pad_id=start.tokenizer.pad_token_id,
-        eos_ids=[start.tokenizer.eos_token_id],
-        seed=config.seed + 31 * iteration + run.rank,
+        spec.generation,
+        pad_id=spec.pad_id,
+        eos_ids=spec.stop_ids,
+        seed=derive_seed(spec.seed, "rft/held-out", step, run.rank),
     )
-    gens = [
-        TokenizedExample(d.prompt_ids, g.response_ids[: config.data.max_length - len(d.prompt_ids)])
-        for d, g in zip(demos, generations, strict=True)
-    ]
-    pad = start.tokenizer.pad_token_id
-    demo_scores = score_examples(reward_model, demos, eval_batch(config), pad)
-    gen_scores = score_examples(reward_model, gens, eval_batch(config), pad)
-    return sum(d > g for d, g in zip(demo_scores, gen_scores, strict=True)) / max(len(demos), 1)
+    gens = [as_example(d, g, spec.max_length) for d, g in zip(demos, generations, strict=True)]
+    demo_scores = score_examples(reward_model, demos, spec.eval_batch_size, spec.pad_id)
+    gen_scores = score_examples(reward_model, gens, spec.eval_batch_size, spec.pad_id)
+    wins = sum(d > g for d, g in zip(demo_scores, gen_scores, strict=True))
+    totals = reduce_metrics(run.accelerator, {"wins": wins, "n": len(demos)}, reduction="sum")
+    return totals["wins"] / max(totals["n"], 1.0)
 
 
-def run_mean(run: Run, metrics: dict[str, float]) -> dict[str, float]:
-    if run.world_size == 1:
-        return metrics
-    names = sorted(metrics)
-    values = run.accelerator.reduce(torch.tensor([metrics[n] for n in names], device=run.device), reduction="mean")
-    return dict(zip(names, values.tolist(), strict=True))
-
-
-def save_reward_model(out: Path, reward_model: Any, tokenizer: Any) -> None:
-    """``AutoModelForSequenceClassification``-loadable (LoRA merged) with the tokenizer."""
-    model = reward_model
-    if is_peft(model):
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
-
-
-def save_reward_state(tmp: Path, reward_model: Any, optimizer: Any, scheduler: Any, tokenizer: Any) -> None:
-    """The reward model as it trains (LoRA: adapter + head, resumable) and its optimiser state."""
+def save_reward_weights(tmp: Path, reward_model: Any, tokenizer: Any) -> None:
+    """The reward model as it trains, into a checkpoint: LoRA as adapter + head (resumable), else merged."""
     if is_peft(reward_model):
         reward_model.save_pretrained(str(tmp / REWARD_ADAPTER))
     else:
-        save_reward_model(tmp / REWARD_DIR, reward_model, tokenizer)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "rm_optimizer.pt")
-
-
-def restore_reward_optimizer(checkpoint: Path, optimizer: Any, scheduler: Any) -> None:
-    state = torch.load(checkpoint / "rm_optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+        save_reward_model(tmp / REWARD_MODEL, reward_model, tokenizer)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from rewardsft.config import RunConfig
-from rewardsft.data import collate
+from rewardsft.data import TokenizedExample
 from rewardsft.logprobs import model_token_logps
 from rewardsft.losses import sft_nll
 from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
-from rewardsft.training.run import Run, StepTimer
+from rewardsft.training.run import StepTimer
+from rewardsft.training.step import batch_on, micro_batch_context, optimizer_step, reduce_metrics
 
 
 def train_sft(config: RunConfig) -> Path:
@@ -28,7 +28,8 @@ def train_sft(config: RunConfig) -> Path:
     )
     scheduler = build_scheduler(optimizer, config.optim, n_steps)
     model, optimizer = run.accelerator.prepare(model, optimizer)
-    start_step = run.resume(optimizer, scheduler)["step"]
+    optimizers = {"policy": (optimizer, scheduler)}
+    start_step = run.resume(optimizers)["step"]
 
     plan = plan_steps(
         len(train_data.tokenized),
@@ -43,18 +44,12 @@ def train_sft(config: RunConfig) -> Path:
     timer = StepTimer()
     for batches in run.progress(plan, total=n_steps, initial=start_step, desc="sft"):
         micro = [[train_data.tokenized[i] for i in idx] for idx in batches.micro_batches]
-        loss, n_tokens = accumulate_sft_step(run, model, micro, tokenizer.pad_token_id)
-        grad_norm = run.accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm or float("inf"))
-        lr = float(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id)
+        stats = optimizer_step(run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm)
         step = batches.step + 1
-        metrics = {
-            "train/loss": loss,
-            "train/grad_norm": float(grad_norm),
-            "train/lr": lr,
-            "train/tokens": n_tokens,
+        metrics |= {
+            "train/grad_norm": stats.grad_norm,
+            "train/lr": stats.lr,
             "train/epoch": batches.epoch,
             "time/step_s": timer.lap(),
         }
@@ -63,7 +58,7 @@ def train_sft(config: RunConfig) -> Path:
         if step % tc.log_every == 0 or step == n_steps:
             run.log(step, metrics)
         if step % tc.save_every == 0 or step == n_steps:
-            run.save_checkpoint(model, optimizer, scheduler, {"step": step})
+            run.save_checkpoint(model, optimizers, {"step": step})
 
     if eval_data is not None:
         final_eval = run.eval_nll(model, eval_data.tokenized, eval_batch(config), tokenizer.pad_token_id)
@@ -71,19 +66,23 @@ def train_sft(config: RunConfig) -> Path:
     return run.save_final(model, tokenizer)
 
 
-def accumulate_sft_step(run: Run, model: Any, micro_batches: list[list[Any]], pad_id: int) -> tuple[float, int]:
-    """Forward/backward every micro-batch of one optimiser step; returns (mean loss, response tokens).
+def accumulate_sft_step(
+    accelerator: Any, model: Any, micro_batches: list[list[TokenizedExample]], pad_id: int
+) -> dict[str, float]:
+    """Forward/backward every micro-batch of one optimiser step; returns ``train/loss`` and ``train/tokens``.
 
-    Each micro-batch's token-mean loss is weighted 1/len(micro_batches); gradients sync on the last one only.
+    The loss is the mean NLL over every response token of the step on every process, so the gradient does
+    not depend on how the step is split into micro-batches or processes: each token's NLL is divided by the
+    step's global token count (and multiplied by the process count, which DDP's gradient mean divides out).
     """
-    total_loss, total_tokens = 0.0, 0
+    local_tokens = sum(sum(len(ex.response_ids) for ex in examples) for examples in micro_batches)
+    step_tokens = reduce_metrics(accelerator, {"tokens": local_tokens}, reduction="sum")["tokens"]
+    loss = 0.0
     for k, examples in enumerate(micro_batches):
-        batch = {key: value.to(run.device) for key, value in collate(examples, pad_id).items()}
-        sync = k == len(micro_batches) - 1
-        with nullcontext() if sync else run.accelerator.no_sync(model):
-            tokens = model_token_logps(model, **batch)
-            loss = sft_nll(tokens) / len(micro_batches)
-            run.accelerator.backward(loss)
-        total_loss += float(loss.detach())
-        total_tokens += int(tokens.mask.sum())
-    return total_loss, total_tokens
+        with micro_batch_context(accelerator, model, last=k == len(micro_batches) - 1):
+            tokens = model_token_logps(model, **batch_on(examples, pad_id, accelerator.device))
+            part = sft_nll(tokens, n_tokens=step_tokens)
+            accelerator.backward(part * accelerator.num_processes)
+        loss += float(part.detach())
+    total = reduce_metrics(accelerator, {"loss": loss}, reduction="sum")["loss"]
+    return {"train/loss": total, "train/tokens": step_tokens}

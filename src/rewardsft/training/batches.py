@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rewardsft.training.step import derive_seed
+
 
 @dataclass(frozen=True)
 class StepBatches:
@@ -37,7 +39,7 @@ def total_steps(
 
 
 def epoch_permutation(n_examples: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "data-order", epoch))
     return torch.randperm(n_examples, generator=generator).tolist()
 
 

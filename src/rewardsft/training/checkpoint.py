@@ -1,8 +1,8 @@
 """Atomic checkpoints (write to a temporary folder, then rename) and resume.
 
 Layout of ``output_dir/checkpoints/step-N/``: ``model/`` (full weights, loadable with
-``from_pretrained``) or ``adapter/`` (LoRA), ``optimizer.pt``, ``scheduler.pt`` and ``state.json``
-(step, RNG states, recipe state). A folder without ``state.json`` is incomplete and never resumed from.
+``from_pretrained``) or ``adapter/`` (LoRA), ``optimizers.pt`` (each named optimiser's and schedule's state:
+``policy``, and ``reward_model`` for RFT), ``rng.pt`` and ``state.json`` (step and recipe state). A folder without ``state.json`` is incomplete and never resumed from.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from typing import Any
 
 import torch
 
-CHECKPOINTS = "checkpoints"
+from rewardsft.layout import CHECKPOINTS
+
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pt"
+OPTIMIZERS_FILE = "optimizers.pt"
+Optimizers = dict[str, tuple[torch.optim.Optimizer, Any]]
+"""Named (optimiser, LR schedule) pairs of a recipe, e.g. ``{"policy": (opt, sched)}``."""
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -63,9 +67,12 @@ def begin_checkpoint(output_dir: Path, step: int) -> Path:
     return tmp
 
 
-def write_training_state(tmp: Path, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> None:
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+def write_training_state(tmp: Path, optimizers: Optimizers, state: dict[str, Any]) -> None:
+    states = {
+        name: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        for name, (opt, sched) in optimizers.items()
+    }
+    torch.save(states, tmp / OPTIMIZERS_FILE)
     torch.save(rng_state(), tmp / RNG_FILE)
     # state.json last: its presence marks the checkpoint complete.
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -86,9 +93,12 @@ def read_training_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())  # type: ignore[no-any-return]
 
 
-def restore_optimizer(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+def restore_optimizers(checkpoint: Path, optimizers: Optimizers) -> None:
+    """Load each named optimiser's and schedule's state from ``checkpoint``."""
+    states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=False)
+    for name, (optimizer, scheduler) in optimizers.items():
+        optimizer.load_state_dict(states[name]["optimizer"])
+        scheduler.load_state_dict(states[name]["scheduler"])
 
 
 def restore_rng(checkpoint: Path) -> None:

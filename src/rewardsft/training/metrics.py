@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from rewardsft.layout import METRICS_FILE
 
 
 class MetricsLogger:

@@ -18,13 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from rewardsft.config import RunConfig
-from rewardsft.data import TokenizedExample, collate
+from rewardsft.data import TokenizedExample
 from rewardsft.errors import ConfigError
+from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
 from rewardsft.logprobs import model_token_logps
-from rewardsft.losses import sft_nll
 from rewardsft.models import is_peft, save_policy
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.metrics import MetricsLogger
+from rewardsft.training.step import batch_on, eval_mode, reduce_metrics
 
 T = TypeVar("T")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
@@ -74,8 +75,8 @@ class Run:
             if self.config.overwrite and self.output_dir.exists():
                 shutil.rmtree(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
-            (self.output_dir / "run.json").write_text(json.dumps(self.environment(), indent=2))
+            (self.output_dir / CONFIG_FILE).write_text(self.config.to_yaml())
+            (self.output_dir / RUN_FILE).write_text(json.dumps(self.environment(), indent=2))
         self.accelerator.wait_for_everyone()
         set_seed(self.config.seed)
         self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if self.config.resume else None
@@ -139,14 +140,15 @@ class Run:
         self.print(f"resumed from {self.checkpoint} (step {state['step']})")
         return state
 
-    def restore_optimizer(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    def restore_optimizers(self, optimizers: ckpt.Optimizers) -> None:
+        """Load the named optimisers' and schedules' state from the checkpoint being resumed (if any)."""
         if self.checkpoint is not None:
-            ckpt.restore_optimizer(self.checkpoint, optimizer, scheduler)
+            ckpt.restore_optimizers(self.checkpoint, optimizers)
 
-    def resume(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-        """Restore optimiser, schedule and RNG from the newest checkpoint; returns the recipe state."""
+    def resume(self, optimizers: ckpt.Optimizers) -> dict[str, Any]:
+        """Restore RNG, optimisers and schedules from the newest checkpoint; returns the recipe state."""
         state = self.resume_state()
-        self.restore_optimizer(optimizer, scheduler)
+        self.restore_optimizers(optimizers)
         return state
 
     def average_gradients(self, model: torch.nn.Module) -> None:
@@ -168,8 +170,7 @@ class Run:
     def save_checkpoint(
         self,
         model: Any,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        optimizers: ckpt.Optimizers,
         state: dict[str, Any],
         with_base: bool = False,
         extra: Callable[[Path], None] | None = None,
@@ -186,19 +187,24 @@ class Run:
             save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights, with_base=with_base)
             if extra is not None:
                 extra(tmp)
-            ckpt.write_training_state(tmp, optimizer, scheduler, state)
+            ckpt.write_training_state(tmp, optimizers, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
-    def save_final(self, model: Any, tokenizer: Any) -> Path:
-        """``final/``: a plain model + tokenizer (LoRA merged; the adapter alone also goes to ``adapter/``)."""
-        final = self.output_dir / "final"
+    def save_final(self, model: Any, tokenizer: Any, export_adapter: bool = True) -> Path:
+        """``final/``: a plain model + tokenizer (LoRA merged).
+
+        With LoRA the adapter alone also goes to ``adapter/`` when ``export_adapter``: only where base +
+        adapter reproduces ``final/``, i.e. not when training changed the base weights (IRFT ``snapshot=lora``).
+        """
+        final = self.output_dir / FINAL
         model = self.accelerator.unwrap_model(model)
         if self.is_main:
             tmp = self.output_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
             if is_peft(model):
-                model.save_pretrained(str(self.output_dir / "adapter"))
+                if export_adapter:
+                    model.save_pretrained(str(self.output_dir / ADAPTER))
                 model = model.merge_and_unload()
             model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
@@ -210,19 +216,15 @@ class Run:
 
     def eval_nll(self, model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float:
         """Token-weighted mean NLL of the responses, over all processes."""
-        was_training = model.training
-        model.eval()
         shard = list(examples)[self.rank :: self.world_size]
-        total = torch.zeros(2, device=self.device)
-        with torch.no_grad():
+        nll, n_tokens = 0.0, 0
+        with eval_mode(model), torch.no_grad():
             for start in range(0, len(shard), batch_size):
-                batch = {k: v.to(self.device) for k, v in collate(shard[start : start + batch_size], pad_id).items()}
-                tokens = model_token_logps(model, **batch)
-                n_tokens = tokens.mask.sum()
-                total += torch.stack([sft_nll(tokens) * n_tokens, n_tokens.float()])
-        total = self.accelerator.reduce(total, reduction="sum")
-        model.train(was_training)
-        return float(total[0] / total[1].clamp(min=1))
+                tokens = model_token_logps(model, **batch_on(shard[start : start + batch_size], pad_id, self.device))
+                nll += float(-tokens.logps.sum())
+                n_tokens += int(tokens.mask.sum())
+        totals = reduce_metrics(self.accelerator, {"nll": nll, "tokens": n_tokens}, reduction="sum")
+        return totals["nll"] / max(totals["tokens"], 1.0)
 
 
 class StepTimer:

@@ -1,0 +1,91 @@
+"""A run folder's layout, named once: what ``rewardsft train`` writes and what evaluation and the report read.
+
+::
+
+    RUN/config.yaml          the resolved config (read back to render prompts exactly as the run trained)
+    RUN/run.json             processes, device, library versions
+    RUN/metrics.jsonl        one JSON object per logged step
+    RUN/checkpoints/step-N/  resumable state (see training/checkpoint.py)
+    RUN/stages/stage-t/      IRFT: generations.jsonl, stats.json, snapshot log-prob caches
+    RUN/final/               the policy, loadable with from_pretrained
+    RUN/adapter/             LoRA runs whose base is unchanged: the adapter alone (base + adapter == final/)
+    RUN/reward_model/        RFT: the reward model, loadable with AutoModelForSequenceClassification
+    RUN/eval/NAME/summary.json  evaluation results (per-example files beside them)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rewardsft.data.tokenize import RenderSettings
+from rewardsft.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+STAGES = "stages"
+GENERATIONS_FILE = "generations.jsonl"
+FINAL = "final"
+ADAPTER = "adapter"
+REWARD_MODEL = "reward_model"
+EVAL = "eval"
+SUMMARY_FILE = "summary.json"
+
+
+def stage_dir(run_dir: Path, stage_name: str) -> Path:
+    return run_dir / STAGES / stage_name
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def run_of(model_path: str | Path) -> Path | None:
+    """The run a model folder belongs to: the folder itself when it is a run, its parent for ``final/`` or
+    ``reward_model/``; None for anything else (a hub id, a plain model folder)."""
+    path = Path(model_path)
+    if is_run_dir(path):
+        return path
+    if path.name in (FINAL, REWARD_MODEL) and is_run_dir(path.parent):
+        return path.parent
+    return None
+
+
+def run_render_settings(run_dir: Path) -> RenderSettings:
+    """How the run rendered its prompts and responses (its ``config.yaml``'s ``data`` section)."""
+    from rewardsft.config import config_from_dict
+
+    path = run_dir / CONFIG_FILE
+    try:
+        data = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8"))).data
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError) as err:
+        raise ConfigError(f"{path}: cannot read the run's config ({err})") from None
+    return RenderSettings(
+        data.system_prompt, data.fallback_template, data.text_prompts, data.max_length, data.max_prompt_length
+    )
+
+
+def rendering_for(model_path: str | Path, **flags: Any) -> tuple[str, RenderSettings]:
+    """Where to load a model for evaluation and how to render its prompts.
+
+    A run (its folder, ``final/`` or ``reward_model/``) renders exactly as it trained, from its
+    ``config.yaml``, so evaluation sees the prompt ids training saw; rendering flags are refused there rather
+    than silently ignored or silently obeyed. Anything else (a hub id, a plain folder) takes the flags that are
+    not None, over the :class:`RenderSettings` defaults. A run folder stands for its ``final/`` model.
+    """
+    given = {key: value for key, value in flags.items() if value is not None}
+    run = run_of(model_path)
+    if run is None:
+        return str(model_path), RenderSettings(**given)
+    if given:
+        names = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise ConfigError(
+            f"{model_path} belongs to the run {run}, which renders prompts exactly as it trained "
+            f"({run / CONFIG_FILE}); drop {names}"
+        )
+    path = run / FINAL if Path(model_path) == run else Path(model_path)
+    return str(path), run_render_settings(run)

@@ -1,0 +1,86 @@
+"""The one step idiom every recipe uses.
+
+A recipe's optimiser step is: for each micro-batch, :func:`micro_batch_context` (gradients sync across
+processes on the last micro-batch only) around forward + ``accelerator.backward``; then :func:`optimizer_step`
+(clip, step, schedule, zero); then :func:`reduce_metrics` so every process logs the same numbers. Batches go to
+the device through :func:`batch_on`, models switch mode through :func:`eval_mode`, and every random stream
+(data order, sampling) gets its seed from :func:`derive_seed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from rewardsft.data import TokenizedExample, collate
+
+
+@dataclass(frozen=True)
+class StepStats:
+    grad_norm: float
+    """Global L2 norm of the gradients before clipping."""
+    lr: float
+    """Learning rate this step used."""
+
+
+def batch_on(examples: Sequence[TokenizedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """``collate`` (right padding, labels masked) and move to ``device``."""
+    return {key: value.to(device) for key, value in collate(examples, pad_id).items()}
+
+
+def micro_batch_context(accelerator: Any, model: Any, last: bool) -> Any:
+    """Gradient accumulation: skip the cross-process all-reduce on every micro-batch but the step's last."""
+    return nullcontext() if last else accelerator.no_sync(model)
+
+
+def optimizer_step(
+    accelerator: Any, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None
+) -> StepStats:
+    """Clip the gradients (``None``: measure only), step the optimiser and the schedule, zero the gradients."""
+    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
+    lr = float(scheduler.get_last_lr()[0])
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(float(grad_norm), lr)
+
+
+def reduce_metrics(
+    accelerator: Any, metrics: dict[str, float], reduction: Literal["mean", "sum"] = "mean"
+) -> dict[str, float]:
+    """The same numbers on every process: each metric's mean (or sum) over processes."""
+    if accelerator.num_processes == 1 or not metrics:
+        return dict(metrics)
+    names = sorted(metrics)
+    values = torch.tensor([float(metrics[n]) for n in names], dtype=torch.float64, device=accelerator.device)
+    reduced = accelerator.reduce(values, reduction=reduction)
+    return dict(zip(names, reduced.tolist(), strict=True))
+
+
+@contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    """Switch ``models`` to eval mode and restore each one's train/eval mode afterwards."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
+def derive_seed(seed: int, purpose: str, *parts: int) -> int:
+    """A reproducible seed for one random stream, e.g. ``derive_seed(seed, "irft/generate", stage, rank)``.
+
+    Hashing keeps streams independent: with arithmetic such as ``seed + stage`` the run with seed 1 would
+    sample stage 1 exactly as the run with seed 2 samples stage 0, and two purposes could collide.
+    """
+    digest = hashlib.sha256(repr((seed, purpose, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
