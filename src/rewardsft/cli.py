@@ -69,7 +69,10 @@ def _tiny_model(args: argparse.Namespace) -> int:
         path = Path(args.corpus)
         if not path.is_file():
             raise ConfigError(f"corpus file {path} does not exist")
-        corpus = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            corpus = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ConfigError(f"corpus file {path} is not valid UTF-8") from None
         if not corpus:
             raise ConfigError(f"corpus file {path} is empty")
     out = write_tiny_model(

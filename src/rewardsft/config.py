@@ -447,12 +447,6 @@ def _commented_section(cls: type, values: dict[str, Any], depth: int, lines: lis
         lines.extend(f"{indent}{line}" for line in dumped.splitlines())
 
 
-def _get(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
-
 def reject_unused(config: RunConfig) -> None:
     """Refuse settings this method (or this combination of settings) would not read."""
     defaults = method_defaults(config.method)
@@ -464,17 +458,32 @@ def reject_unused(config: RunConfig) -> None:
             unused.setdefault(f"lora.{name}", "LoRA is off; set lora.enabled=true to use it")
     if config.data.eval_path is None and config.data.eval_split is None:
         unused["train.eval_every"] = "there is no held-out data; set data.eval_path or data.eval_split"
-    for dotted, why in unused.items():
-        value, default = _get(config, dotted), _get(defaults, dotted)
-        if value != default:
-            raise ConfigError(f"config key {dotted!r} is not used by `rewardsft train {config.method}`: {why}")
+    values, default_values = flatten(config.to_dict()), flatten(defaults.to_dict())
+    for dotted, value in values.items():
+        rule = next((key for key in (dotted, dotted.split(".")[0]) if key in unused), None)
+        if rule is not None and value != default_values[dotted]:
+            raise ConfigError(f"config key {dotted!r} is not used by `rewardsft train {config.method}`: {unused[rule]}")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}: line {line}: not valid UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if loaded is None:

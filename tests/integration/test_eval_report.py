@@ -130,8 +130,19 @@ def test_two_runs_evaluated_and_reported(
             == 0
         )
         wins = json.loads((run / "eval" / "winrate" / "summary.json").read_text())
-        assert wins["n"] == 12 and wins["wins"] + wins["ties"] + wins["losses"] == 12
-        assert len((run / "eval" / "winrate" / "generations.jsonl").read_text().splitlines()) == 12
+        records = [json.loads(x) for x in (run / "eval" / "winrate" / "generations.jsonl").read_text().splitlines()]
+        assert wins["n"] == len(records) == 12
+        # Every saved score is the judge's verdict on the saved answer, and the counts follow from them.
+        assert all(r["model_score"] == len(r["model_response"]) for r in records)
+        assert all(r["baseline_score"] == len(r["baseline_response"]) for r in records)
+        verdicts = [
+            (r["model_score"] > r["baseline_score"]) - (r["model_score"] < r["baseline_score"]) for r in records
+        ]
+        assert (wins["wins"], wins["ties"], wins["losses"]) == (
+            verdicts.count(1),
+            verdicts.count(0),
+            verdicts.count(-1),
+        )
 
     assert (
         main(

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,50 @@ def test_cli_overrides_before_and_after_config_file(tmp_path: Path, capsys: pyte
     assert main(["config", "show", "sft", "seed=7", "--config", str(file), "optim.lr=0.25"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert (shown["seed"], shown["train"]["epochs"], shown["optim"]["lr"]) == (7, 3, 0.25)
+
+
+def test_config_file_with_invalid_utf8_names_the_line(tmp_path: Path) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_bytes(b"optim:\n  lr: 1.0e-5\ndata:\n  system_prompt: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line 4: not valid UTF-8"):
+        load_config("sft", file)
+
+
+@pytest.mark.parametrize(
+    ("method", "override", "message"),
+    [
+        ("sft", "irft.stages=3", "'irft.stages' is not used by `rewardsft train sft`"),
+        ("sft", "generation.max_new_tokens=9", "SFT does not generate"),
+        ("irft", "rft.iterations=3", "read by `rewardsft train rft` only"),
+        ("irft", "reward_model.lr=1e-3", "implicit"),
+        ("rft", "train.epochs=3", "set rft.iterations"),
+        ("rft", "train.max_steps=3", "set rft.iterations"),
+        ("rft", "train.grad_accum=2", "one RFT optimiser step covers a whole round"),
+        ("rft", "irft.beta=0.2", "read by `rewardsft train irft` only"),
+        ("sft", "lora.r=8", "LoRA is off"),
+        ("irft", "train.eval_every=5", "no held-out data"),
+    ],
+)
+def test_settings_a_method_does_not_read_are_refused(method: str, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(method, overrides=[override])
+
+
+def test_lora_dropout_is_refused_while_dropout_is_off_and_a_full_dump_loads_back(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'lora.dropout' is not used .*train.dropout=false"):
+        load_config("irft", overrides=["lora.enabled=true", "lora.dropout=0.1"])
+    assert load_config("irft", overrides=["lora.enabled=true", "lora.dropout=0.1", "train.dropout=true"])
+    # `config show` output (every key, at its default) is a valid starting file for the same method.
+    dump = tmp_path / "dump.yaml"
+    dump.write_text(load_config("rft").to_yaml())
+    assert load_config("rft", dump).rft.iterations == 20
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["generation.temperature=0.7", "generation.top_p=0.9", "generation.top_k=50", "generation.do_sample=false"],
+)
+def test_rft_refuses_sampling_that_is_not_the_policy(override: str) -> None:
+    with pytest.raises(ConfigError, match="RLOO"):
+        load_config("rft", overrides=[override])
+    assert load_config("irft", overrides=[override])  # IRFT's theory samples too, but nothing there goes off-policy

@@ -93,5 +93,16 @@ def test_reward_model_judge_loader(llama_dir: Path, tmp_path: Path) -> None:
     load_reward_model(llama_dir, torch.device("cpu")).save_pretrained(str(tmp_path / "rm"))
     AutoTokenizer.from_pretrained(str(llama_dir)).save_pretrained(str(tmp_path / "rm"))
     judge = load_judge(str(tmp_path / "rm"))
-    scores = judge([("What is the capital of Peru?", "Lima."), ([{"role": "user", "content": "Hi"}], "Hello.")])
-    assert len(scores) == 2 and all(isinstance(s, float) for s in scores) and scores[0] != scores[1]
+    pairs = [("What is the capital of Peru?", "Lima."), ([{"role": "user", "content": "Hi"}], "Hello.")]
+    scores = judge(pairs)
+    # The judge's score is HF's own sequence-classification forward on the rendered prompt + response.
+    from transformers import AutoModelForSequenceClassification
+
+    from rewardsft.data import Example, Renderer, tokenize_examples
+
+    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
+    examples, _ = tokenize_examples([Example(p, r) for p, r in pairs], Renderer(tokenizer), 1024, 512)
+    with torch.no_grad():
+        expected = [hf(input_ids=torch.tensor([ex.input_ids])).logits.item() for ex in examples]
+    assert scores == pytest.approx(expected, abs=1e-5)

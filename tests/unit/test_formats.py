@@ -118,3 +118,24 @@ def test_json_parquet_and_directory_sources(tmp_path: Path) -> None:
 def test_missing_local_file_is_a_clear_error() -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_examples("./nope.jsonl", "train")
+
+
+def test_invalid_utf8_is_exit_2_naming_file_and_line(
+    tmp_path: Path, llama_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rewardsft.cli import main
+
+    good = json.dumps({"prompt": "P", "completion": "C"}).encode()
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + good + b"\n" + good.replace(b"C", b"caf\xe9") + b"\n")
+    with pytest.raises(DataError, match=r"latin1\.jsonl: row 3: not valid UTF-8 \(byte 0xe9"):
+        load_examples(str(path), "train")
+    as_json = tmp_path / "latin1.json"
+    as_json.write_bytes(b'[\n {"prompt": "P", "completion": "C"},\n {"prompt": "P", "completion": "caf\xe9"}\n]')
+    with pytest.raises(DataError, match=r"latin1\.json: line 3: not valid UTF-8"):
+        load_examples(str(as_json), "train")
+    out = tmp_path / "run"
+    args = ["train", "sft", f"model.name_or_path={llama_dir}", f"data.path={path}", f"output_dir={out}"]
+    assert main(args) == 2
+    assert "latin1.jsonl: row 3: not valid UTF-8" in capsys.readouterr().err
+    assert not out.exists()  # nothing written for bad input

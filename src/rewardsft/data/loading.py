@@ -49,8 +49,9 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = _decode(raw, path, f"row {number}")
             if not line.strip():
                 continue
             try:
@@ -60,9 +61,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
+def _decode(raw: bytes, path: Path, where: str) -> str:
+    """UTF-8 text (a leading byte-order mark dropped), or a DataError naming the file, the place and the byte."""
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: {where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        _decode(raw.splitlines()[line - 1], path, f"line {line}")
+    try:
+        loaded = json.loads(_decode(raw, path, "file"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
     if isinstance(loaded, dict):

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from rewardsft.config import RunConfig
+from rewardsft.config import RunConfig, flatten
 from rewardsft.data import TokenizedExample
 from rewardsft.errors import ConfigError
 from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
@@ -81,7 +81,7 @@ class Run:
         set_seed(self.config.seed)
         self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if self.config.resume else None
         if self.trackers:
-            self.accelerator.init_trackers(self.config.logging.project, config=_flat_scalars(self.config.to_dict()))
+            self.accelerator.init_trackers(self.config.logging.project, config=_scalars(flatten(self.config.to_dict())))
         tracker_log = self.accelerator.log if self.trackers else None
         self.metrics = MetricsLogger(self.output_dir, self.is_main, tracker_log)
 
@@ -247,11 +247,6 @@ def _check_trackers(names: list[str]) -> list[str]:
     return names
 
 
-def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat_scalars(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float | str | bool):
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _scalars(flat: dict[str, Any]) -> dict[str, Any]:
+    """Trackers take scalar hyper-parameters only."""
+    return {key: value for key, value in flat.items() if isinstance(value, int | float | str | bool)}

@@ -1,0 +1,59 @@
+"""Generation samples from π_θ alone (our settings, not the checkpoint's) and stops at every end-of-turn id."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from rewardsft.config import GenerationConfig
+from rewardsft.data import Renderer
+from rewardsft.data.tokenize import render_prompt_ids
+from rewardsft.generation import end_of_turn_ids, generate
+from rewardsft.tiny import tiny_model
+
+
+@pytest.fixture
+def prompts(tokenizer: Any) -> list[list[int]]:
+    renderer = Renderer(tokenizer)
+    texts = ["What is the capital of Peru?", "Hi", "What is one plus two?", "Name a colour."]
+    return [render_prompt_ids([{"role": "user", "content": t}], renderer) for t in texts]
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_a_checkpoints_generation_config_does_not_change_the_samples(
+    tokenizer: Any, prompts: list[list[int]], do_sample: bool
+) -> None:
+    model = tiny_model(tokenizer, hidden_size=32, seed=1)
+    shipped = copy.deepcopy(model)
+    # What some checkpoints ship: these would silently reshape the distribution IRFT/RFT sample from.
+    shipped.generation_config.repetition_penalty = 50.0
+    shipped.generation_config.no_repeat_ngram_size = 1
+    shipped.generation_config.suppress_tokens = list(range(5, 200))
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=do_sample, batch_size=4)
+    kwargs = {"pad_id": tokenizer.pad_token_id, "eos_ids": [tokenizer.eos_token_id], "seed": 3}
+    assert generate(shipped, prompts, cfg, **kwargs) == generate(model, prompts, cfg, **kwargs)
+    assert shipped.generation_config.repetition_penalty == 50.0  # restored afterwards
+
+
+def test_end_of_turn_ids_cover_eos_the_model_config_and_the_template_turn_end(tokenizer: Any) -> None:
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    unk = tokenizer.convert_tokens_to_ids("<|unk|>")
+    # A tokenizer whose EOS is not the template's turn end (as in base models given a ChatML template).
+    other_eos = copy.deepcopy(tokenizer)
+    other_eos.eos_token = "<|unk|>"
+    model = tiny_model(tokenizer, hidden_size=32)
+    model.generation_config.eos_token_id = [im_end, 7]
+    assert end_of_turn_ids(Renderer(other_eos), model) == [unk, im_end, 7]
+    assert end_of_turn_ids(Renderer(tokenizer)) == [im_end]
+
+
+def test_generation_stops_at_any_end_of_turn_id(tokenizer: Any, prompts: list[list[int]]) -> None:
+    model = tiny_model(tokenizer, hidden_size=32, seed=2)
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=False, batch_size=4)
+    free = generate(model, prompts, cfg, pad_id=tokenizer.pad_token_id, eos_ids=[-1], seed=0)
+    stop = free[0].response_ids[3]  # declare the 4th greedy token an end of turn: generation must stop there
+    cut = generate(model, prompts, cfg, pad_id=tokenizer.pad_token_id, eos_ids=[-1, stop], seed=0)
+    assert cut[0].stopped and cut[0].response_ids[-1] == stop
+    assert len(cut[0].response_ids) == free[0].response_ids.index(stop) + 1
