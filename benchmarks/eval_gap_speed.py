@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rewardsft.demo.builtin import builtin_rows
+from rewardsft.data.builtin import builtin_rows
 from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
 from rewardsft.tiny import write_tiny_model
 

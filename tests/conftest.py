@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from rewardsft.demo.builtin import builtin_rows
+from rewardsft.data.builtin import builtin_rows
 from rewardsft.tiny import train_tokenizer, write_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     """ChatML-style template, EOS <|im_end|>, adds BOS (like Llama tokenizers)."""
-    from rewardsft.demo.builtin import builtin_corpus
+    from rewardsft.data.builtin import builtin_corpus
 
     return train_tokenizer(builtin_corpus(), vocab_size=400, add_bos=True)
 
@@ -23,7 +23,7 @@ def tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def plain_tokenizer() -> Any:
     """No chat template and no BOS (like GPT-NeoX base tokenizers)."""
-    from rewardsft.demo.builtin import builtin_corpus
+    from rewardsft.data.builtin import builtin_corpus
 
     return train_tokenizer(builtin_corpus(), vocab_size=400, add_bos=False, chat_template=None)
 

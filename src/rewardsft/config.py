@@ -523,12 +523,11 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in args:
             try:
                 return _coerce(value, arg, dotted)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key {dotted!r}: {value!r} does not fit {_type_name(hint)}")
     if origin is Literal:
         if value not in args:

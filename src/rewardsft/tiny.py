@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 
-from rewardsft.demo.builtin import builtin_corpus
+from rewardsft.data.builtin import builtin_corpus
 
 Arch = Literal["llama", "gpt_neox"]
 CHATML_TEMPLATE = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rewardsft.cli import main
-from rewardsft.demo.builtin import builtin_rows
+from rewardsft.data.builtin import builtin_rows
 from tests.conftest import write_jsonl
 
 TRAIN = [

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rewardsft.cli import main
-from rewardsft.demo.builtin import builtin_rows
+from rewardsft.data.builtin import builtin_rows
 from rewardsft.training.metrics import read_metrics
 from rewardsft.training.run import Run
 from tests.conftest import write_jsonl

@@ -68,3 +68,42 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path: Path) 
     assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path)] == [4, 6]
     latest = ckpt.latest_checkpoint(tmp_path)
     assert latest is not None and json.loads((latest / "state.json").read_text())["step"] == 6
+
+
+def test_optimizer_step_clips_and_reports_the_norm_before_clipping() -> None:
+    from accelerate import Accelerator
+
+    from rewardsft.training.step import optimizer_step
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5**s)
+    param.grad = torch.tensor([3.0, 4.0])  # norm 5
+    stats = optimizer_step(Accelerator(cpu=True), [param], optimizer, scheduler, max_grad_norm=1.0)
+    assert stats.grad_norm == pytest.approx(5.0) and stats.lr == 1.0
+    assert param.detach().tolist() == pytest.approx([-0.6, -0.8])  # one step along the clipped gradient (norm 1)
+    assert param.grad is None and scheduler.get_last_lr() == [0.5]
+    param.grad = torch.tensor([3.0, 4.0])
+    stats = optimizer_step(Accelerator(cpu=True), [param], optimizer, scheduler, max_grad_norm=None)
+    assert stats.grad_norm == pytest.approx(5.0) and stats.lr == 0.5
+    assert param.detach().tolist() == pytest.approx([-0.6 - 1.5, -0.8 - 2.0])  # unclipped
+
+
+def test_derive_seed_is_stable_and_separates_streams() -> None:
+    from rewardsft.training.step import derive_seed
+
+    assert derive_seed(1, "irft/generate", 0, 0) == derive_seed(1, "irft/generate", 0, 0)
+    seeds = {
+        derive_seed(s, p, stage, 0) for s in (0, 1, 2) for p in ("irft/generate", "rft/generate") for stage in (0, 1, 2)
+    }
+    assert len(seeds) == 18  # seed 1 stage 0 never replays seed 0 stage 1 (as seed + stage would)
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_eval_mode_restores_each_models_mode() -> None:
+    from rewardsft.training.step import eval_mode
+
+    training, frozen = torch.nn.Linear(1, 1).train(), torch.nn.Linear(1, 1).eval()
+    with eval_mode(training, frozen):
+        assert not training.training and not frozen.training
+    assert training.training and not frozen.training

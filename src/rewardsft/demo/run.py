@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardsft.config import GenerationConfig, load_config
-from rewardsft.demo.builtin import builtin_rows
+from rewardsft.data.builtin import builtin_rows
 from rewardsft.errors import ConfigError
 from rewardsft.eval.logprob_gap import logprob_gap
 from rewardsft.eval.report import build_report

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 CAPITALS = {
@@ -74,9 +72,3 @@ def builtin_corpus() -> list[str]:
         "I do not know the answer to that question, but I can try to help.",
     ]
     return lines
-
-
-def write_builtin(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in builtin_rows()))
-    return path
