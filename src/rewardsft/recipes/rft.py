@@ -20,7 +20,7 @@ import torch
 from rewardsft.config import GenerationConfig, RunConfig
 from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.errors import ConfigError
-from rewardsft.generation import as_example, end_of_turn_ids, generate, generation_stats
+from rewardsft.generation import Generation, as_example, end_of_turn_ids, generate, generation_stats
 from rewardsft.layout import REWARD_MODEL
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.losses import (
@@ -240,15 +240,7 @@ def make_rollout(
     k = spec.samples_per_prompt
     unwrapped = run.accelerator.unwrap_model(policy)
     prompts = [d for d in demos for _ in range(k)]
-    generations = generate(
-        unwrapped,
-        [p.prompt_ids for p in prompts],
-        spec.generation,
-        pad_id=spec.pad_id,
-        eos_ids=spec.stop_ids,
-        seed=derive_seed(spec.seed, "rft/generate", iteration, run.rank),
-    )
-    gens = [as_example(p, g, spec.max_length) for p, g in zip(prompts, generations, strict=True)]
+    generations, gens = sample_responses(run, policy, prompts, spec, "rft/generate", iteration)
     old, kl = [], []
     entropy_sum, n_tokens = 0.0, 0
     with eval_mode(unwrapped):
@@ -266,6 +258,22 @@ def make_rollout(
             n_tokens += int(tokens.mask.sum())
     stats = generation_stats(generations, [d.response_ids for d in prompts])
     return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy_sum / max(n_tokens, 1), stats)
+
+
+def sample_responses(
+    run: Run, policy: Any, prompts: list[TokenizedExample], spec: RolloutSpec, purpose: str, step: int
+) -> tuple[list[Generation], list[TokenizedExample]]:
+    """One sample per prompt from the current policy, seeded per purpose, step and process; also as examples
+    (prompt + response cut to ``data.max_length``) ready to score or train on."""
+    generations = generate(
+        run.accelerator.unwrap_model(policy),
+        [p.prompt_ids for p in prompts],
+        spec.generation,
+        pad_id=spec.pad_id,
+        eos_ids=spec.stop_ids,
+        seed=derive_seed(spec.seed, purpose, step, run.rank),
+    )
+    return generations, [as_example(p, g, spec.max_length) for p, g in zip(prompts, generations, strict=True)]
 
 
 def reward_step(
@@ -329,15 +337,7 @@ def held_out_rm_accuracy(
     """Share of held-out prompts where r_φ scores the demonstration above the current policy's sample."""
     assert start.eval_data is not None
     demos = start.eval_data.tokenized[run.rank :: run.world_size]
-    generations = generate(
-        run.accelerator.unwrap_model(policy),
-        [d.prompt_ids for d in demos],
-        spec.generation,
-        pad_id=spec.pad_id,
-        eos_ids=spec.stop_ids,
-        seed=derive_seed(spec.seed, "rft/held-out", step, run.rank),
-    )
-    gens = [as_example(d, g, spec.max_length) for d, g in zip(demos, generations, strict=True)]
+    _, gens = sample_responses(run, policy, demos, spec, "rft/held-out", step)
     demo_scores = score_examples(reward_model, demos, spec.eval_batch_size, spec.pad_id)
     gen_scores = score_examples(reward_model, gens, spec.eval_batch_size, spec.pad_id)
     wins = sum(d > g for d, g in zip(demo_scores, gen_scores, strict=True))
