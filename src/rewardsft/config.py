@@ -38,8 +38,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     """Let ``from_pretrained`` run the repository's own modelling code (tokenizer, policy and RFT reward model)."""
     revision: str | None = None
-    """Hub branch, tag or commit of ``name_or_path`` for the tokenizer and initial policy; None: the default
-    branch. Not applied to the RFT reward model."""
+    """Hub branch, tag or commit of ``name_or_path`` for the tokenizer, the initial policy and an RFT reward model
+    started from it; None: the default branch."""
     gradient_checkpointing: bool = False
     """Recompute the policy's activations during backward (less memory, more compute); also makes
     ``irft.pair_forward=auto`` choose ``joint``."""

@@ -50,17 +50,19 @@ def load_reward_model(
     dtype: torch.dtype = torch.float32,
     pad_token_id: int | None = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> Any:
     """An ``AutoModelForSequenceClassification`` with one label (a fresh head when ``path`` is a causal LM)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     # A causal LM loads with its LM head unused and a new score head: expected, so keep the load report quiet.
+    revision_kwargs = {"revision": revision} if revision else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
+            str(path), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, **revision_kwargs
         )
     except (OSError, ValueError) as err:
         raise ConfigError(f"could not load the reward model {str(path)!r}: {err}") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rewardsft.cli import main
 from rewardsft.demo.run import answer_overlap
+from rewardsft.training.metrics import read_metrics
 
 
 def test_answer_overlap_judge() -> None:
@@ -28,6 +29,17 @@ def test_demo_trains_evaluates_and_reports(tmp_path: Path, capsys) -> None:  # t
         assert gap["pairs"] == 12
         wins = json.loads((run / "eval" / "winrate" / "summary.json").read_text())
         assert wins["n"] == 12
+    # Behaviour, not only files: each recipe did what it trains for.
+    sft_losses = [r["train/loss"] for r in read_metrics(out / "runs" / "sft" / "metrics.jsonl") if "train/loss" in r]
+    assert sft_losses[-1] < 0.5 * sft_losses[0]  # SFT fitted the demonstrations
+    rounds = [r for r in read_metrics(out / "runs" / "rft" / "metrics.jsonl") if "rm/loss" in r]
+    assert rounds[-1]["rm/loss"] < rounds[0]["rm/loss"]  # the reward model learned demonstration > generation
+    held_out = [
+        r["eval/rm_accuracy"] for r in read_metrics(out / "runs" / "rft" / "metrics.jsonl") if "eval/rm_accuracy" in r
+    ]
+    assert held_out[-1] > 0.75
+    # Not asserted yet: SPIN/IRFT's margin in the demo ends near 0 (the sft_weight anchor and the small lr leave
+    # the contrastive term idle); the demo issue (#9) redesigns the task and settings.
     sft_gap = json.loads((out / "runs" / "sft" / "eval" / "gap" / "summary.json").read_text())
     assert sft_gap["accuracy"]["mean"] > 0.8  # trained on answers only, it still ranks them above scrambles
     assert (out / "runs" / "spin" / "stages" / "stage-1" / "generations.jsonl").is_file()

@@ -128,6 +128,7 @@ def run_demo(output_dir: Path, overwrite: bool = False) -> Path:
                 *start,
                 f"output_dir={runs / 'rft'}",
                 "rft.iterations=8",
+                "train.log_every=1",  # RFT logs per round
                 "rft.prompts_per_iteration=12",
                 "rft.samples_per_prompt=4",
                 "optim.lr=3e-4",

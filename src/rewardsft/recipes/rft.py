@@ -174,7 +174,11 @@ def build_reward_model(start: RecipeStart, config: RunConfig) -> Any:
     adapter = run.checkpoint / REWARD_ADAPTER if run.checkpoint is not None else None
     if run.checkpoint is not None and not config.reward_model.lora:
         source = run.checkpoint / REWARD_MODEL
-    model = load_reward_model(source, run.device, dtype, start.tokenizer.pad_token_id, config.model.trust_remote_code)
+    # The policy's revision applies when r_φ starts from the policy's own weights.
+    revision = config.model.revision if source == config.model.name_or_path else None
+    model = load_reward_model(
+        source, run.device, dtype, start.tokenizer.pad_token_id, config.model.trust_remote_code, revision
+    )
     if model.config.vocab_size < len(start.tokenizer):
         raise ConfigError("reward_model.name_or_path must share the policy's tokenizer (its vocabulary is smaller)")
     if config.reward_model.lora:
