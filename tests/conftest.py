@@ -47,6 +47,17 @@ def builtin_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def split_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The built-in rows as (train: 3/4, held-out: 1/4) JSONL files."""
+    from rewardsft.data.builtin import builtin_rows
+
+    rows = builtin_rows()
+    folder = tmp_path_factory.mktemp("split-data")
+    train = write_jsonl(folder / "train.jsonl", rows[::4] + rows[1::4] + rows[2::4])
+    return train, write_jsonl(folder / "eval.jsonl", rows[3::4])
+
+
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return path

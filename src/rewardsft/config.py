@@ -114,11 +114,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest checkpoints kept; older ones are deleted once a newer one is complete."""
     eval_every: int | None = None
-    """Optimiser steps between held-out loss evaluations in SFT and IRFT (always evaluated at the end); None: at
-    the end only. Needs ``data.eval_path`` or ``data.eval_split``."""
+    """Optimiser steps (RFT: rounds) between held-out evaluations (SFT/IRFT: ``eval/loss``; RFT:
+    ``eval/rm_accuracy``, also at the start); always at the end. None: at the end only. Needs held-out data."""
     log_every: int = 1
-    """Optimiser steps between metric records (metrics.jsonl and trackers) in SFT and IRFT; the last step (of each
-    IRFT stage) is always logged. RFT logs every round."""
+    """Optimiser steps (RFT: rounds) between metric records (metrics.jsonl and trackers); the last step (of each
+    IRFT stage) is always logged."""
     dropout: bool = True
     """Keep the model's dropout (and ``lora.dropout``) active in training. IRFT and RFT default to false: with
     dropout the policy at a stage start is not its snapshot and two forwards of one sequence differ (the
@@ -189,7 +189,8 @@ class IRFTConfig:
     gradient checkpointing (activations are small, joint is faster and leaner), split without
     (docs/performance.md)."""
     epochs_per_stage: int = 1
-    """Passes over the stage's chunk (the paper's K); its pythia-1.4b runs used 2."""
+    """Passes over the stage's chunk; the paper's K (optimiser steps per stage) is this times the chunk's steps
+    per pass (ceil(chunk / global batch)). The paper's pythia-1.4b runs used 2 epochs per stage."""
     reset_optimizer_each_stage: bool = False
     """True reproduces the official code, which restarts optimiser and LR schedule every stage."""
 

@@ -128,10 +128,16 @@ def rloo_policy_loss(
     return -torch.minimum(unclipped, clipped).mean()
 
 
-def normalise_rewards(rewards: torch.Tensor, mode: str, clip: float | None) -> torch.Tensor:
-    """``whiten``: zero mean, unit variance over the batch; then clip to ±``clip`` when set."""
-    if mode == "whiten" and rewards.numel() > 1:
-        rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+def normalise_rewards(
+    rewards: torch.Tensor, mode: str, clip: float | None, moments: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """``whiten``: zero mean, unit variance; then clip to ±``clip`` when set.
+
+    ``moments`` (mean, std) of the whole round when it is spread over processes; default: this batch's own.
+    """
+    if mode == "whiten" and (moments is not None or rewards.numel() > 1):
+        mean, std = moments if moments is not None else (float(rewards.mean()), float(rewards.std()))
+        rewards = (rewards - mean) / (std + 1e-8)
     if clip is not None:
         rewards = rewards.clamp(-clip, clip)
     return rewards

@@ -267,3 +267,19 @@ def test_dropout_kept_on_request_is_warned_and_moves_the_stage_start(
     assert main(irft_args(llama_dir, builtin_jsonl, out, *extra)) == 0
     assert "warning: train.dropout=true" in capsys.readouterr().out
     assert abs(stage_records(out)[2][0]["irft/margin"]) > 1e-5  # what the default spares the user
+
+
+def test_gradient_accumulation_does_not_change_the_irft_step(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """22 rows in steps of 6: the last step is one micro-batch of 4 at batch 6, but 3 + 1 with batch 3 x 2
+    accumulated. ℓ's mean over the step's pairs and the anchor's mean over its tokens must not care."""
+    common = ["irft.stages=1", "irft.sft_weight=1.0", "data.max_rows=22", "generation.do_sample=false"]
+    common += ["generation.batch_size=1", "train.eval_batch_size=1"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(irft_args(llama_dir, builtin_jsonl, whole, *common, "train.batch_size=6")) == 0
+    assert main(irft_args(llama_dir, builtin_jsonl, split, *common, "train.batch_size=3", "train.grad_accum=2")) == 0
+    losses = [[r["irft/loss"] for r in stage_records(out)[1]] for out in (whole, split)]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    a, b = weights(whole / "final"), weights(split / "final")
+    assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-5

@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rewardsft.cli import main
-from rewardsft.data.builtin import builtin_rows
 from rewardsft.training.metrics import read_metrics
 from rewardsft.training.run import Run
 from tests.conftest import write_jsonl
@@ -30,15 +29,6 @@ FAST = [
     "data.max_prompt_length=32",
     "logging.progress=false",
 ]
-
-
-@pytest.fixture(scope="module")
-def split_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    rows = builtin_rows()
-    folder = tmp_path_factory.mktemp("rft-data")
-    return write_jsonl(folder / "train.jsonl", rows[::4] + rows[1::4] + rows[2::4]), write_jsonl(
-        folder / "eval.jsonl", rows[3::4]
-    )
 
 
 def rft_args(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:

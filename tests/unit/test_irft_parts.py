@@ -174,7 +174,7 @@ def pair_gradients(base: Any, pairs: list[Pair], spec: Any, pad_id: int) -> tupl
 
     from accelerate import Accelerator
 
-    from rewardsft.recipes.irft import joint_pair_backward, split_pair_backward
+    from rewardsft.recipes.irft import StepSize, joint_pair_backward, split_pair_backward
 
     accelerator = Accelerator(cpu=True)
     ref_demo, ref_gen = torch.tensor([-40.0, -30.0, -35.0]), torch.tensor([-20.0, -25.0, -10.0])
@@ -182,7 +182,8 @@ def pair_gradients(base: Any, pairs: list[Pair], spec: Any, pad_id: int) -> tupl
     for backward in (joint_pair_backward, split_pair_backward):
         model = copy.deepcopy(base).train()
         torch.manual_seed(0)
-        outs.append(backward(accelerator, model, pairs, ref_demo, ref_gen, spec, pad_id, 0.5, True))
+        size = StepSize(pairs=2 * len(pairs), tokens=40.0, processes=1)  # this chunk as half of a step
+        outs.append(backward(accelerator, model, pairs, ref_demo, ref_gen, spec, pad_id, size, True))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     return grads, outs
 

@@ -145,3 +145,12 @@ def test_exported_reward_model_scores_the_same_under_hf_when_pad_is_eos(
     with torch.no_grad():
         hf = hf_model(**batch).logits.squeeze(-1)
     assert hf.tolist() == pytest.approx(ours, abs=1e-5)
+
+
+def test_whitening_with_the_rounds_moments_equals_whitening_the_whole_round() -> None:
+    whole = torch.tensor([1.0, 2.0, 4.0, 8.0, -1.0, 0.5])
+    halves = whole[:3], whole[3:]
+    moments = (float(whole.mean()), float(whole.std()))
+    joined = torch.cat([normalise_rewards(h, "whiten", None, moments) for h in halves])
+    assert torch.allclose(joined, normalise_rewards(whole, "whiten", None), atol=1e-6)
+    assert not torch.allclose(torch.cat([normalise_rewards(h, "whiten", None) for h in halves]), joined, atol=1e-3)

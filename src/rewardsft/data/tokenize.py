@@ -1,6 +1,6 @@
 """Prompt rendering, tokenisation, masking and truncation: the ONE place that decides token boundaries.
 
-Training, generation and evaluation all call :func:`render_prompt` / :func:`tokenize_example`, so the
+Training, generation and evaluation all call :func:`render_prompt_ids` / :func:`tokenize_example`, so the
 prompt a model is trained on is exactly the prompt it generates from (the official code differs here:
 SPIN issue #33).
 

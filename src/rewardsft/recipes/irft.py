@@ -290,6 +290,17 @@ IRFT_METRICS = (
 )
 
 
+@dataclass(frozen=True)
+class StepSize:
+    """What one optimiser step covers over every micro-batch and process: the loss is ℓ's mean over ``pairs`` plus
+    ``sft_weight`` × the NLL's mean over the demonstrations' ``tokens``, so splitting a step into micro-batches or
+    processes does not change its gradient. ``processes`` undoes DDP's mean over processes."""
+
+    pairs: float
+    tokens: float
+    processes: int
+
+
 def accumulate_irft_step(
     accelerator: Any,
     model: Any,
@@ -299,7 +310,13 @@ def accumulate_irft_step(
     pad_id: int,
     spec: PairLossSpec,
 ) -> dict[str, float]:
-    """Forward/backward the micro-batches of one optimiser step; returns the step's metrics (mean over ranks)."""
+    """Forward/backward the micro-batches of one optimiser step; returns the step's metrics (over all processes)."""
+    local = {
+        "pairs": sum(len(ids) for ids in micro_batches),
+        "tokens": sum(len(pairs[i].demo.response_ids) for ids in micro_batches for i in ids),
+    }
+    counts = reduce_metrics(accelerator, local, reduction="sum")
+    size = StepSize(counts["pairs"], counts["tokens"], accelerator.num_processes)
     totals = torch.zeros(len(IRFT_METRICS), dtype=torch.float64)
     backward = split_pair_backward if spec.pair_forward == "split" else joint_pair_backward
     for k, ids in enumerate(micro_batches):
@@ -307,12 +324,14 @@ def accumulate_irft_step(
         ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, accelerator.device)
         last = k == len(micro_batches) - 1
         terms, loss, demo_logps, gen_logps = backward(
-            accelerator, model, chunk, ref_demo, ref_gen, spec, pad_id, 1.0 / len(micro_batches), last
+            accelerator, model, chunk, ref_demo, ref_gen, spec, pad_id, size, last
         )
-        parts = [loss, terms.demo_reward.mean(), terms.gen_reward.mean(), terms.margin.mean()]
-        parts += [(terms.margin > 0).float().mean(), demo_logps.mean(), gen_logps.mean()]
-        totals += torch.stack([p.double().cpu() for p in parts]) / len(micro_batches)
-    return reduce_metrics(accelerator, dict(zip(IRFT_METRICS, totals.tolist(), strict=True)))
+        # The loss part is already this micro-batch's share of the step's loss; the rest are per-pair sums.
+        parts = [loss * size.pairs, terms.demo_reward.sum(), terms.gen_reward.sum(), terms.margin.sum()]
+        parts += [(terms.margin > 0).float().sum(), demo_logps.sum(), gen_logps.sum()]
+        totals += torch.stack([p.double().cpu() for p in parts])
+    summed = reduce_metrics(accelerator, dict(zip(IRFT_METRICS, totals.tolist(), strict=True)), reduction="sum")
+    return {name: value / max(size.pairs, 1.0) for name, value in summed.items()}
 
 
 PairBackward = tuple[IRFTTerms, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -332,12 +351,14 @@ def pair_loss(
     ref_gen: torch.Tensor,
     demo_tokens: TokenLogps,
     spec: PairLossSpec,
+    size: StepSize,
 ) -> tuple[IRFTTerms, torch.Tensor]:
-    """The stage objective on one micro-batch: mean ℓ(margin), plus ``sft_weight`` × the demonstrations' NLL."""
+    """One micro-batch's share of the step objective: ℓ(margin) summed over its pairs / the step's pairs, plus
+    ``sft_weight`` × its demonstrations' NLL / the step's demonstration tokens."""
     terms = irft_loss(demo_logps, gen_logps, ref_demo, ref_gen, spec.beta, spec.loss)
-    loss = terms.loss.mean()
+    loss = terms.loss.sum() / max(size.pairs, 1.0)
     if spec.sft_weight:
-        loss = loss + spec.sft_weight * sft_nll(demo_tokens)
+        loss = loss + spec.sft_weight * sft_nll(demo_tokens, n_tokens=size.tokens)
     return terms, loss
 
 
@@ -349,7 +370,7 @@ def joint_pair_backward(
     ref_gen: torch.Tensor,
     spec: PairLossSpec,
     pad_id: int,
-    scale: float,
+    size: StepSize,
     last: bool,
 ) -> PairBackward:
     """Demonstrations and generations in one forward of 2B rows: fastest, twice SFT's activation memory."""
@@ -358,8 +379,8 @@ def joint_pair_backward(
         seq = sequence_logps(tokens, "sum")
         half = len(chunk)
         demo_tokens = TokenLogps(tokens.logps[:half], tokens.mask[:half])
-        terms, loss = pair_loss(seq[:half], seq[half:], ref_demo, ref_gen, demo_tokens, spec)
-        accelerator.backward(loss * scale)
+        terms, loss = pair_loss(seq[:half], seq[half:], ref_demo, ref_gen, demo_tokens, spec, size)
+        accelerator.backward(loss * size.processes)
     return terms, loss.detach(), seq[:half].detach(), seq[half:].detach()
 
 
@@ -371,7 +392,7 @@ def split_pair_backward(
     ref_gen: torch.Tensor,
     spec: PairLossSpec,
     pad_id: int,
-    scale: float,
+    size: StepSize,
     last: bool,
 ) -> PairBackward:
     """The same gradient with one half's activations alive at a time (SFT memory), for one extra no-grad
@@ -391,8 +412,8 @@ def split_pair_backward(
     with micro_batch_context(accelerator, model, last=False):
         demo_tokens = model_token_logps(model, **demo_batch)
         demo_logps = sequence_logps(demo_tokens, "sum")
-        terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, spec)
-        accelerator.backward(loss * scale)
+        terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, spec, size)
+        accelerator.backward(loss * size.processes)
     assert gen_leaf.grad is not None
     with micro_batch_context(accelerator, model, last):
         gen_logps = sequence_logps(model_token_logps(model, **gen_batch), "sum")

@@ -320,7 +320,7 @@ def policy_step(
     """Backpropagate one RLOO step over the whole rollout, micro-batched; gradients sync on the last one."""
     device = accelerator.device
     rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
-    rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip)
+    rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip, round_moments(accelerator, rewards))
     advantages = rloo_advantages(rewards.view(-1, spec.samples_per_prompt)).view(-1)
     n, size, total = len(rollout.gens), spec.batch_size, 0.0
     for start in range(0, n, size):
@@ -333,6 +333,17 @@ def policy_step(
             accelerator.backward(loss * len(ids) / n)
         total += float(loss.detach()) * len(ids) / n
     return {"policy/loss": total}
+
+
+def round_moments(accelerator: Any, rewards: torch.Tensor) -> tuple[float, float] | None:
+    """Mean and (unbiased) std of the whole round's rewards over every process; None in one process."""
+    if accelerator.num_processes == 1:
+        return None
+    local = {"n": rewards.numel(), "sum": float(rewards.sum()), "squares": float((rewards.double() ** 2).sum())}
+    total = reduce_metrics(accelerator, local, reduction="sum")
+    mean = total["sum"] / total["n"]
+    variance = (total["squares"] - total["n"] * mean**2) / max(total["n"] - 1, 1.0)
+    return mean, max(variance, 0.0) ** 0.5
 
 
 def held_out_rm_accuracy(

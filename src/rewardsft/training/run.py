@@ -1,6 +1,6 @@
 """A training run's plumbing shared by every recipe: output dir, accelerator, metrics, checkpoints.
 
-Recipes stay readable by calling these few methods; this module and ``recipes/`` are the only code that
+Recipes stay readable by calling these few methods; ``training/`` and ``recipes/`` are the only code that
 touches the ``Accelerator``.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,7 +52,7 @@ def optimizer_step(
 
 
 def reduce_metrics(
-    accelerator: Any, metrics: dict[str, float], reduction: Literal["mean", "sum"] = "mean"
+    accelerator: Any, metrics: Mapping[str, float], reduction: Literal["mean", "sum"] = "mean"
 ) -> dict[str, float]:
     """The same numbers on every process: each metric's mean (or sum) over processes."""
     if accelerator.num_processes == 1 or not metrics:
