@@ -151,6 +151,18 @@ def _eval_winrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_compare(args: argparse.Namespace) -> int:
+    from rewardsft.eval.paired import compare_runs, differences_markdown, write_comparison
+
+    runs = [Path(p) for p in args.runs]
+    rows = compare_runs(runs, Path(args.baseline), args.eval)
+    print(differences_markdown(rows, Path(args.baseline).name), end="")
+    if args.out:
+        write_comparison(rows, Path(args.baseline).name, Path(args.out))
+        print(f"-> {args.out}/compare.json, compare.md")
+    return 0
+
+
 def _eval_harness(args: argparse.Namespace) -> int:
     from rewardsft.eval.harness import run_harness
 
@@ -166,7 +178,8 @@ def _eval_harness(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from rewardsft.eval.report import build_report
 
-    print(f"report: {build_report([Path(p) for p in args.runs], Path(args.out))}")
+    baseline = Path(args.baseline) if args.baseline else None
+    print(f"report: {build_report([Path(p) for p in args.runs], Path(args.out), baseline)}")
     return 0
 
 
@@ -199,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     report_p = sub.add_parser("report", help="compare runs: Markdown + self-contained HTML + PNG plots")
     report_p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report_p.add_argument("--out", required=True)
+    report_p.add_argument(
+        "--baseline", metavar="RUN_DIR", help="add paired differences of every run (seeds combined) against this run"
+    )
     report_p.set_defaults(func=_report)
 
     demo_p = sub.add_parser("demo", help="an offline end-to-end run on a built-in task")
@@ -261,6 +277,16 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     win_p.add_argument("--seed", type=int, default=0)
     _render_args(win_p)
     win_p.set_defaults(func=_eval_winrate)
+    compare_p = eval_sub.add_parser(
+        "compare", help="paired differences of several runs against a baseline run on the same pairs / prompts"
+    )
+    compare_p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs (seeds of one method are grouped)")
+    compare_p.add_argument("--baseline", required=True, metavar="RUN_DIR", help="e.g. the SFT run")
+    compare_p.add_argument(
+        "--eval", action="append", metavar="NAME", help="evaluation folder under RUN/eval/ (default: all shared)"
+    )
+    compare_p.add_argument("--out", help="directory for compare.json and compare.md")
+    compare_p.set_defaults(func=_eval_compare)
     harness_p = eval_sub.add_parser("harness", help="lm-evaluation-harness tasks (pip install 'rewardsft[eval]')")
     harness_p.add_argument("--model", required=True)
     harness_p.add_argument("--tasks", required=True, help="T1,T2 or open_llm_v1")

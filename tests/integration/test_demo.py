@@ -45,5 +45,12 @@ def test_demo_trains_evaluates_and_reports(tmp_path: Path, capsys) -> None:  # t
     assert (out / "runs" / "spin" / "stages" / "stage-1" / "generations.jsonl").is_file()
     assert (out / "runs" / "irft" / "stages" / "stage-3" / "generations.jsonl").is_file()
     assert (out / "runs" / "rft" / "reward_model" / "config.json").is_file()
-    assert (out / "report" / "report.html").is_file() and len(list((out / "report").glob("*.png"))) == 6
+    assert (out / "report" / "report.html").is_file() and len(list((out / "report").glob("*.png"))) == 7
+    assert (out / "report" / "differences.png").is_file()
+    # Every claim against SFT is a paired difference with a verdict read from its interval.
+    assert (
+        "against SFT, paired" in printed and "## Difference vs baseline" in (out / "report" / "report.md").read_text()
+    )
+    claims = [line for line in printed.splitlines() if "gap difference" in line or "win rate - 0.5" in line]
+    assert len(claims) == 6 and all(line.rstrip().endswith(("better", "worse", "not resolved")) for line in claims)
     assert main(["demo", "--output-dir", str(out)]) == 2  # refuses to overwrite without --overwrite

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from rewardsft.data.collate import collate, collate_prompts
@@ -77,6 +79,8 @@ class PairSplit:
     rejected: list[TokenizedExample]
     skipped: int
     """Rows whose either side had no room left for a response token."""
+    pair_ids: list[str]
+    """A short hash of each kept pair's texts (prompt, chosen, rejected): the same pair in any evaluation."""
 
 
 def load_pairs(
@@ -84,7 +88,7 @@ def load_pairs(
 ) -> PairSplit:
     """Chosen and rejected sides of every preference row (for the gap evaluation and RFT's preference mix)."""
     examples, source = load_examples(path, split, "chosen_rejected", max_rows)
-    chosen, rejected, skipped = [], [], 0
+    chosen, rejected, pair_ids, skipped = [], [], [], 0
     for index, ex in enumerate(examples):
         if ex.rejected is None:
             raise DataError(f"{source}: row {index + 1}: field 'rejected': missing")
@@ -95,4 +99,6 @@ def load_pairs(
             continue
         chosen.append(c)
         rejected.append(r)
-    return PairSplit(source, chosen, rejected, skipped)
+        text = json.dumps([ex.prompt, ex.response, ex.rejected], sort_keys=True, ensure_ascii=False)
+        pair_ids.append(hashlib.sha1(text.encode()).hexdigest()[:12])
+    return PairSplit(source, chosen, rejected, skipped, pair_ids)

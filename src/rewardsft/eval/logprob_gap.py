@@ -88,7 +88,7 @@ def logprob_gap(
     if ref_model is not None:
         ref = load_causal_lm(ModelConfig(name_or_path=rendering_for(ref_model)[0]), device)
         ref_table = sequence_logp_table(ref, both, settings.batch_size, pad)
-    rows = per_example_rows(table, ref_table, len(chosen), settings.beta, [c.index for c in chosen])
+    rows = per_example_rows(table, ref_table, len(chosen), settings.beta, [c.index for c in chosen], pairs.pair_ids)
     summary = summarise(rows, settings, ref_table is not None)
     summary.update(
         {
@@ -106,14 +106,21 @@ def logprob_gap(
 
 
 def per_example_rows(
-    table: torch.Tensor, ref_table: torch.Tensor | None, n: int, beta: float, indices: list[int]
-) -> list[dict[str, float]]:
-    rows = []
+    table: torch.Tensor,
+    ref_table: torch.Tensor | None,
+    n: int,
+    beta: float,
+    indices: list[int],
+    pair_ids: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per pair: its data row, its ``pair_id`` (for paired comparisons), log-probs, gap and margin."""
+    rows: list[dict[str, Any]] = []
     for i in range(n):
         c_sum, c_mean = table[i].tolist()
         r_sum, r_mean = table[n + i].tolist()
-        row = {
+        row: dict[str, Any] = {
             "row": indices[i] + 1,
+            "pair_id": pair_ids[i] if pair_ids is not None else "",
             "chosen_logp": c_sum,
             "rejected_logp": r_sum,
             "chosen_logp_mean": c_mean,

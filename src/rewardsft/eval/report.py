@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from rewardsft.errors import ConfigError
+from rewardsft.eval.paired import compare_runs, differences_markdown
 from rewardsft.training.metrics import METRICS_FILE, read_metrics
 
 # Panels of the per-run training-curve figure: title -> metric keys drawn on it (those present).
@@ -70,8 +71,12 @@ def read_run(path: Path) -> RunSummary:
     return RunSummary(path.name, path, config, metrics, evals)
 
 
-def build_report(run_dirs: list[Path], out: Path) -> Path:
-    """Write ``report.md``, ``report.html`` and PNGs to ``out``; model cards to each run's ``final/``."""
+def build_report(run_dirs: list[Path], out: Path, baseline: Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and PNGs to ``out``; model cards to each run's ``final/``.
+
+    With a ``baseline`` run: also the paired "difference vs baseline" table (seeds of a method combined) and a
+    forest plot, each row worded better / worse / not resolved from its interval alone.
+    """
     runs = [read_run(p) for p in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -81,10 +86,14 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     images = {f"curves-{safe(r.name)}.png": plot_curves(r, out / f"curves-{safe(r.name)}.png") for r in runs}
     images["eval-gap.png"] = plot_gap(runs, out / "eval-gap.png")
     images["win-rates.png"] = plot_win_rates(runs, out / "win-rates.png")
+    differences: list[dict[str, Any]] = []
+    if baseline is not None:
+        differences = compare_runs(run_dirs, baseline)
+        images["differences.png"] = plot_differences(differences, out / "differences.png", baseline.name)
     made = [name for name, ok in images.items() if ok]
-    markdown = render_markdown(runs, made)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(render_html(runs, out, made))
+    section = differences_markdown(differences, baseline.name) if baseline is not None else ""
+    (out / "report.md").write_text(render_markdown(runs, made, section))
+    (out / "report.html").write_text(render_html(runs, out, made, differences, baseline))
     for run in runs:
         if (run.path / "final").is_dir():
             (run.path / "final" / "README.md").write_text(model_card(run))
@@ -164,6 +173,44 @@ def _bar_plot(bars: list[tuple[str, dict[str, Any]]], path: Path, ylabel: str, t
     return True
 
 
+FOREST_METRICS = {
+    "gap": "log-prob gap (sum)",
+    "gap_mean": "log-prob gap (per token)",
+    "correct": "pair accuracy",
+    "win_rate": "win rate − 0.5",
+}
+
+
+def plot_differences(rows: list[dict[str, Any]], path: Path, baseline: str) -> bool:
+    """Forest plot: one panel per evaluation metric, one row per run (group): the paired difference from the
+    baseline and its 95% interval, with a line at zero."""
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["metric"] in FOREST_METRICS:
+            panels.setdefault(f"{row['eval']}: {FOREST_METRICS[row['metric']]}", []).append(row)
+    if not panels:
+        return False
+    plt = _pyplot()
+    height = 0.9 + 0.42 * max(len(v) for v in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), height), squeeze=False)
+    colours = {"better": "#2a9d4b", "worse": "#c0392b", "not resolved": "#555555"}
+    for ax, (title, items) in zip(axes[0], panels.items(), strict=True):
+        for y, row in enumerate(reversed(items)):
+            lo, hi = row["ci95"]
+            colour = colours[row["verdict"]]
+            ax.plot([lo, hi], [y, y], color=colour, linewidth=2)
+            ax.plot([row["mean"]], [y], "o", color=colour)
+        ax.axvline(0.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_yticks(range(len(items)), [f"{r['group']}\n{r['verdict']}" for r in reversed(items)], fontsize=7)
+        ax.set_ylim(-0.6, len(items) - 0.4)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"difference vs {baseline} (paired, 95% bootstrap CI over examples)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -211,7 +258,7 @@ def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def render_markdown(runs: list[RunSummary], images: list[str]) -> str:
+def render_markdown(runs: list[RunSummary], images: list[str], differences: str = "") -> str:
     header, rows = table_rows(runs)
     lines = [
         "# rewardsft report",
@@ -222,15 +269,24 @@ def render_markdown(runs: list[RunSummary], images: list[str]) -> str:
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    if differences:
+        lines += ["", "## Difference vs baseline", "", differences.rstrip()]
     lines += ["", *[f"![{name}]({name})" for name in images], ""]
     return "\n".join(lines)
 
 
-def render_html(runs: list[RunSummary], out: Path, images: list[str]) -> str:
+def render_html(
+    runs: list[RunSummary],
+    out: Path,
+    images: list[str],
+    differences: list[dict[str, Any]] | None = None,
+    baseline: Path | None = None,
+) -> str:
     """One file with the PNGs inlined as data URIs: it opens with no network and no sibling files."""
     header, rows = table_rows(runs)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    extra = differences_html(differences, baseline.name) if differences and baseline is not None else ""
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode((out / name).read_bytes()).decode()}"><figcaption>{html.escape(name)}</figcaption></figure>'
@@ -242,9 +298,31 @@ def render_html(runs: list[RunSummary], out: Path, images: list[str]) -> str:
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rewardsft report</title><style>{style}"
-        f"</style></head><body><h1>rewardsft report</h1><table><tr>{head}</tr>{body}</table>{figures}"
+        f"</style></head><body><h1>rewardsft report</h1><table><tr>{head}</tr>{body}</table>{extra}{figures}"
         "</body></html>"
     )
+
+
+def differences_html(rows: list[dict[str, Any]], baseline: str) -> str:
+    header = ["run", "eval", "metric", "difference", "95% CI", "verdict", "+/0/−", "sign p", "permutation p", "seeds"]
+    cells = [
+        [
+            r["group"],
+            r["eval"],
+            r["metric"],
+            f"{r['mean']:+.4g}",
+            f"[{r['ci95'][0]:+.4g}, {r['ci95'][1]:+.4g}]",
+            r["verdict"],
+            f"{r['positive']}/{r['zero']}/{r['negative']}",
+            f"{r['sign_p']:.3g}",
+            f"{r['permutation_p']:.3g}",
+            str(r["seeds"]),
+        ]
+        for r in rows
+    ]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    return f"<h2>Difference vs {html.escape(baseline)} (paired)</h2><table><tr>{head}</tr>{body}</table>"
 
 
 def model_card(run: RunSummary) -> str:

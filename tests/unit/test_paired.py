@@ -1,0 +1,139 @@
+"""Paired comparisons on hand-made per-example tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rewardsft.cli import main
+from rewardsft.errors import ConfigError
+from rewardsft.eval.paired import (
+    check_aligned,
+    compare_runs,
+    group_by_seed,
+    paired_difference,
+    read_per_example,
+    sign_test_p,
+)
+
+MODEL = [2.0, -1.0, 0.5, 3.0, 1.5, -0.5, 2.5, 0.0]
+BASE = [1.0, -1.5, 1.0, 2.0, 1.0, -2.0, 2.0, 0.5]
+
+
+def test_identical_models_differ_by_exactly_zero() -> None:
+    d = paired_difference(MODEL, MODEL, "gap")
+    assert d.mean == 0.0 and d.ci95 == (0.0, 0.0)
+    assert (d.positive, d.zero, d.negative) == (0, 8, 0) and d.sign_p == 1.0 and d.permutation_p == 1.0
+    assert d.verdict == "not resolved"
+
+
+@pytest.mark.parametrize("shift", [0.25, -3.0])
+def test_a_constant_shift_gives_exactly_that_shift(shift: float) -> None:
+    d = paired_difference([b + shift for b in BASE], BASE, "gap")
+    assert d.mean == pytest.approx(shift) and d.ci95 == pytest.approx((shift, shift))
+    assert d.verdict == ("better" if shift > 0 else "worse")
+    assert d.sign_p == pytest.approx(2 / 2**8)  # all 8 of one sign
+
+
+def test_swapping_the_models_negates_the_difference_and_its_interval() -> None:
+    forward, backward = paired_difference(MODEL, BASE), paired_difference(BASE, MODEL)
+    assert backward.mean == -forward.mean
+    assert backward.ci95 == (-forward.ci95[1], -forward.ci95[0])
+    assert (backward.positive, backward.negative) == (forward.negative, forward.positive)
+    assert backward.sign_p == forward.sign_p and backward.permutation_p == pytest.approx(forward.permutation_p)
+
+
+def test_the_paired_interval_is_narrower_than_either_models_own() -> None:
+    # Pair difficulty varies a lot, the model's advantage little: the unpaired intervals overlap, the paired one
+    # excludes zero.
+    difficulty = [(-1) ** i * 10.0 * i for i in range(40)]
+    base = difficulty
+    model = [v + 1.0 + 0.3 * (-1) ** (i // 2) for i, v in enumerate(difficulty)]
+    d = paired_difference(model, base)
+    own = paired_difference(model, [0.0] * 40)
+    assert d.verdict == "better" and d.ci95[1] - d.ci95[0] < 0.1 * (own.ci95[1] - own.ci95[0])
+
+
+def test_sign_test_by_hand() -> None:
+    assert sign_test_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(5, 5) == 1.0
+
+
+def write_gap(folder: Path, values: list[float], ids: list[str] | None = None, data: str = "pairs.jsonl") -> Path:
+    folder.mkdir(parents=True)
+    ids = ids or [f"h{i}" for i in range(len(values))]
+    mean = sum(values) / len(values)
+    stat = {"mean": mean, "ci95": [mean - 1, mean + 1]}
+    summary = {"kind": "logprob_gap", "data": data, "gap": stat, "accuracy": stat}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with (folder / "per_example.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["row", "pair_id", "gap", "gap_mean", "correct"])
+        writer.writeheader()
+        for i, (v, pid) in enumerate(zip(values, ids, strict=True)):
+            writer.writerow({"row": i + 1, "pair_id": pid, "gap": v, "gap_mean": v / 4, "correct": float(v > 0)})
+    return folder
+
+
+def write_run(root: Path, name: str, seed: int, lr: float, gap: list[float]) -> Path:
+    run = root / name
+    write_gap(run / "eval" / "gap", gap)
+    config = {"method": "irft", "seed": seed, "output_dir": str(run), "optim": {"lr": lr}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def test_different_pair_sets_are_refused_naming_the_first_mismatch(tmp_path: Path) -> None:
+    a = read_per_example(write_gap(tmp_path / "a", [1.0, 2.0, 3.0], ["x", "y", "z"]))
+    b = read_per_example(write_gap(tmp_path / "b", [1.0, 2.0, 3.0], ["x", "q", "z"]))
+    with pytest.raises(ConfigError, match=r"first mismatch is example 2: row 2 \(y\) vs row 2 \(q\)"):
+        check_aligned(a, b)
+    shorter = read_per_example(write_gap(tmp_path / "c", [1.0, 2.0], ["x", "y"]))
+    with pytest.raises(ConfigError, match=r"has 3 examples but .* only 2"):
+        check_aligned(a, shorter)
+
+
+def test_seeds_are_grouped_and_their_average_is_compared(tmp_path: Path) -> None:
+    base = write_run(tmp_path, "sft", 1, 1e-5, BASE)
+    seeds = [write_run(tmp_path, f"irft-s{s}", s, 5e-7, [b + s for b in BASE]) for s in (1, 2, 3)]
+    other = write_run(tmp_path, "irft-lr", 1, 1e-6, MODEL)
+    groups = group_by_seed([base, *seeds, other])
+    assert [len(g.runs) for g in groups] == [1, 3, 1] and groups[1].label == "irft-s1 (3 seeds)"
+    rows = compare_runs([*seeds, other], base, ["gap"])
+    gap_rows = {r["group"]: r for r in rows if r["metric"] == "gap"}
+    seeded = gap_rows["irft-s1 (3 seeds)"]
+    assert seeded["mean"] == pytest.approx(2.0) and seeded["ci95"] == pytest.approx([2.0, 2.0])
+    assert seeded["per_seed_mean"] == pytest.approx([1.0, 2.0, 3.0]) and seeded["seed_spread"] == pytest.approx(1.0)
+    assert gap_rows["irft-lr"]["mean"] == pytest.approx(sum(MODEL) / 8 - sum(BASE) / 8)
+    assert {r["metric"] for r in rows} == {"gap", "gap_mean", "correct"}
+
+
+def test_eval_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_run(tmp_path, "sft", 1, 1e-5, BASE)
+    better = write_run(tmp_path, "irft", 1, 5e-7, [b + 1 for b in BASE])
+    assert main(["eval", "compare", str(better), "--baseline", str(base), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "| irft | gap | gap | +1 | [+1, +1] | better |" in out
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["baseline"] == "sft" and saved["differences"][0]["verdict"] == "better"
+    mismatched = write_run(tmp_path, "other", 1, 1e-6, BASE[:5])
+    assert main(["eval", "compare", str(mismatched), "--baseline", str(base)]) == 2
+    assert "first mismatch is example 6" in capsys.readouterr().err
+
+
+def test_report_with_a_baseline_has_the_difference_table_and_forest_plot(tmp_path: Path) -> None:
+    from rewardsft.eval.report import build_report
+
+    base = write_run(tmp_path, "sft", 1, 1e-5, BASE)
+    seeds = [write_run(tmp_path, f"irft-s{s}", s, 5e-7, [b + s for b in BASE]) for s in (1, 2)]
+    worse = write_run(tmp_path, "rft", 1, 1e-6, [b - 0.5 for b in BASE])
+    report = build_report([base, *seeds, worse], tmp_path / "report", baseline=base)
+    markdown = report.read_text()
+    assert "## Difference vs baseline" in markdown
+    assert "| irft-s1 (2 seeds) | gap | gap | +1.5 | [+1.5, +1.5] | better |" in markdown
+    assert "| rft | gap | gap | -0.5 | [-0.5, -0.5] | worse |" in markdown
+    assert (tmp_path / "report" / "differences.png").is_file()
+    assert "Difference vs sft (paired)" in (tmp_path / "report" / "report.html").read_text()
