@@ -89,23 +89,22 @@ def make_pairs(n: int, prompt_len: int, response_len: int, vocab: int) -> list[A
 
 def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> list[float]:
     """SFT or one IRFT optimiser step through the recipe's own functions (``irft_*``: split pair forward)."""
-    from types import SimpleNamespace
-
     from accelerate import Accelerator
 
     from rewardsft.config import load_config
     from rewardsft.data import collate
     from rewardsft.logprobs import model_token_logps
     from rewardsft.losses import sft_nll
-    from rewardsft.recipes.irft import joint_pair_backward, split_pair_backward
+    from rewardsft.recipes.irft import PairLossSpec, StepSize, joint_pair_backward, split_pair_backward
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps
 
     model = build(args.size, device, args.gradient_checkpointing)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
-    config = load_config("irft")
-    run = SimpleNamespace(device=device, accelerator=Accelerator(cpu=device.type == "cpu"))
+    spec = PairLossSpec.from_config(load_config("irft"))
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    size = StepSize(pairs=args.batch_size, tokens=args.batch_size * args.response_len, processes=1)
     backward = joint_pair_backward if method == "irft_cached_joint" else split_pair_backward
     snapshot: Any = None
     if method.startswith("irft_cached"):
@@ -122,7 +121,7 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
         else:
             chunk = [pairs[i] for i in ids]
             ref_demo, ref_gen = snapshot.logps(ids, chunk, 0, device)
-            backward(run, model, chunk, ref_demo, ref_gen, config, 0, 1.0, True)
+            backward(accelerator, model, chunk, ref_demo, ref_gen, spec, 0, size, True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
@@ -140,7 +139,7 @@ def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float]
     from accelerate import Accelerator
 
     from rewardsft.config import load_config
-    from rewardsft.recipes.rft import make_rollout, policy_step, reward_step
+    from rewardsft.recipes.rft import RolloutSpec, make_rollout, policy_step, reward_step
     from rewardsft.reward import load_reward_model, score_examples
 
     policy = build(args.size, device, args.gradient_checkpointing)
@@ -166,20 +165,20 @@ def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float]
     run = SimpleNamespace(
         device=device, accelerator=Accelerator(cpu=device.type == "cpu"), rank=0, average_gradients=lambda model: None
     )
-    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2)
+    spec = RolloutSpec.from_config(config, pad_id=0, stop_ids=[2])
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, policy.config.vocab_size)
     times, phases = [], {"generate_s": 0.0, "reward_step_s": 0.0, "policy_step_s": 0.0}
     for step in range(args.steps + 1):
         demos = [p.demo for p in pairs[step * args.batch_size : (step + 1) * args.batch_size]]
         marks = [time.perf_counter()]
-        rollout = make_rollout(run, policy, reference, demos, tokenizer, config, step)  # type: ignore[arg-type]
+        rollout = make_rollout(run, policy, reference, demos, spec, step)  # type: ignore[arg-type]
         marks.append(time.perf_counter())
-        reward_step(run, reward_model, rollout, [], config, 0, step)  # type: ignore[arg-type]
+        reward_step(run, reward_model, rollout, [], spec, step)  # type: ignore[arg-type]
         rm_opt.step()
         rm_opt.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
         scores = torch.tensor(score_examples(reward_model, rollout.gens, 2 * args.batch_size, 0))
-        policy_step(run, policy, rollout, scores, config, 0)  # type: ignore[arg-type]
+        policy_step(run.accelerator, policy, rollout, scores, spec)
         policy_opt.step()
         policy_opt.zero_grad(set_to_none=True)
         sync(device)

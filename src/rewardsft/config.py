@@ -457,8 +457,21 @@ def reject_unused(config: RunConfig) -> None:
     if not (config.lora.enabled or (config.method == "rft" and config.reward_model.lora)):
         for name in ("r", "alpha", "dropout", "target_modules"):
             unused.setdefault(f"lora.{name}", "LoRA is off; set lora.enabled=true to use it")
-    if config.data.eval_path is None and config.data.eval_split is None:
+    no_eval = config.data.eval_path is None and config.data.eval_split is None
+    if no_eval:
         unused["train.eval_every"] = "there is no held-out data; set data.eval_path or data.eval_split"
+        if config.method == "sft":
+            unused["train.eval_batch_size"] = (
+                "SFT uses it for held-out data only; set data.eval_path or data.eval_split"
+            )
+    if config.optim.name == "rmsprop":
+        unused["optim.betas"] = "RMSprop has no betas (optim.name=adamw uses them)"
+    if not config.generation.do_sample:
+        for name in ("temperature", "top_p", "top_k"):
+            unused[f"generation.{name}"] = "generation.do_sample=false decodes greedily"
+    if config.rft.preference_weight == 0:
+        why = "rft.preference_weight is 0, so no preference pairs are mixed in; set it above 0"
+        unused |= {"rft.preference_path": why, "rft.preference_split": why}
     values, default_values = flatten(config.to_dict()), flatten(defaults.to_dict())
     for dotted, value in values.items():
         rule = next((key for key in (dotted, dotted.split(".")[0]) if key in unused), None)
@@ -603,6 +616,10 @@ def validate(config: RunConfig) -> None:
             "irft.snapshot=lora needs lora.enabled=true",
         ),
         (config.method != "rft" or _samples_from_policy(config.generation), RFT_SAMPLING_MESSAGE),
+        (
+            config.rft.preference_weight == 0 or config.rft.preference_path is not None,
+            "rft.preference_weight > 0 needs rft.preference_path (chosen/rejected pairs)",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,10 @@ from rewardsft.config import GenerationConfig, ModelConfig
 from rewardsft.data.collate import collate_prompts
 from rewardsft.data.formats import Prompt
 from rewardsft.data.tokenize import Renderer, TokenizedExample, render_prompt_ids, truncate_prompt
+from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
+
+if TYPE_CHECKING:
+    from rewardsft.layout import Rendering
 
 
 @dataclass(frozen=True)
@@ -44,21 +48,16 @@ def generate(
     Seeded and side-effect free: the global RNG and the model's train/eval mode are restored afterwards.
     Prompts are processed longest first (less padding) and returned in input order.
     """
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Generation] = {}
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), only_our_sampling_settings(model):
-            torch.manual_seed(seed)
-            for start in range(0, len(order), cfg.batch_size):
-                batch_idx = order[start : start + cfg.batch_size]
-                outputs = _generate_batch(model, [prompts[i] for i in batch_idx], cfg, pad_id, eos_ids, device)
-                results.update(zip(batch_idx, outputs, strict=True))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.random.fork_rng(devices=devices), torch.no_grad(), only_our_sampling_settings(model):
+        torch.manual_seed(seed)
+        for start in range(0, len(order), cfg.batch_size):
+            batch_idx = order[start : start + cfg.batch_size]
+            outputs = _generate_batch(model, [prompts[i] for i in batch_idx], cfg, pad_id, eos_ids, device)
+            results.update(zip(batch_idx, outputs, strict=True))
     return [results[i] for i in range(len(prompts))]
 
 
@@ -80,15 +79,8 @@ def only_our_sampling_settings(model: Any) -> Iterator[None]:
 def end_of_turn_ids(renderer: Renderer, model: Any | None = None) -> list[int]:
     """Every id that ends a response: the tokenizer's EOS, the ids the model's ``generation_config`` declares
     (often a list), and the special token that closes an assistant turn in the chat template."""
-    tokenizer = renderer.tokenizer
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += [declared] if isinstance(declared, int) else list(declared or [])
-    if renderer.has_chat_template or renderer.template is not None:
-        # The first special token after the assistant's words is the template's turn end (e.g. <|im_end|>).
-        text, _ = renderer.response_text([{"role": "user", "content": "hi"}], "ok")
-        special = set(tokenizer.all_special_ids)
-        ids += [t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t in special][:1]
+    ids = [*renderer.stop_ids, *([declared] if isinstance(declared, int) else list(declared or []))]
     return list(dict.fromkeys(ids))
 
 
@@ -123,23 +115,13 @@ def as_example(prompt: TokenizedExample, generation: Generation, max_length: int
 
 
 def sample_texts(
-    model_path: str,
-    prompts: list[Prompt],
-    generation: GenerationConfig,
-    seed: int,
-    n: int = 1,
-    render: dict[str, Any] | None = None,
+    rendering: Rendering, prompts: list[Prompt], generation: GenerationConfig, seed: int, n: int = 1
 ) -> list[str]:
-    """``n`` sampled responses per prompt (prompt-major order), rendered and truncated as the model trained.
-
-    ``render``: rendering flags for a model that is not a run (see :func:`rewardsft.layout.rendering_for`).
-    """
-    from rewardsft.layout import rendering_for
-    from rewardsft.models import load_causal_lm, load_tokenizer
-
-    path, settings = rendering_for(model_path, **(render or {}))
+    """``n`` sampled responses per prompt (prompt-major order), rendered and truncated by ``rendering``
+    (:func:`rewardsft.layout.renderings_for`: a run renders as it trained)."""
+    settings = rendering.settings
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(name_or_path=path)
+    cfg = ModelConfig(name_or_path=rendering.path)
     tokenizer = load_tokenizer(cfg)
     model = load_causal_lm(cfg, device)
     renderer = Renderer.from_settings(tokenizer, settings)

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,23 +71,43 @@ def run_render_settings(run_dir: Path) -> RenderSettings:
     )
 
 
-def rendering_for(model_path: str | Path, **flags: Any) -> tuple[str, RenderSettings]:
-    """Where to load a model for evaluation and how to render its prompts.
+@dataclass(frozen=True)
+class Rendering:
+    """Where to load a model for evaluation and how to render prompts for it."""
+
+    path: str
+    settings: RenderSettings
+
+
+def rendering_for(model_path: str | Path, **flags: Any) -> Rendering:
+    """One model's :class:`Rendering` (see :func:`renderings_for`)."""
+    return renderings_for([model_path], **flags)[0]
+
+
+def renderings_for(model_paths: Sequence[str | Path], **flags: Any) -> list[Rendering]:
+    """How each model of one evaluation renders its prompts.
 
     A run (its folder, ``final/`` or ``reward_model/``) renders exactly as it trained, from its
-    ``config.yaml``, so evaluation sees the prompt ids training saw; rendering flags are refused there rather
-    than silently ignored or silently obeyed. Anything else (a hub id, a plain folder) takes the flags that are
-    not None, over the :class:`RenderSettings` defaults. A run folder stands for its ``final/`` model.
+    ``config.yaml``, so evaluation sees the prompt ids training saw; a run folder stands for its ``final/``.
+    Any other model (a hub id, a plain folder) takes the flags that are not None; without flags it renders like
+    the first run among ``model_paths`` (so a base model compared with a run sees the run's prompts), else with
+    the :class:`RenderSettings` defaults. Flags that no model would use (every model is a run) are refused.
     """
     given = {key: value for key, value in flags.items() if value is not None}
-    run = run_of(model_path)
-    if run is None:
-        return str(model_path), RenderSettings(**given)
-    if given:
+    runs = [run_of(path) for path in model_paths]
+    if given and all(run is not None for run in runs):
         names = ", ".join("--" + key.replace("_", "-") for key in given)
         raise ConfigError(
-            f"{model_path} belongs to the run {run}, which renders prompts exactly as it trained "
-            f"({run / CONFIG_FILE}); drop {names}"
+            f"{model_paths[0]} belongs to the run {runs[0]}, which renders prompts exactly as it trained "
+            f"({runs[0] / CONFIG_FILE if runs[0] else CONFIG_FILE}); drop {names}"
         )
-    path = run / FINAL if Path(model_path) == run else Path(model_path)
-    return str(path), run_render_settings(run)
+    first_run = next((run for run in runs if run is not None), None)
+    default = RenderSettings(**given) if given or first_run is None else run_render_settings(first_run)
+    out = []
+    for path, run in zip(model_paths, runs, strict=True):
+        if run is None:
+            out.append(Rendering(str(path), default))
+        else:
+            model = run / FINAL if Path(path) == run else Path(path)
+            out.append(Rendering(str(model), run_render_settings(run)))
+    return out

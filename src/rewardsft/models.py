@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,7 @@ import torch
 
 from rewardsft.config import LoraConfig, ModelConfig
 from rewardsft.errors import ConfigError
+from rewardsft.layout import ADAPTER
 
 # Attention + MLP projections per architecture: LoRA on all of them is the common, strong default.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -118,7 +122,7 @@ def load_policy(cfg: ModelConfig, lora: LoraConfig, device: torch.device, checkp
             base.load_state_dict(load_file(str(base_file), device=str(device)))
         if cfg.gradient_checkpointing:
             base.enable_input_require_grads()
-        return peft.PeftModel.from_pretrained(base, str(checkpoint / "adapter"), is_trainable=True)
+        return peft.PeftModel.from_pretrained(base, str(checkpoint / ADAPTER), is_trainable=True)
     return load_causal_lm(cfg, device, path=checkpoint / "model")
 
 
@@ -131,7 +135,7 @@ def save_policy(
     change them (IRFT's ``lora`` snapshot merges the adapter into the base at every stage).
     """
     if is_peft(model):
-        model.save_pretrained(str(out / "adapter"), state_dict=state_dict)
+        model.save_pretrained(str(out / ADAPTER), state_dict=state_dict)
         if with_base:
             from safetensors.torch import save_file
 
@@ -142,16 +146,31 @@ def save_policy(
             }
             save_file(_untie(weights), str(out / BASE_WEIGHTS))
     else:
-        model.save_pretrained(str(out / "model"), state_dict=state_dict, safe_serialization=True)
+        with original_dropout_config(model):
+            model.save_pretrained(str(out / "model"), state_dict=state_dict, safe_serialization=True)
+
+
+# Dropout rates disable_dropout zeroed in a model's config (by the config's id: configs are unhashable), restored
+# while the config is written out; an entry goes when its config is collected.
+_CONFIG_DROPOUT: dict[int, dict[str, float]] = {}
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
     """Set every dropout probability in ``model`` to 0 (LoRA's included); returns how many were non-zero.
 
-    Covers ``nn.Dropout`` modules and the float attributes attention layers pass to the attention kernel
-    (Llama's ``attention_dropout``, OPT's ``dropout``); the config is left alone so exports keep it.
+    Covers ``nn.Dropout`` modules, the float attributes attention layers pass to the attention kernel (Llama's
+    ``attention_dropout``, OPT's ``dropout``) and the config's rates, which some models read in their forward
+    (GPT-Neo, Falcon). Exports keep the original rates (:func:`original_dropout_config`).
     """
     changed = 0
+    config = getattr(model, "config", None)
+    if config is not None:
+        rates = {k: v for k, v in vars(config).items() if _is_dropout_rate(k, v) and v > 0}
+        if rates and id(config) not in _CONFIG_DROPOUT:
+            weakref.finalize(config, _CONFIG_DROPOUT.pop, id(config), None)
+        _CONFIG_DROPOUT.setdefault(id(config), {}).update(rates)
+        for key in rates:
+            setattr(config, key, 0.0)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             changed += module.p > 0
@@ -161,6 +180,37 @@ def disable_dropout(model: torch.nn.Module) -> int:
                 changed += value > 0
                 setattr(module, name, 0.0)
     return int(changed)
+
+
+@contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    """Switch ``models`` to eval mode and restore each one's train/eval mode afterwards."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
+def _is_dropout_rate(name: str, value: Any) -> bool:
+    return ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float)
+
+
+@contextmanager
+def original_dropout_config(model: Any) -> Iterator[None]:
+    """While saving: the config carries the dropout rates it had before :func:`disable_dropout`."""
+    config = getattr(model, "config", None)
+    rates = _CONFIG_DROPOUT.get(id(config), {}) if config is not None else {}
+    for key, value in rates.items():
+        setattr(config, key, value)
+    try:
+        yield
+    finally:
+        for key in rates:
+            setattr(config, key, 0.0)
 
 
 def is_peft(model: Any) -> bool:

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 
 import torch
 
-from rewardsft.data import TokenizedExample, collate
+from rewardsft.data import TokenizedExample
+from rewardsft.data.collate import batch_on
 from rewardsft.logprobs import model_token_logps, sequence_logps
+from rewardsft.models import eval_mode
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,7 @@ class Pair:
 
 def pair_batch(pairs: Sequence[Pair], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """One padded batch of 2B rows: demonstrations first, then generations (one forward for both)."""
-    examples = [p.demo for p in pairs] + [p.gen for p in pairs]
-    return {key: value.to(device) for key, value in collate(examples, pad_id).items()}
+    return batch_on([p.demo for p in pairs] + [p.gen for p in pairs], pad_id, device)
 
 
 def split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,14 +57,12 @@ class Snapshot(Protocol):
 @torch.no_grad()
 def compute_ref_logps(model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int) -> torch.Tensor:
     """(N, 2) snapshot log-probs [demo, gen] of every pair, with the model in eval mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     rows = []
-    for start in range(0, len(pairs), batch_size):
-        demo, gen = split_logps(model, pair_batch(pairs[start : start + batch_size], pad_id, device))
-        rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(pairs), batch_size):
+            demo, gen = split_logps(model, pair_batch(pairs[start : start + batch_size], pad_id, device))
+            rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
     return torch.cat(rows) if rows else torch.zeros(0, 2)
 
 
@@ -100,12 +99,8 @@ class LoraBaseSnapshot:
     def logps(
         self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        was_training = self.model.training
-        self.model.eval()
-        with self.model.disable_adapter():
-            demo, gen = split_logps(self.model, pair_batch(pairs, pad_id, device))
-        self.model.train(was_training)
-        return demo, gen
+        with eval_mode(self.model), self.model.disable_adapter():
+            return split_logps(self.model, pair_batch(pairs, pad_id, device))
 
 
 @torch.no_grad()

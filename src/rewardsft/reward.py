@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
-from rewardsft.data import TokenizedExample, collate
+from rewardsft.data import TokenizedExample
+from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
+from rewardsft.models import eval_mode, original_dropout_config
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,14 +78,12 @@ def load_reward_model(
 @torch.no_grad()
 def score_examples(model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> list[float]:
     """Reward of every (prompt, response), batched; the model's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     scores: list[float] = []
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id)
-        scores += rm_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = batch_on(examples[start : start + batch_size], pad_id, device)
+            scores += rm_scores(model, batch["input_ids"], batch["attention_mask"]).tolist()
     return scores
 
 
@@ -96,5 +96,6 @@ def save_reward_model(out: Path, reward_model: Any, tokenizer: Any) -> None:
     if hasattr(model, "peft_config"):
         model = copy.deepcopy(model).merge_and_unload()
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(out), safe_serialization=True)
+    with original_dropout_config(model):
+        model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))

@@ -13,7 +13,7 @@ from rewardsft.data import DataError, Example, Renderer, load_rows, parse_rows
 from rewardsft.data.formats import Prompt, parse_prompts
 from rewardsft.data.tokenize import TokenizedExample, render_prompt_ids, tokenize_example
 from rewardsft.generation import sample_texts
-from rewardsft.layout import rendering_for
+from rewardsft.layout import Rendering, rendering_for, renderings_for
 from rewardsft.models import load_tokenizer
 from rewardsft.reward import load_reward_model, score_examples
 
@@ -21,19 +21,14 @@ from rewardsft.reward import load_reward_model, score_examples
 class RewardScorer:
     """A reward model with its own tokenizer and prompt rendering (the one read-out of ``reward.rm_scores``).
 
-    A run's ``reward_model/`` renders as the run trained (its ``config.yaml``); any other model takes the
-    ``render`` flags (see :func:`rewardsft.layout.rendering_for`).
+    ``model`` is a path (a run's ``reward_model/`` renders as the run trained, anything else with the defaults)
+    or a :class:`~rewardsft.layout.Rendering` resolved with the other models of an evaluation.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        device: torch.device | None = None,
-        batch_size: int = 16,
-        render: dict[str, Any] | None = None,
-    ):
+    def __init__(self, model: str | Path | Rendering, device: torch.device | None = None, batch_size: int = 16):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model_path, settings = rendering_for(path, **(render or {}))
+        rendering = model if isinstance(model, Rendering) else rendering_for(model)
+        model_path, settings = rendering.path, rendering.settings
         self.tokenizer = load_tokenizer(ModelConfig(name_or_path=model_path))
         self.renderer = Renderer.from_settings(self.tokenizer, settings)
         self.model = load_reward_model(model_path, self.device, pad_token_id=self.tokenizer.pad_token_id).eval()
@@ -63,7 +58,7 @@ def score_file(
     """Score every row's (prompt, response) — and its rejected side when it has one — and write JSONL."""
     rows, source = load_rows(data, split)
     examples = parse_rows(rows, source, fmt)
-    scorer = RewardScorer(reward_model, batch_size=batch_size, render=render)
+    scorer = RewardScorer(rendering_for(reward_model, **(render or {})), batch_size=batch_size)
     scores = scorer.score([(ex.prompt, ex.response) for ex in examples])
     with_rejected = [i for i, ex in enumerate(examples) if ex.rejected is not None]
     rejected_scores = dict(
@@ -95,14 +90,16 @@ def best_of_n(
 ) -> list[dict[str, Any]]:
     """Sample ``n`` responses per prompt with ``model`` and keep the one ``reward_model`` scores highest.
 
-    Each model renders prompts as its run trained; ``render`` flags apply to models that are not runs.
+    Each model renders prompts as its run trained; ``render`` flags (or else a run's settings) apply to a model
+    that is not a run (:func:`rewardsft.layout.renderings_for`).
     """
     if n < 1:
         raise DataError("--n must be at least 1")
     rows, source = load_rows(prompts_path)
     prompts = parse_prompts(rows, source)
-    texts = sample_texts(model, prompts, generation, seed, n, render=render)
-    scorer = RewardScorer(reward_model, render=render)
+    policy, judge = renderings_for([model, reward_model], **(render or {}))
+    texts = sample_texts(policy, prompts, generation, seed, n)
+    scorer = RewardScorer(judge)
     scores = scorer.score([(prompts[i // n], text) for i, text in enumerate(texts)])
     records = []
     for p, prompt in enumerate(prompts):

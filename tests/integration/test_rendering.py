@@ -10,6 +10,7 @@ import pytest
 from rewardsft.cli import main
 from rewardsft.config import load_config
 from rewardsft.data import Example, Renderer, load_split
+from rewardsft.layout import rendering_for
 from rewardsft.models import load_tokenizer
 from rewardsft.recipes.common import render_settings
 from tests.conftest import write_jsonl
@@ -77,8 +78,38 @@ def test_sampling_and_scoring_render_as_the_run_trained(
     seen: list[Any] = []
     original = generation.generate
     monkeypatch.setattr(generation, "generate", lambda m, p, *a, **k: seen.append(list(p)) or original(m, p, *a, **k))
-    generation.sample_texts(str(out), [ROWS[0]["prompt"]], generation.GenerationConfig(max_new_tokens=2), seed=0)
+    rendering = rendering_for(str(out))
+    generation.sample_texts(rendering, [ROWS[0]["prompt"]], generation.GenerationConfig(max_new_tokens=2), seed=0)
     assert seen[0] == [training_prompt_ids(run_args, data)[0]]
+
+
+def test_a_plain_baseline_renders_like_the_run_it_is_compared_with_unless_flags_say_otherwise(
+    system_run: tuple[Path, Path, list[str]], llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rewardsft import generation
+    from rewardsft.eval.win_rate import win_rate
+
+    out, data, run_args = system_run
+    seen: list[Any] = []
+    original = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda m, p, *a, **k: seen.append(list(p)) or original(m, p, *a, **k))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": ROWS[0]["prompt"]}])
+    greedy = generation.GenerationConfig(max_new_tokens=2, do_sample=False)
+    win_rate(str(out / "final"), str(llama_dir), str(prompts), "tests.judge_fns:length", generation=greedy)
+    trained = training_prompt_ids(run_args, data)[0]
+    assert seen == [[trained], [trained]]  # the base model saw the run's system prompt and template
+    seen.clear()
+    win_rate(
+        str(out / "final"),
+        str(llama_dir),
+        str(prompts),
+        "tests.judge_fns:length",
+        generation=greedy,
+        render={"system_prompt": "Other."},
+    )
+    assert seen[0] == [trained] and seen[1] != [trained]  # flags reach the plain model only
+    tokenizer = load_tokenizer(load_config("sft", overrides=run_args).model)
+    assert "Other." in tokenizer.decode(seen[1][0])
 
 
 def test_rendering_flags_are_refused_for_a_run_and_used_otherwise(

@@ -247,3 +247,26 @@ def test_bad_preference_file_exits_2_before_writing(
     assert main(rft_args(llama_dir, split_data, out, f"rft.preference_path={prefs}", "rft.preference_weight=1")) == 2
     assert "prefs.jsonl: row 1, field 'rejected': missing" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rft_honours_log_every_eval_every_and_clips_both_models(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rewardsft.recipes import rft
+
+    clips: list[float | None] = []
+    original = rft.optimizer_step
+
+    def spy(accelerator: Any, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None) -> Any:
+        clips.append(max_grad_norm)
+        return original(accelerator, params, optimizer, scheduler, max_grad_norm)
+
+    monkeypatch.setattr(rft, "optimizer_step", spy)
+    out = tmp_path / "run"
+    extra = ["rft.iterations=4", "train.log_every=2", "train.eval_every=3", "train.max_grad_norm=0.25"]
+    assert main(rft_args(llama_dir, split_data, out, *extra)) == 0
+    records = read_metrics(out / "metrics.jsonl")
+    # Logged every 2 rounds, plus round 3 where the held-out evaluation ran, plus the last.
+    assert [r["step"] for r in records if "rm/loss" in r] == [2, 3, 4]
+    assert [r["step"] for r in records if "eval/rm_accuracy" in r] == [0, 3, 4]
+    assert clips == [0.25] * 8  # reward model and policy, every round

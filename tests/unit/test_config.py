@@ -125,11 +125,16 @@ def test_config_file_with_invalid_utf8_names_the_line(tmp_path: Path) -> None:
         ("rft", "irft.beta=0.2", "read by `rewardsft train irft` only"),
         ("sft", "lora.r=8", "LoRA is off"),
         ("irft", "train.eval_every=5", "no held-out data"),
+        ("sft", "train.eval_batch_size=4", "held-out data only"),
+        ("irft", "optim.betas=[0.8,0.9]", "RMSprop has no betas"),
+        ("irft", "generation.temperature=0.5 generation.do_sample=false", "decodes greedily"),
+        ("rft", "rft.preference_path=prefs.jsonl", "rft.preference_weight is 0"),
+        ("rft", "rft.preference_weight=0.5", "needs rft.preference_path"),
     ],
 )
 def test_settings_a_method_does_not_read_are_refused(method: str, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(method, overrides=[override])
+        load_config(method, overrides=override.split(" "))
 
 
 def test_lora_dropout_is_refused_while_dropout_is_off_and_a_full_dump_loads_back(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ OVERRIDES = {
         'data.system_prompt="You are: #1\\n  line two"',
         "irft.stages=3",
         "irft.beta=0.25",
+        "optim.name=adamw",
         "optim.betas=[0.8, 0.99]",
         "data.max_rows=null",
         "output_dir='runs/x #y'",

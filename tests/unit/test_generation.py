@@ -57,3 +57,24 @@ def test_generation_stops_at_any_end_of_turn_id(tokenizer: Any, prompts: list[li
     cut = generate(model, prompts, cfg, pad_id=tokenizer.pad_token_id, eos_ids=[-1, stop], seed=0)
     assert cut[0].stopped and cut[0].response_ids[-1] == stop
     assert len(cut[0].response_ids) == free[0].response_ids.index(stop) + 1
+
+
+def test_demonstrations_end_where_generations_stop_when_eos_is_not_the_turn_end(tokenizer: Any) -> None:
+    """Qwen2.5-base/Phi-3 style: the template closes turns with <|im_end|>\\n but the tokenizer's EOS is another
+    token. A demonstration must end at the turn end like a generation does, or a reward model could tell them
+    apart by the last token alone."""
+    from rewardsft.data import Example, tokenize_examples
+
+    other_eos = copy.deepcopy(tokenizer)
+    other_eos.eos_token = "<|unk|>"
+    renderer = Renderer(other_eos)
+    im_end = other_eos.convert_tokens_to_ids("<|im_end|>")
+    demo = tokenize_examples([Example([{"role": "user", "content": "Hi"}], "Hello there.")], renderer, 64, 32)[0][0]
+    assert demo.response_ids[-1] == im_end and demo.response_ids.count(im_end) == 1
+    assert other_eos.eos_token_id not in demo.response_ids
+    stops = end_of_turn_ids(renderer)
+    assert demo.response_ids[-1] in stops
+    # A generation that reproduced the demonstration token by token would stop exactly there.
+    from rewardsft.generation import cut_at_eos
+
+    assert cut_at_eos([*demo.response_ids, 5, 6], stops).response_ids == demo.response_ids

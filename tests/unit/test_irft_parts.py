@@ -258,3 +258,32 @@ def test_pair_forward_auto_follows_gradient_checkpointing() -> None:
         pair_forward(load_config("irft", overrides=["irft.pair_forward=split", "model.gradient_checkpointing=true"]))
         == "split"
     )
+
+
+def test_disable_dropout_covers_rates_read_from_the_config_and_exports_keep_them(tokenizer: Any, tmp_path: Any) -> None:
+    """GPT-Neo reads config.attention_dropout inside its forward; the exported config keeps the original rates."""
+    import json
+
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    from rewardsft.models import disable_dropout, original_dropout_config
+
+    config = GPTNeoConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global"], 2]],
+        attention_dropout=0.5,
+        resid_dropout=0.5,
+        embed_dropout=0.5,
+    )
+    model = GPTNeoForCausalLM(config).train()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    disable_dropout(model)
+    assert torch.equal(model(ids).logits, model(ids).logits) and model.config.attention_dropout == 0.0
+    with original_dropout_config(model):
+        model.save_pretrained(str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["attention_dropout"] == 0.5
+    assert model.config.attention_dropout == 0.0  # still off for the rest of training

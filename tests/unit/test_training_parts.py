@@ -70,21 +70,23 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path: Path) 
     assert latest is not None and json.loads((latest / "state.json").read_text())["step"] == 6
 
 
-def test_optimizer_step_clips_and_reports_the_norm_before_clipping() -> None:
+@pytest.mark.parametrize("prepared", [True, False])
+def test_optimizer_step_clips_and_reports_the_norm_before_clipping(prepared: bool) -> None:
     from accelerate import Accelerator
 
     from rewardsft.training.step import optimizer_step
 
+    accelerator = Accelerator(cpu=True) if prepared else None  # None: a model accelerate does not manage
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([param], lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5**s)
     param.grad = torch.tensor([3.0, 4.0])  # norm 5
-    stats = optimizer_step(Accelerator(cpu=True), [param], optimizer, scheduler, max_grad_norm=1.0)
+    stats = optimizer_step(accelerator, [param], optimizer, scheduler, max_grad_norm=1.0)
     assert stats.grad_norm == pytest.approx(5.0) and stats.lr == 1.0
     assert param.detach().tolist() == pytest.approx([-0.6, -0.8])  # one step along the clipped gradient (norm 1)
     assert param.grad is None and scheduler.get_last_lr() == [0.5]
     param.grad = torch.tensor([3.0, 4.0])
-    stats = optimizer_step(Accelerator(cpu=True), [param], optimizer, scheduler, max_grad_norm=None)
+    stats = optimizer_step(accelerator, [param], optimizer, scheduler, max_grad_norm=None)
     assert stats.grad_norm == pytest.approx(5.0) and stats.lr == 0.5
     assert param.detach().tolist() == pytest.approx([-0.6 - 1.5, -0.8 - 2.0])  # unclipped
 
@@ -101,7 +103,7 @@ def test_derive_seed_is_stable_and_separates_streams() -> None:
 
 
 def test_eval_mode_restores_each_models_mode() -> None:
-    from rewardsft.training.step import eval_mode
+    from rewardsft.models import eval_mode
 
     training, frozen = torch.nn.Linear(1, 1).train(), torch.nn.Linear(1, 1).eval()
     with eval_mode(training, frozen):

@@ -36,3 +36,8 @@ def collate_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, 
             input_ids[row, width - len(ids) :] = torch.tensor(list(ids))
             attention_mask[row, width - len(ids) :] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def batch_on(examples: Sequence[TokenizedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """:func:`collate` (right padding, labels masked) and move to ``device``."""
+    return {key: value.to(device) for key, value in collate(examples, pad_id).items()}

@@ -16,6 +16,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,23 @@ class Renderer:
         self.eos_token: str | None = tokenizer.eos_token
         self.eos_id: int | None = tokenizer.eos_token_id
 
+    @functools.cached_property
+    def turn_end_id(self) -> int | None:
+        """The special token that closes an assistant turn in the chat template (e.g. ``<|im_end|>``), if any."""
+        if not self.has_chat_template and self.template is None:
+            return None
+        text, _ = self.response_text([{"role": "user", "content": "hi"}], "ok")
+        special = set(self.tokenizer.all_special_ids) | {
+            i for i, token in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if token.special
+        }
+        found = [t for t in self.tokenizer(text, add_special_tokens=False)["input_ids"] if t in special]
+        return found[0] if found else None
+
+    @functools.cached_property
+    def stop_ids(self) -> list[int]:
+        """Ids that end a response: EOS and the template's turn end."""
+        return [t for t in dict.fromkeys([self.eos_id, self.turn_end_id]) if t is not None]
+
     @classmethod
     def from_settings(cls, tokenizer: Any, settings: RenderSettings) -> Renderer:
         return cls(tokenizer, settings.fallback_template, settings.system_prompt, settings.text_prompts)
@@ -168,11 +186,17 @@ def render_prompt_ids(prompt: Prompt, renderer: Renderer) -> list[int]:
 
 
 def response_token_ids(prompt: Prompt, response: str, renderer: Renderer) -> list[int]:
-    text, has_eos = renderer.response_text(prompt, response)
+    """The response's ids, ending at its first end-of-turn token (the template's turn end or EOS), else with EOS.
+
+    Generation stops at the same ids (``generation.end_of_turn_ids``), so a demonstration and a generation end
+    alike: whatever a template puts after the turn end (a newline, the tokenizer's EOS) is not part of either.
+    """
+    text, _ = renderer.response_text(prompt, response)
     ids: list[int] = renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not has_eos and renderer.eos_id is not None and (not ids or ids[-1] != renderer.eos_id):
-        ids = [*ids, renderer.eos_id]
-    return ids
+    ends = [pos for pos, token in enumerate(ids) if token in renderer.stop_ids]
+    if ends:
+        return ids[: ends[0] + 1]
+    return [*ids, renderer.eos_id] if renderer.eos_id is not None else ids
 
 
 def truncate_prompt(ids: list[int], max_prompt_length: int, renderer: Renderer) -> tuple[list[int], bool]:

@@ -23,6 +23,7 @@ from rewardsft.eval.logprob_gap import logprob_gap
 from rewardsft.eval.paired import compare_runs
 from rewardsft.eval.report import build_report
 from rewardsft.eval.win_rate import WinRateSettings, win_rate
+from rewardsft.layout import EVAL, FINAL
 from rewardsft.recipes.irft import train_irft
 from rewardsft.recipes.rft import train_rft
 from rewardsft.recipes.sft import train_sft
@@ -155,15 +156,15 @@ def evaluate_runs(runs: Path, sft: Path, pairs: Path, held_out: Path) -> None:
     greedy = GenerationConfig(max_new_tokens=16, do_sample=False)
     judge = "rewardsft.demo.run:answer_overlap"
     for name in ("sft", "spin", "irft", "rft"):
-        model = runs / name / "final"
+        model = runs / name / FINAL
         gap = logprob_gap(
             str(model),
             str(pairs),
-            runs / name / "eval" / "gap",
+            runs / name / EVAL / "gap",
             ref_model=str(sft),
         )
         wins = win_rate(
-            str(model), str(sft), str(held_out), judge, runs / name / "eval" / "winrate", greedy, WinRateSettings()
+            str(model), str(sft), str(held_out), judge, runs / name / EVAL / "winrate", greedy, WinRateSettings()
         )
         print(
             f"  {name:5s} gap {gap['gap']['mean']:7.3f}  accuracy {gap['accuracy']['mean']:.2f}  "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rewardsft.errors import ConfigError
+from rewardsft.layout import SUMMARY_FILE
 
 
 @dataclass(frozen=True)
@@ -100,5 +101,5 @@ def run_harness(
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary

@@ -10,17 +10,23 @@ from typing import Any
 
 from rewardsft.data.formats import Prompt
 from rewardsft.errors import ConfigError
+from rewardsft.layout import Rendering
 
 Judge = Callable[[list[tuple[Prompt, str]]], list[float]]
 
 
-def load_judge(spec: str, render: dict[str, Any] | None = None) -> Judge:
-    """``path/or/hub-id`` -> reward-model judge; ``package.module:function`` -> callable judge."""
-    if ":" in spec and not Path(spec).exists():
+def is_callable_spec(spec: str) -> bool:
+    return ":" in spec and not Path(spec).exists()
+
+
+def load_judge(spec: str, rendering: Rendering | None = None) -> Judge:
+    """``path/or/hub-id`` -> reward-model judge (rendered by ``rendering`` when given); ``package.module:function``
+    -> callable judge."""
+    if is_callable_spec(spec):
         return callable_judge(spec)
     from rewardsft.scoring import RewardScorer
 
-    scorer = RewardScorer(spec, render=render)
+    scorer = RewardScorer(rendering or spec)
     return scorer.score
 
 

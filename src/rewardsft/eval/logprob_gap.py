@@ -19,12 +19,12 @@ import torch
 
 from rewardsft.config import ModelConfig
 from rewardsft.data import Renderer, TokenizedExample, load_pairs
+from rewardsft.data.collate import batch_on
 from rewardsft.eval.stats import bootstrap_ci
-from rewardsft.layout import rendering_for
+from rewardsft.layout import SUMMARY_FILE, rendering_for
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.losses import irft_loss
-from rewardsft.models import load_causal_lm, load_tokenizer
-from rewardsft.training.step import batch_on, eval_mode
+from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
 
 
 @dataclass
@@ -67,8 +67,9 @@ def logprob_gap(
     """
     settings = settings or GapSettings()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    path, rendering = rendering_for(model_path, **(render or {}))
-    cfg = ModelConfig(name_or_path=path)
+    resolved = rendering_for(model_path, **(render or {}))
+    rendering = resolved.settings
+    cfg = ModelConfig(name_or_path=resolved.path)
     tokenizer = load_tokenizer(cfg)
     pairs = load_pairs(
         data,
@@ -86,7 +87,7 @@ def logprob_gap(
     del model
     ref_table = None
     if ref_model is not None:
-        ref = load_causal_lm(ModelConfig(name_or_path=rendering_for(ref_model)[0]), device)
+        ref = load_causal_lm(ModelConfig(name_or_path=rendering_for(ref_model).path), device)
         ref_table = sequence_logp_table(ref, both, settings.batch_size, pad)
     rows = per_example_rows(table, ref_table, len(chosen), settings.beta, [c.index for c in chosen], pairs.pair_ids)
     summary = summarise(rows, settings, ref_table is not None)
@@ -157,7 +158,7 @@ def summarise(rows: list[dict[str, float]], settings: GapSettings, with_ref: boo
 
 def write_gap(out: Path, summary: dict[str, Any], rows: list[dict[str, float]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     with (out / "per_example.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["row"])
         writer.writeheader()

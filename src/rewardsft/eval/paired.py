@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from rewardsft.errors import ConfigError
-from rewardsft.layout import CONFIG_FILE, EVAL, SUMMARY_FILE
+from rewardsft.layout import CONFIG_FILE, EVAL, GENERATIONS_FILE, SUMMARY_FILE
 
 GAP_FILE = "per_example.csv"
-WINRATE_FILE = "generations.jsonl"
+WINRATE_FILE = GENERATIONS_FILE
 GAP_METRICS = ("gap", "gap_mean", "correct", "implicit_margin")
 """Per-pair columns compared for a log-prob gap evaluation (``implicit_margin`` only when every run has it)."""
 # Settings that do not make two runs different methods: runs equal in everything else are seeds of one method.

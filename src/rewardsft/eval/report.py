@@ -17,6 +17,7 @@ import yaml
 
 from rewardsft.errors import ConfigError
 from rewardsft.eval.paired import compare_runs, differences_markdown
+from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, SUMMARY_FILE
 from rewardsft.training.metrics import METRICS_FILE, read_metrics
 
 # Panels of the per-run training-curve figure: title -> metric keys drawn on it (those present).
@@ -61,12 +62,12 @@ class RunSummary:
 
 
 def read_run(path: Path) -> RunSummary:
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"{path} is not a run directory (no config.yaml)")
-    config = yaml.safe_load((path / "config.yaml").read_text())
+    if not (path / CONFIG_FILE).is_file():
+        raise ConfigError(f"{path} is not a run directory (no {CONFIG_FILE})")
+    config = yaml.safe_load((path / CONFIG_FILE).read_text())
     metrics = read_metrics(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else []
     evals = {}
-    for summary in sorted((path / "eval").glob("*/summary.json")):
+    for summary in sorted((path / EVAL).glob(f"*/{SUMMARY_FILE}")):
         evals[summary.parent.name] = json.loads(summary.read_text())
     return RunSummary(path.name, path, config, metrics, evals)
 
@@ -95,8 +96,8 @@ def build_report(run_dirs: list[Path], out: Path, baseline: Path | None = None) 
     (out / "report.md").write_text(render_markdown(runs, made, section))
     (out / "report.html").write_text(render_html(runs, out, made, differences, baseline))
     for run in runs:
-        if (run.path / "final").is_dir():
-            (run.path / "final" / "README.md").write_text(model_card(run))
+        if (run.path / FINAL).is_dir():
+            (run.path / FINAL / "README.md").write_text(model_card(run))
     return out / "report.md"
 
 

@@ -14,9 +14,10 @@ from typing import Any
 from rewardsft.config import GenerationConfig
 from rewardsft.data import load_rows
 from rewardsft.data.formats import parse_prompts
-from rewardsft.eval.judges import Judge, load_judge
+from rewardsft.eval.judges import Judge, is_callable_spec, load_judge
 from rewardsft.eval.stats import bootstrap_ci
 from rewardsft.generation import sample_texts
+from rewardsft.layout import GENERATIONS_FILE, SUMMARY_FILE, renderings_for
 
 
 @dataclass
@@ -47,15 +48,21 @@ def win_rate(
     settings: WinRateSettings | None = None,
     render: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sample both models on every prompt (each rendering prompts as its run trained; ``render`` flags for
-    models that are not runs), judge both answers, count wins, ties and losses."""
+    """Sample both models on every prompt, judge both answers, count wins, ties and losses.
+
+    A run renders prompts as it trained; a model that is not a run takes the ``render`` flags or, without them,
+    the settings of the run it is compared with (:func:`rewardsft.layout.renderings_for`).
+    """
     settings = settings or WinRateSettings()
     generation = generation or GenerationConfig(max_new_tokens=128)
     rows, source = load_rows(prompts_path, settings.split, settings.n)
     prompts = parse_prompts(rows, source)
-    model_answers = sample_texts(model, prompts, generation, settings.seed, render=render)
-    baseline_answers = sample_texts(baseline, prompts, generation, settings.seed, render=render)
-    scorer = load_judge(judge, render) if isinstance(judge, str) else judge
+    judged = isinstance(judge, str) and not is_callable_spec(judge)
+    paths = [model, baseline, *([judge] if judged else [])]
+    renderings = renderings_for(paths, **(render or {}))  # type: ignore[arg-type]
+    model_answers = sample_texts(renderings[0], prompts, generation, settings.seed)
+    baseline_answers = sample_texts(renderings[1], prompts, generation, settings.seed)
+    scorer = load_judge(judge, renderings[2] if judged else None) if isinstance(judge, str) else judge
     model_scores = scorer(list(zip(prompts, model_answers, strict=True)))
     baseline_scores = scorer(list(zip(prompts, baseline_answers, strict=True)))
     outcomes = [outcome(m, b, settings.tie_margin) for m, b in zip(model_scores, baseline_scores, strict=True)]
@@ -86,8 +93,8 @@ def win_rate(
     ]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        (out / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        (out / GENERATIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     return summary
 
 

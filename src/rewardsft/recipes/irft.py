@@ -16,6 +16,7 @@ import torch
 
 from rewardsft.config import RunConfig
 from rewardsft.data import Renderer, TokenizedExample
+from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
 from rewardsft.generation import Generation, as_example, end_of_turn_ids, generate, generation_stats
 from rewardsft.layout import GENERATIONS_FILE, stage_dir
@@ -36,7 +37,13 @@ from rewardsft.training.batches import epoch_permutation, plan_steps, steps_per_
 from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import Run, StepTimer
-from rewardsft.training.step import batch_on, derive_seed, micro_batch_context, optimizer_step, reduce_metrics
+from rewardsft.training.step import (
+    derive_seed,
+    log_due,
+    micro_batch_context,
+    optimizer_step,
+    reduce_metrics,
+)
 
 OVERFIT_LOSS = 0.05
 
@@ -116,7 +123,7 @@ def train_irft(config: RunConfig) -> Path:
                 )
             if eval_data is not None and tc.eval_every and step % tc.eval_every == 0:
                 metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)
-            if step % tc.log_every == 0 or batches.step + 1 == stage.steps:
+            if log_due(step, tc.log_every, batches.step + 1 == stage.steps, metrics):
                 run.log(step, metrics)
             if step % tc.save_every == 0 or batches.step + 1 == stage.steps:
                 checkpoint_state = {"step": step, "stage": stage.index + 1}

@@ -19,6 +19,7 @@ import torch
 
 from rewardsft.config import GenerationConfig, RunConfig
 from rewardsft.data import Renderer, TokenizedExample, load_pairs
+from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
 from rewardsft.generation import Generation, as_example, end_of_turn_ids, generate, generation_stats
 from rewardsft.layout import REWARD_MODEL
@@ -31,7 +32,7 @@ from rewardsft.losses import (
     rloo_policy_loss,
     sequence_kl,
 )
-from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
+from rewardsft.models import apply_lora, disable_dropout, eval_mode, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, eval_batch, start_recipe
 from rewardsft.reward import load_reward_model, rm_scores, save_reward_model, score_examples
 from rewardsft.training.batches import epoch_permutation
@@ -39,9 +40,8 @@ from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import Run, StepTimer
 from rewardsft.training.step import (
-    batch_on,
     derive_seed,
-    eval_mode,
+    log_due,
     micro_batch_context,
     optimizer_step,
     reduce_metrics,
@@ -99,9 +99,9 @@ def train_rft(config: RunConfig) -> Path:
         metrics = dict(rollout.stats)
         for _ in range(rc.reward_steps):
             metrics |= reward_step(run, reward_model, rollout, preference, spec, iteration)
-            stats = optimizer_step(run.accelerator, reward_model.parameters(), rm_opt, rm_sched, tc.max_grad_norm)
+            stats = optimizer_step(None, reward_model.parameters(), rm_opt, rm_sched, tc.max_grad_norm)
             metrics |= {"rm/grad_norm": stats.grad_norm, "rm/lr": stats.lr}
-        scores = torch.tensor(score_examples(reward_model, rollout.gens, spec.batch_size, pad_id))
+        scores = torch.tensor(score_examples(reward_model, rollout.gens, spec.eval_batch_size, pad_id))
         for _ in range(rc.policy_steps):
             metrics |= policy_step(run.accelerator, policy, rollout, scores, spec)
             stats = optimizer_step(run.accelerator, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm)
@@ -115,7 +115,7 @@ def train_rft(config: RunConfig) -> Path:
         if start.eval_data is not None and (step == rc.iterations or (tc.eval_every and step % tc.eval_every == 0)):
             metrics["eval/rm_accuracy"] = held_out_rm_accuracy(run, policy, reward_model, start, spec, step)
         metrics["time/iteration_s"] = timer.lap()
-        if step % tc.log_every == 0 or step == rc.iterations:
+        if log_due(step, tc.log_every, step == rc.iterations, metrics):
             run.log(step, reduce_metrics(run.accelerator, metrics))
         if step % tc.save_every == 0 or step == rc.iterations:
             run.save_checkpoint(
@@ -285,8 +285,9 @@ def reward_step(
 ) -> dict[str, float]:
     """Backpropagate one BT step over every (demonstration, generation) pair of the round (+ preference pairs).
 
-    The reward model is not wrapped in DDP (its read-out calls the backbone and head directly), so its
-    gradients are averaged across processes explicitly before the optimiser step.
+    The reward model is not prepared by accelerate (its read-out calls the backbone and head directly), so it
+    backpropagates with plain ``backward`` (no fp16 loss scaling that nothing would undo) and its gradients are
+    averaged across processes explicitly before the optimiser step.
     """
     k = spec.samples_per_prompt
     pairs = [(rollout.demos[i // k], gen) for i, gen in enumerate(rollout.gens)]
@@ -299,7 +300,7 @@ def reward_step(
             pick = [preference[(iteration * len(pairs) + start + j) % len(preference)] for j in range(len(chunk))]
             mixed = bt_terms(reward_model, pick, spec.pad_id, run.device).loss.sum() / len(pairs)
             loss = loss + spec.preference_weight * mixed
-        run.accelerator.backward(loss)
+        loss.backward()
         parts = [terms.loss.detach().sum(), terms.accuracy.sum(), terms.margin.detach().sum()]
         totals += torch.stack([p.double().cpu() for p in parts]) / len(pairs)
     run.average_gradients(reward_model)

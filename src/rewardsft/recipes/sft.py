@@ -7,13 +7,14 @@ from typing import Any
 
 from rewardsft.config import RunConfig
 from rewardsft.data import TokenizedExample
+from rewardsft.data.collate import batch_on
 from rewardsft.logprobs import model_token_logps
 from rewardsft.losses import sft_nll
 from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import StepTimer
-from rewardsft.training.step import batch_on, micro_batch_context, optimizer_step, reduce_metrics
+from rewardsft.training.step import log_due, micro_batch_context, optimizer_step, reduce_metrics
 
 
 def train_sft(config: RunConfig) -> Path:
@@ -55,7 +56,7 @@ def train_sft(config: RunConfig) -> Path:
         }
         if eval_data is not None and tc.eval_every and step % tc.eval_every == 0:
             metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), tokenizer.pad_token_id)
-        if step % tc.log_every == 0 or step == n_steps:
+        if log_due(step, tc.log_every, step == n_steps, metrics):
             run.log(step, metrics)
         if step % tc.save_every == 0 or step == n_steps:
             run.save_checkpoint(model, optimizers, {"step": step})

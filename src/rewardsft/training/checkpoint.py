@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rewardsft.errors import ConfigError
 from rewardsft.layout import CHECKPOINTS
 
 STATE_FILE = "state.json"
@@ -95,6 +96,11 @@ def read_training_state(checkpoint: Path) -> dict[str, Any]:
 
 def restore_optimizers(checkpoint: Path, optimizers: Optimizers) -> None:
     """Load each named optimiser's and schedule's state from ``checkpoint``."""
+    if not (checkpoint / OPTIMIZERS_FILE).is_file():
+        raise ConfigError(
+            f"{checkpoint} has no {OPTIMIZERS_FILE}: it was written by an older rewardsft and cannot be resumed; "
+            "start again with overwrite=true"
+        )
     states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=False)
     for name, (optimizer, scheduler) in optimizers.items():
         optimizer.load_state_dict(states[name]["optimizer"])

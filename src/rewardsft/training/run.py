@@ -19,13 +19,14 @@ from tqdm.auto import tqdm
 
 from rewardsft.config import RunConfig, flatten
 from rewardsft.data import TokenizedExample
+from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
 from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
 from rewardsft.logprobs import model_token_logps
-from rewardsft.models import is_peft, save_policy
+from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.metrics import MetricsLogger
-from rewardsft.training.step import batch_on, eval_mode, reduce_metrics
+from rewardsft.training.step import reduce_metrics
 
 T = TypeVar("T")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
@@ -206,7 +207,8 @@ class Run:
                 if export_adapter:
                     model.save_pretrained(str(self.output_dir / ADAPTER))
                 model = model.merge_and_unload()
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            with original_dropout_config(model):
+                model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

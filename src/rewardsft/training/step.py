@@ -2,23 +2,22 @@
 
 A recipe's optimiser step is: for each micro-batch, :func:`micro_batch_context` (gradients sync across
 processes on the last micro-batch only) around forward + ``accelerator.backward``; then :func:`optimizer_step`
-(clip, step, schedule, zero); then :func:`reduce_metrics` so every process logs the same numbers. Batches go to
-the device through :func:`batch_on`, models switch mode through :func:`eval_mode`, and every random stream
-(data order, sampling) gets its seed from :func:`derive_seed`.
+(clip, step, schedule, zero); then :func:`reduce_metrics` so every process logs the same numbers, and
+:func:`log_due` decides when. Batches go to the device through ``data.collate.batch_on``, models switch mode
+through ``models.eval_mode``, and every random stream (data order, sampling) gets its seed from
+:func:`derive_seed`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-
-from rewardsft.data import TokenizedExample, collate
 
 
 @dataclass(frozen=True)
@@ -29,21 +28,26 @@ class StepStats:
     """Learning rate this step used."""
 
 
-def batch_on(examples: Sequence[TokenizedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``collate`` (right padding, labels masked) and move to ``device``."""
-    return {key: value.to(device) for key, value in collate(examples, pad_id).items()}
-
-
 def micro_batch_context(accelerator: Any, model: Any, last: bool) -> Any:
     """Gradient accumulation: skip the cross-process all-reduce on every micro-batch but the step's last."""
     return nullcontext() if last else accelerator.no_sync(model)
 
 
 def optimizer_step(
-    accelerator: Any, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None
+    accelerator: Any | None, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None
 ) -> StepStats:
-    """Clip the gradients (``None``: measure only), step the optimiser and the schedule, zero the gradients."""
-    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
+    """Clip the gradients (``None``: measure only), step the optimiser and the schedule, zero the gradients.
+
+    ``accelerator``: the one that prepared this model and optimiser (it unscales fp16 gradients and clips sharded
+    parameters); None for a model it does not manage (RFT's reward model), clipped by plain torch.
+    """
+    limit = max_grad_norm if max_grad_norm is not None else math.inf
+    if accelerator is None:
+        grad_norm: Any = torch.nn.utils.clip_grad_norm_(list(params), limit)
+    else:
+        grad_norm = accelerator.clip_grad_norm_(params, limit)
+    # DeepSpeed clips inside its own step and returns no norm here.
+    grad_norm = float("nan") if grad_norm is None else grad_norm
     lr = float(scheduler.get_last_lr()[0])
     optimizer.step()
     scheduler.step()
@@ -63,17 +67,10 @@ def reduce_metrics(
     return dict(zip(names, reduced.tolist(), strict=True))
 
 
-@contextmanager
-def eval_mode(*models: Any) -> Iterator[None]:
-    """Switch ``models`` to eval mode and restore each one's train/eval mode afterwards."""
-    modes = [model.training for model in models]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for model, mode in zip(models, modes, strict=True):
-            model.train(mode)
+def log_due(step: int, log_every: int, last: bool, metrics: Mapping[str, float]) -> bool:
+    """Log every ``log_every`` steps, at the last one, and whenever a held-out evaluation ran (it is too costly
+    to compute and then drop because the two intervals do not line up)."""
+    return step % log_every == 0 or last or any(key.startswith("eval/") for key in metrics)
 
 
 def derive_seed(seed: int, purpose: str, *parts: int) -> int:
