@@ -87,9 +87,19 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rewardsft.demo.run import run_demo
+    if args.which == "toy":
+        from rewardsft.demo.toy import run_toy
 
-    run_demo(Path(args.output_dir), overwrite=args.overwrite)
+        run_toy()
+        return 0
+    from rewardsft.demo.run import default_settings, quick_settings, run_demo
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    if args.noise is not None and any(not 0 <= p < 1 for p in args.noise):
+        raise ConfigError("--noise values must be in [0, 1)")
+    make = quick_settings if args.quick else default_settings
+    run_demo(Path(args.output_dir), overwrite=args.overwrite, settings=make(args.seeds, args.noise, args.seed))
     return 0
 
 
@@ -217,9 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report_p.set_defaults(func=_report)
 
-    demo_p = sub.add_parser("demo", help="an offline end-to-end run on a built-in task")
+    demo_p = sub.add_parser(
+        "demo", help="offline: SFT, SPIN, IRFT and RFT on a built-in task with a true reward (or `demo toy`)"
+    )
+    demo_p.add_argument("which", nargs="?", choices=["task", "toy"], default="task", help="toy: the one-state example")
     demo_p.add_argument("--output-dir", default="runs/demo")
     demo_p.add_argument("--overwrite", action="store_true")
+    demo_p.add_argument("--quick", action="store_true", help="smaller task, 2 seeds, 2 noise levels (CI)")
+    demo_p.add_argument("--seeds", type=int, help="seeds per method (default 3; --quick 2)")
+    demo_p.add_argument("--noise", type=float, nargs="+", help="shares of habitual demonstrations to sweep")
+    demo_p.add_argument("--seed", type=int, default=0, help="seed of the task data and the base model")
     demo_p.set_defaults(func=_demo)
     return parser
 

@@ -1,56 +1,63 @@
-"""`rewardsft demo`: the README's main job, end to end offline."""
+"""`rewardsft demo --quick`: the README's main job, end to end offline, asserting behaviour that can fail."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
+import pytest
+
 from rewardsft.cli import main
-from rewardsft.demo.run import answer_overlap
-from rewardsft.training.metrics import read_metrics
+from rewardsft.demo.task import correct_answer, habitual_answer, is_habit, prompt_text, true_reward, word_of
 
 
-def test_answer_overlap_judge() -> None:
-    assert answer_overlap("What is the capital of France?", "The capital of France is Paris.") == 1.0
-    assert 0 < answer_overlap([{"role": "user", "content": "What is the capital of France?"}], "Paris") < 1
-    assert answer_overlap("What is the capital of France?", "") == 0.0
-    assert answer_overlap("unknown question", "anything") == 0.0
+def test_task_reward_and_habit() -> None:
+    prompt = prompt_text("abcd")
+    assert prompt == "reverse a b c d =" and word_of(prompt) == "abcd"
+    assert true_reward(prompt, correct_answer("abcd")) == 1.0 and true_reward(prompt, " d c b") == 0.0
+    assert is_habit(prompt, habitual_answer("abcd")) and not is_habit(prompt, correct_answer("abcd"))
+    assert true_reward("what is 2+2?", "4") == 0.0
 
 
-def test_demo_trains_evaluates_and_reports(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out)]) == 0
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "demo done:" in printed and "win rate vs SFT" in printed
-    for name in ("sft", "spin", "irft", "rft"):
-        run = out / "runs" / name
-        assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "README.md").is_file()
-        gap = json.loads((run / "eval" / "gap" / "summary.json").read_text())
-        assert gap["pairs"] == 12
-        wins = json.loads((run / "eval" / "winrate" / "summary.json").read_text())
-        assert wins["n"] == 12
-    # Behaviour, not only files: each recipe did what it trains for.
-    sft_losses = [r["train/loss"] for r in read_metrics(out / "runs" / "sft" / "metrics.jsonl") if "train/loss" in r]
-    assert sft_losses[-1] < 0.5 * sft_losses[0]  # SFT fitted the demonstrations
-    rounds = [r for r in read_metrics(out / "runs" / "rft" / "metrics.jsonl") if "rm/loss" in r]
-    assert rounds[-1]["rm/loss"] < rounds[0]["rm/loss"]  # the reward model learned demonstration > generation
-    held_out = [
-        r["eval/rm_accuracy"] for r in read_metrics(out / "runs" / "rft" / "metrics.jsonl") if "eval/rm_accuracy" in r
-    ]
-    assert held_out[-1] > 0.75
-    # Not asserted yet: SPIN/IRFT's margin in the demo ends near 0 (the sft_weight anchor and the small lr leave
-    # the contrastive term idle); the demo issue (#9) redesigns the task and settings.
-    sft_gap = json.loads((out / "runs" / "sft" / "eval" / "gap" / "summary.json").read_text())
-    assert sft_gap["accuracy"]["mean"] > 0.8  # trained on answers only, it still ranks them above scrambles
-    assert (out / "runs" / "spin" / "stages" / "stage-1" / "generations.jsonl").is_file()
-    assert (out / "runs" / "irft" / "stages" / "stage-3" / "generations.jsonl").is_file()
-    assert (out / "runs" / "rft" / "reward_model" / "config.json").is_file()
-    assert (out / "report" / "report.html").is_file() and len(list((out / "report").glob("*.png"))) == 7
-    assert (out / "report" / "differences.png").is_file()
-    # Every claim against SFT is a paired difference with a verdict read from its interval.
-    assert (
-        "against SFT, paired" in printed and "## Difference vs baseline" in (out / "report" / "report.md").read_text()
-    )
-    claims = [line for line in printed.splitlines() if "gap difference" in line or "win rate - 0.5" in line]
-    assert len(claims) == 6 and all(line.rstrip().endswith(("better", "worse", "not resolved")) for line in claims)
-    assert main(["demo", "--output-dir", str(out)]) == 2  # refuses to overwrite without --overwrite
+    base = json.loads((out / "base-eval" / "accuracy" / "summary.json").read_text())
+    runs = out / "runs"
+    accuracy = {
+        name: [
+            json.loads((run / "eval" / "accuracy" / "summary.json").read_text())
+            for run in sorted(runs.glob(f"{name}-s*"))
+        ]
+        for name in ("sft", "spin", "irft", "rft")
+    }
+    assert all(len(seeds) == 2 for seeds in accuracy.values())
+    # SFT on correct demonstrations beats the habit-laden base on held-out prompts, and copies less.
+    sft_sampled = sum(a["sample_correct"] for a in accuracy["sft"]) / 2
+    assert sft_sampled > base["sample_correct"]
+    assert sum(a["sample_habit"] for a in accuracy["sft"]) / 2 < base["sample_habit"]
+    # Every method's row is in the report with finite figures, and every claim printed carries a verdict.
+    report = (out / "report" / "report.md").read_text()
+    for label in ("SFT", "SPIN (IRFT T=1)", "IRFT (T=4)", "RFT"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
+        numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", row)]
+        assert numbers and all(math.isfinite(x) for x in numbers)
+    claims = [line for line in printed.splitlines() if line.startswith("| ") and "(2 seeds)" in line]
+    assert claims and all(line.rstrip(" |").endswith(("better", "worse", "not resolved")) for line in claims)
+    assert {"greedy accuracy", "habit share (lower is better)", "win rate vs SFT − 0.5"} <= {
+        line.split("|")[2].strip() for line in claims
+    }
+    for png in ("demo-accuracy.png", "demo-robustness.png", "differences.png"):
+        assert (out / "report" / png).is_file()
+    assert "demo-robustness.png" in (out / "report" / "report.html").read_text()
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 2  # refuses to overwrite without --overwrite
+
+
+def test_demo_toy_prints_agreeing_solutions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "toy"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if re.match(r"^\s+\d+(\.\d+)?\s+\(", line)]
+    assert len(rows) >= 3
+    assert all(float(row[-2]) < 1e-3 for row in rows)  # closed form vs iterative IRFT, max |Δ| per β

@@ -101,10 +101,10 @@ def test_seeds_are_grouped_and_their_average_is_compared(tmp_path: Path) -> None
     seeds = [write_run(tmp_path, f"irft-s{s}", s, 5e-7, [b + s for b in BASE]) for s in (1, 2, 3)]
     other = write_run(tmp_path, "irft-lr", 1, 1e-6, MODEL)
     groups = group_by_seed([base, *seeds, other])
-    assert [len(g.runs) for g in groups] == [1, 3, 1] and groups[1].label == "irft-s1 (3 seeds)"
+    assert [len(g.runs) for g in groups] == [1, 3, 1] and groups[1].label == "irft (3 seeds)"
     rows = compare_runs([*seeds, other], base, ["gap"])
     gap_rows = {r["group"]: r for r in rows if r["metric"] == "gap"}
-    seeded = gap_rows["irft-s1 (3 seeds)"]
+    seeded = gap_rows["irft (3 seeds)"]
     assert seeded["mean"] == pytest.approx(2.0) and seeded["ci95"] == pytest.approx([2.0, 2.0])
     assert seeded["per_seed_mean"] == pytest.approx([1.0, 2.0, 3.0]) and seeded["seed_spread"] == pytest.approx(1.0)
     assert gap_rows["irft-lr"]["mean"] == pytest.approx(sum(MODEL) / 8 - sum(BASE) / 8)
@@ -133,7 +133,7 @@ def test_report_with_a_baseline_has_the_difference_table_and_forest_plot(tmp_pat
     report = build_report([base, *seeds, worse], tmp_path / "report", baseline=base)
     markdown = report.read_text()
     assert "## Difference vs baseline" in markdown
-    assert "| irft-s1 (2 seeds) | gap | gap | +1.5 | [+1.5, +1.5] | better |" in markdown
+    assert "| irft (2 seeds) | gap | gap | +1.5 | [+1.5, +1.5] | better |" in markdown
     assert "| rft | gap | gap | -0.5 | [-0.5, -0.5] | worse |" in markdown
     assert (tmp_path / "report" / "differences.png").is_file()
     assert "Difference vs sft (paired)" in (tmp_path / "report" / "report.html").read_text()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,7 +147,7 @@ def read_per_example(eval_dir: Path) -> PerExample:
         raise ConfigError(f"{eval_dir} has no {SUMMARY_FILE}: not an evaluation output (rewardsft eval ... --out)")
     summary = json.loads(summary_path.read_text())
     kind = summary.get("kind")
-    if kind == "logprob_gap":
+    if kind == "logprob_gap" or "paired_metrics" in summary:
         return _read_gap(eval_dir, summary)
     if kind == "win_rate":
         return _read_win_rate(eval_dir, summary)
@@ -161,9 +162,10 @@ def _read_gap(eval_dir: Path, summary: dict[str, Any]) -> PerExample:
         rows = list(csv.DictReader(handle))
     # pair_id hashes the pair's texts; older outputs without it are identified by row number alone.
     keys = [f"row {r['row']}" + (f" ({r['pair_id']})" if r.get("pair_id") else "") for r in rows]
-    names = [m for m in GAP_METRICS if rows and m in rows[0]]
+    wanted = summary.get("paired_metrics", GAP_METRICS)
+    names = [m for m in wanted if rows and m in rows[0]]
     columns = {m: [float(r[m]) for r in rows] for m in names}
-    return PerExample(eval_dir, "logprob_gap", keys, columns, summary)
+    return PerExample(eval_dir, str(summary["kind"]), keys, columns, summary)
 
 
 def _read_win_rate(eval_dir: Path, summary: dict[str, Any]) -> PerExample:
@@ -176,8 +178,12 @@ def _read_win_rate(eval_dir: Path, summary: dict[str, Any]) -> PerExample:
     return PerExample(eval_dir, "win_rate", keys, columns, summary)
 
 
-def check_aligned(first: PerExample, second: PerExample) -> None:
-    """Refuse (exit 2) two evaluations that are not of the same kind on the same examples in the same order."""
+def check_aligned(first: PerExample, second: PerExample, same_baseline: bool = True) -> None:
+    """Refuse (exit 2) two evaluations that are not of the same kind on the same examples in the same order.
+
+    ``same_baseline``: win rates must also be judged against the same model (seeds of one method may each be
+    judged against the baseline method's run of the same seed).
+    """
     if first.kind != second.kind:
         raise ConfigError(f"{first.source} is a {first.kind} evaluation but {second.source} is a {second.kind} one")
     for position, (a, b) in enumerate(zip(first.keys, second.keys, strict=False)):
@@ -192,7 +198,7 @@ def check_aligned(first: PerExample, second: PerExample) -> None:
             f"{longer.source} has {len(longer.keys)} examples but {shorter.source} only {len(shorter.keys)}: "
             f"the first mismatch is example {len(shorter.keys) + 1}: {longer.keys[len(shorter.keys)]} vs none"
         )
-    if first.kind == "win_rate" and first.summary.get("baseline") != second.summary.get("baseline"):
+    if same_baseline and first.kind == "win_rate" and first.summary.get("baseline") != second.summary.get("baseline"):
         raise ConfigError(
             f"{first.source} and {second.source} were judged against different baselines "
             f"({first.summary.get('baseline')!r} vs {second.summary.get('baseline')!r})"
@@ -225,7 +231,9 @@ def group_by_seed(run_dirs: Sequence[Path]) -> list[Group]:
             match.runs.append(run)
     for _, group in groups:
         if len(group.runs) > 1:
-            group.label = f"{group.runs[0].name} ({len(group.runs)} seeds)"
+            # "irft-s1", "irft-s2" -> "irft (2 seeds)"
+            name = re.sub(r"[-_.]?(s|seed)[-_]?\d+$", "", group.runs[0].name) or group.runs[0].name
+            group.label = f"{name} ({len(group.runs)} seeds)"
     return [g for _, g in groups]
 
 
@@ -233,7 +241,7 @@ def group_values(group: Group, eval_name: str) -> tuple[PerExample, dict[str, li
     """The group's first evaluation (for keys and kind) and, per metric, each seed's per-example values."""
     evals = [read_per_example(run / EVAL / eval_name) for run in group.runs]
     for other in evals[1:]:
-        check_aligned(evals[0], other)
+        check_aligned(evals[0], other, same_baseline=False)
     per_seed = {m: [e.columns[m] for e in evals] for m in evals[0].columns if all(m in e.columns for e in evals)}
     return evals[0], per_seed
 
@@ -252,14 +260,15 @@ def compare_groups(
     kind = others[0][1].kind
     # A gap is compared with the baseline's own gap on the same pairs; a win rate was judged against the
     # baseline already, so the reference is 0.5 (ties count half) and the groups must share prompts and baseline.
-    base_eval, base_values = group_values(baseline, eval_name) if kind == "logprob_gap" else (others[0][1], {})
+    paired_with_base = kind != "win_rate"
+    base_eval, base_values = group_values(baseline, eval_name) if paired_with_base else (others[0][1], {})
     rows = []
     for group, first, values in others:
         check_aligned(base_eval, first)
         for metric, seeds in values.items():
-            if kind == "logprob_gap" and metric not in base_values:
+            if paired_with_base and metric not in base_values:
                 continue
-            reference = _mean_over(base_values[metric]) if kind == "logprob_gap" else [0.5] * len(first.keys)
+            reference = _mean_over(base_values[metric]) if paired_with_base else [0.5] * len(first.keys)
             difference = paired_difference(_mean_over(seeds), reference, metric, n_resamples, seed)
             per_seed = [sum(s) / len(s) - sum(reference) / len(reference) for s in seeds]
             rows.append(
@@ -313,7 +322,8 @@ def _common_evals(runs: Sequence[Path]) -> list[str]:
 
 
 def _comparable(summary: Path) -> bool:
-    return json.loads(summary.read_text()).get("kind") in ("logprob_gap", "win_rate")
+    content = json.loads(summary.read_text())
+    return content.get("kind") in ("logprob_gap", "win_rate") or "paired_metrics" in content
 
 
 def differences_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:

@@ -338,7 +338,10 @@ def accumulate_irft_step(
         parts += [(terms.margin > 0).float().sum(), demo_logps.sum(), gen_logps.sum()]
         totals += torch.stack([p.double().cpu() for p in parts])
     summed = reduce_metrics(accelerator, dict(zip(IRFT_METRICS, totals.tolist(), strict=True)), reduction="sum")
-    return {name: value / max(size.pairs, 1.0) for name, value in summed.items()}
+    metrics = {name: value / max(size.pairs, 1.0) for name, value in summed.items()}
+    gen_tokens = sum(len(pairs[i].gen.response_ids) for ids in micro_batches for i in ids)
+    metrics["train/tokens"] = size.tokens + reduce_metrics(accelerator, {"t": gen_tokens}, reduction="sum")["t"]
+    return metrics
 
 
 PairBackward = tuple[IRFTTerms, torch.Tensor, torch.Tensor, torch.Tensor]

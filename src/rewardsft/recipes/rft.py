@@ -106,7 +106,12 @@ def train_rft(config: RunConfig) -> Path:
             metrics |= policy_step(run.accelerator, policy, rollout, scores, spec)
             stats = optimizer_step(run.accelerator, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm)
             metrics |= {"train/grad_norm": stats.grad_norm, "train/lr": stats.lr}
+        gen_tokens = sum(len(g.response_ids) for g in rollout.gens)
+        demo_tokens = sum(len(d.response_ids) for d in rollout.demos) * rc.samples_per_prompt
         metrics |= {
+            # Response tokens through a backward pass this round: reward steps (demonstration + generation of
+            # every pair) and policy steps (the generations).
+            "train/tokens": rc.reward_steps * (demo_tokens + gen_tokens) + rc.policy_steps * gen_tokens,
             "policy/reward": float(scores.mean()),
             "policy/kl": float(rollout.kl.mean()),
             "policy/entropy": rollout.entropy,
