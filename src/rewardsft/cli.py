@@ -92,14 +92,14 @@ def _demo(args: argparse.Namespace) -> int:
 
         run_toy()
         return 0
-    from rewardsft.demo.run import default_settings, quick_settings, run_demo
+    from rewardsft.demo.run import demo_settings, run_demo
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError("--seeds must be at least 1")
     if args.noise is not None and any(not 0 <= p < 1 for p in args.noise):
         raise ConfigError("--noise values must be in [0, 1)")
-    make = quick_settings if args.quick else default_settings
-    run_demo(Path(args.output_dir), overwrite=args.overwrite, settings=make(args.seeds, args.noise, args.seed))
+    settings = demo_settings(args.quick, args.seeds, args.noise, args.seed, args.model)
+    run_demo(Path(args.output_dir), overwrite=args.overwrite, settings=settings)
     return 0
 
 
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--seeds", type=int, help="seeds per method (default 3; --quick 2)")
     demo_p.add_argument("--noise", type=float, nargs="+", help="shares of habitual demonstrations to sweep")
     demo_p.add_argument("--seed", type=int, default=0, help="seed of the task data and the base model")
+    demo_p.add_argument("--model", help="a local HF model folder as the base (e.g. SmolLM2-135M-Instruct)")
     demo_p.set_defaults(func=_demo)
     return parser
 

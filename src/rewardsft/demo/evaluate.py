@@ -23,12 +23,20 @@ ACCURACY_METRICS = ["greedy_correct", "sample_correct", "sample_habit"]
 
 
 def task_accuracy(
-    model: str, prompts_path: Path, out: Path | None, seed: int, max_new_tokens: int = 16
+    model: str,
+    prompts_path: Path,
+    out: Path | None,
+    seed: int,
+    max_new_tokens: int = 16,
+    render: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Greedy and sampled (temperature 1) answers to every prompt, scored by the true reward."""
+    """Greedy and sampled (temperature 1) answers to every prompt, scored by the true reward.
+
+    ``render``: rendering flags for a model that is not a run (the base), so it sees the runs' prompts.
+    """
     rows, source = load_rows(str(prompts_path))
     prompts = parse_prompts(rows, source)
-    rendering = rendering_for(model)
+    rendering = rendering_for(model, **(render or {}))
     greedy = sample_texts(rendering, prompts, GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False), seed)
     sampled = sample_texts(rendering, prompts, GenerationConfig(max_new_tokens=max_new_tokens), seed)
     per_example: list[dict[str, Any]] = []

@@ -72,8 +72,12 @@ class DemoSettings:
     noise: tuple[float, ...] = (0.0, 0.25, 0.5)
     seed: int = 0
     """Seed of the task data and the base model; each method's seeds are ``seeds``."""
+    model: str | None = None
+    """A local HF model to use as the base instead of pre-training the tiny one (e.g. SmolLM2-135M-Instruct)."""
 
 
+# With a real model: no pre-training (the model is the base), fewer prompts, one seed, no sweep (2 CPU cores).
+REAL = DemoSettings(sizes=TaskSizes(pretrain=0, demonstrations=64, dev=0, test=64), seeds=(1,), noise=(0.0,))
 QUICK = DemoSettings(
     sizes=TaskSizes(pretrain=1500, demonstrations=100, dev=50, test=100),
     pretrain_epochs=20,
@@ -95,7 +99,7 @@ def run_demo(output_dir: Path, overwrite: bool = False, settings: DemoSettings |
         shutil.rmtree(output_dir)
     # Tiny tensors: one thread is ~10x faster than two fighting over them (and leaves a core free).
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads if settings.model else 1)
     try:
         return _run(output_dir, settings)
     finally:
@@ -105,19 +109,25 @@ def run_demo(output_dir: Path, overwrite: bool = False, settings: DemoSettings |
 def _run(out: Path, settings: DemoSettings) -> Path:
     start = time.time()
     data = write_task(out / "data", settings.sizes, settings.seed)
-    print(
-        f"[1/5] base model: pre-training on {settings.sizes.pretrain} prompts, {settings.sizes.habit_share:.0%} "
-        "of them answered with the habitual copy"
+    if settings.model:
+        print(f"[1/5] base model: {settings.model} (no pre-training; its own habits, if any)")
+        base = Path(settings.model)
+    else:
+        print(
+            f"[1/5] base model: pre-training on {settings.sizes.pretrain} prompts, "
+            f"{settings.sizes.habit_share:.0%} of them answered with the habitual copy"
+        )
+        base = make_base(out, data, settings)
+    base_eval = task_accuracy(
+        str(base), data.test, out / "base-eval" / "accuracy", seed=settings.seed, render=base_render(settings)
     )
-    base = make_base(out, data, settings)
-    base_eval = task_accuracy(str(base), data.test, out / "base-eval" / "accuracy", seed=settings.seed)
     print(
         f"  base: greedy accuracy {base_eval['greedy_correct']:.3f}, sampled {base_eval['sample_correct']:.3f}, "
         f"habit share {base_eval['sample_habit']:.3f}  ({time.time() - start:.0f}s)"
     )
     runs = out / "runs"
     print(f"[2/5] SFT, SPIN, IRFT, RFT from the base over seeds {list(settings.seeds)}")
-    main_runs = train_all(runs, base, data.demonstrations, data, settings.seeds, list(METHODS), start)
+    main_runs = train_all(runs, base, data.demonstrations, data, settings, list(METHODS), start)
     print("[3/5] robustness: a share of the demonstrations replaced by the habitual answer (SFT and IRFT)")
     sweep = noise_sweep(out, base, settings, main_runs, start)
     print("[4/5] paired comparisons against SFT on the held-out prompts")
@@ -155,13 +165,29 @@ def make_base(out: Path, data: TaskData, settings: DemoSettings) -> Path:
     return train_sft(config)
 
 
+def base_render(settings: DemoSettings) -> dict[str, Any]:
+    """Rendering flags for the base when it is not a run (a real model): the task's text prompts as one user
+    turn, as the runs trained on them. The tiny base is a run and renders as it trained."""
+    if not settings.model:
+        return {}
+    return {"text_prompts": "user_turn", "max_length": 96, "max_prompt_length": 64}
+
+
+def run_overrides(settings: DemoSettings) -> list[str]:
+    render = base_render(settings)
+    if not render:
+        return list(COMMON)
+    extra = [f"data.max_length={render['max_length']}", f"data.max_prompt_length={render['max_prompt_length']}"]
+    return [*COMMON, *extra, f"data.text_prompts={render['text_prompts']}"]
+
+
 def train_all(
-    runs: Path, base: Path, demos: Path, data: TaskData, seeds: Sequence[int], methods: list[str], start: float
+    runs: Path, base: Path, demos: Path, data: TaskData, settings: DemoSettings, methods: list[str], start: float
 ) -> list[Path]:
     """Every method for every seed, each evaluated on the test prompts; SFT of the same seed is the win-rate
     baseline. Returns the run folders, SFT's first."""
     out = []
-    for seed in seeds:
+    for seed in settings.seeds:
         for name in methods:
             method, args = METHODS[name]
             if name == "rft":
@@ -176,7 +202,7 @@ def train_all(
                         f"data.path={demos}",
                         f"output_dir={run}",
                         f"seed={seed}",
-                        *COMMON,
+                        *run_overrides(settings),
                         *args,
                     ],
                 )
@@ -218,9 +244,7 @@ def noise_sweep(out: Path, base: Path, settings: DemoSettings, main_runs: list[P
             runs = [r for r in main_runs if r.name.split("-s")[0] in ("sft", "irft")]
         else:
             data = write_task(out / f"data-noise-{noise}", settings.sizes, settings.seed, noise=noise)
-            runs = train_all(
-                out / f"noise-{noise}", base, data.demonstrations, data, settings.seeds, ["sft", "irft"], start
-            )
+            runs = train_all(out / f"noise-{noise}", base, data.demonstrations, data, settings, ["sft", "irft"], start)
         for method in ("sft", "irft"):
             values = [accuracy(r)["sample_correct"] for r in runs if r.name.startswith(f"{method}-s")]
             result.setdefault(method, []).append((noise, mean(values), sd(values)))
@@ -390,16 +414,17 @@ def plot_sweep(sweep: dict[str, Any], folder: Path) -> str | None:
     return "demo-robustness.png"
 
 
-def quick_settings(seeds: int | None = None, noise: Sequence[float] | None = None, seed: int = 0) -> DemoSettings:
-    return _with(QUICK, seeds, noise, seed)
-
-
-def default_settings(seeds: int | None = None, noise: Sequence[float] | None = None, seed: int = 0) -> DemoSettings:
-    return _with(DemoSettings(), seeds, noise, seed)
-
-
-def _with(settings: DemoSettings, seeds: int | None, noise: Sequence[float] | None, seed: int) -> DemoSettings:
-    out = replace(settings, seed=seed)
+def demo_settings(
+    quick: bool = False,
+    seeds: int | None = None,
+    noise: Sequence[float] | None = None,
+    seed: int = 0,
+    model: str | None = None,
+) -> DemoSettings:
+    """The default demo, its CI-sized ``quick`` form, or the real-model form (``model``), with overrides."""
+    if model is not None and not Path(model).is_dir():
+        raise ConfigError(f"--model {model}: not a local model folder (see OFFLINE.md for SmolLM2-135M-Instruct)")
+    out = replace(REAL if model else QUICK if quick else DemoSettings(), seed=seed, model=model)
     if seeds is not None:
         out = replace(out, seeds=tuple(range(1, seeds + 1)))
     if noise is not None:
