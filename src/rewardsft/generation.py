@@ -145,6 +145,22 @@ def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> Generation:
     return Generation(list(tokens), stopped=False)
 
 
+TRUNCATION_WARN_SHARE = 0.9
+
+
+def truncation_warning(stats: dict[str, float], max_new_tokens: int) -> str | None:
+    """A warning when nearly every sample hit ``generation.max_new_tokens``: demonstrations end on their own and
+    generations do not, so a reward (explicit or implicit) can tell them apart by length and ending alone (the
+    real-model demo's RFT collapsed this way, docs/LOG.md)."""
+    share = stats.get("gen/max_tokens_share", 0.0)
+    if share < TRUNCATION_WARN_SHARE:
+        return None
+    return (
+        f"warning: {share:.0%} of the samples hit generation.max_new_tokens={max_new_tokens}: the reward can separate "
+        "demonstrations from generations by their length and ending alone; raise generation.max_new_tokens"
+    )
+
+
 def generation_stats(generations: Sequence[Generation], demo_responses: Sequence[Sequence[int]]) -> dict[str, float]:
     """Mean length, share identical to the demonstration (zero-gradient pairs), share cut by the cap."""
     n = max(len(generations), 1)

@@ -270,3 +270,11 @@ def test_rft_honours_log_every_eval_every_and_clips_both_models(
     assert [r["step"] for r in records if "rm/loss" in r] == [2, 3, 4]
     assert [r["step"] for r in records if "eval/rm_accuracy" in r] == [0, 3, 4]
     assert clips == [0.25] * 8  # reward model and policy, every round
+
+
+def test_rft_warns_once_when_every_sample_is_truncated(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = rft_args(llama_dir, split_data, tmp_path / "run", "rft.iterations=3", "generation.max_new_tokens=2")
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("hit generation.max_new_tokens=2") == 1

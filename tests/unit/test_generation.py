@@ -78,3 +78,11 @@ def test_demonstrations_end_where_generations_stop_when_eos_is_not_the_turn_end(
     from rewardsft.generation import cut_at_eos
 
     assert cut_at_eos([*demo.response_ids, 5, 6], stops).response_ids == demo.response_ids
+
+
+def test_truncation_warning_fires_only_when_nearly_every_sample_hit_the_cap() -> None:
+    from rewardsft.generation import truncation_warning
+
+    assert truncation_warning({"gen/max_tokens_share": 0.5}, 12) is None
+    warning = truncation_warning({"gen/max_tokens_share": 1.0}, 12)
+    assert warning is not None and "generation.max_new_tokens=12" in warning

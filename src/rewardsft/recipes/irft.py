@@ -18,7 +18,14 @@ from rewardsft.config import RunConfig
 from rewardsft.data import Renderer, TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
-from rewardsft.generation import Generation, as_example, end_of_turn_ids, generate, generation_stats
+from rewardsft.generation import (
+    Generation,
+    as_example,
+    end_of_turn_ids,
+    generate,
+    generation_stats,
+    truncation_warning,
+)
 from rewardsft.layout import GENERATIONS_FILE, stage_dir
 from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
@@ -184,6 +191,9 @@ def stage_pairs(
             write_generations(path, stage, examples, generations, tokenizer, renderer, stats)
         run.accelerator.wait_for_everyone()
         run.log(stage.first_step, stats)
+        warning = truncation_warning(stats, config.generation.max_new_tokens)
+        if warning:
+            run.print(f"{stage.name}: {warning}")
     return [
         Pair(ex, as_example(ex, gen, config.data.max_length)) for ex, gen in zip(examples, generations, strict=True)
     ]

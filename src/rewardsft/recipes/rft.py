@@ -21,7 +21,14 @@ from rewardsft.config import GenerationConfig, RunConfig
 from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
-from rewardsft.generation import Generation, as_example, end_of_turn_ids, generate, generation_stats
+from rewardsft.generation import (
+    Generation,
+    as_example,
+    end_of_turn_ids,
+    generate,
+    generation_stats,
+    truncation_warning,
+)
 from rewardsft.layout import REWARD_MODEL
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.losses import (
@@ -89,7 +96,7 @@ def train_rft(config: RunConfig) -> Path:
     if start.eval_data is not None and state["step"] == 0:
         # Step 0: how well the untrained reward model separates held-out demonstrations from generations.
         run.log(0, {"eval/rm_accuracy": held_out_rm_accuracy(run, policy, reward_model, start, spec, 0)})
-    timer = StepTimer()
+    timer, warned = StepTimer(), False
     for iteration in run.progress(
         range(state["step"], rc.iterations), total=rc.iterations, initial=state["step"], desc="rft"
     ):
@@ -97,6 +104,10 @@ def train_rft(config: RunConfig) -> Path:
         demos = [start.train_data.tokenized[i] for i in prompts]
         rollout = make_rollout(run, policy, reference, demos, spec, iteration)
         metrics = dict(rollout.stats)
+        warning = truncation_warning(rollout.stats, config.generation.max_new_tokens)
+        if warning and not warned:
+            warned = True  # once per run: the share is logged every round as gen/max_tokens_share
+            run.print(f"round {iteration + 1}: {warning}")
         for _ in range(rc.reward_steps):
             metrics |= reward_step(run, reward_model, rollout, preference, spec, iteration)
             stats = optimizer_step(None, reward_model.parameters(), rm_opt, rm_sched, tc.max_grad_norm)
