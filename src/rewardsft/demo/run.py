@@ -15,8 +15,8 @@ The settings were chosen on the ``dev`` prompts (docs/LOG.md), never on the ``te
 from __future__ import annotations
 
 import json
-import math
 import shutil
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +32,7 @@ from rewardsft.demo.task import TaskData, TaskSizes, write_task
 from rewardsft.errors import ConfigError
 from rewardsft.eval.logprob_gap import logprob_gap
 from rewardsft.eval.paired import compare_runs
-from rewardsft.eval.report import build_report
+from rewardsft.eval.report import ExtraSection, build_report, pyplot, save_figure
 from rewardsft.eval.win_rate import WinRateSettings, win_rate
 from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, GENERATIONS_FILE, METRICS_FILE, STAGES
 from rewardsft.recipes.irft import train_irft
@@ -135,8 +135,8 @@ def _run(out: Path, settings: DemoSettings) -> Path:
     verdicts = verdict_table(rows)
     print(verdicts)
     print("[5/5] report")
-    report = build_report(main_runs, out / "report", baseline=main_runs[0])
-    append_demo_section(report, out, main_runs, base_eval, sweep, verdicts, settings)
+    section = demo_section(out / "report", main_runs, base_eval, sweep, verdicts, settings)
+    report = build_report(main_runs, out / "report", baseline=main_runs[0], extra=section)
     print(f"demo done in {time.time() - start:.0f}s: {report} (and report.html beside it)")
     return report
 
@@ -267,14 +267,12 @@ def accuracy(run: Path) -> dict[str, Any]:
 
 
 def mean(values: Sequence[float]) -> float:
-    return sum(values) / max(len(values), 1)
+    return statistics.fmean(values) if values else float("nan")
 
 
 def sd(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    m = mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    """Sample standard deviation over seeds (0 for a single seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 METRIC_WORDS = {
@@ -324,17 +322,16 @@ def budgets(run: Path) -> dict[str, float]:
     return {"demonstrations": rows * epochs, "generated_tokens": generated, "trained_tokens": trained}
 
 
-def append_demo_section(
-    report: Path,
-    out: Path,
+def demo_section(
+    folder: Path,
     runs: list[Path],
     base_eval: dict[str, Any],
     sweep: dict[str, Any],
     verdicts: str,
     settings: DemoSettings,
-) -> None:
-    """The demo's own tables and plots, appended to report.md and report.html."""
-    folder = report.parent
+) -> ExtraSection:
+    """The demo's own table (per method: accuracy over seeds and budgets), verdicts and plots for the report."""
+    folder.mkdir(parents=True, exist_ok=True)
     by_method: dict[str, list[Path]] = {}
     for run in runs:
         by_method.setdefault(run.name.split("-s")[0], []).append(run)
@@ -355,40 +352,16 @@ def append_demo_section(
             values = [accuracy(r)[metric] for r in method_runs]
             cells.append(f"{mean(values):.3f} ± {sd(values):.3f}")
         spent = budgets(method_runs[0])
-        cells += [
-            f"{spent['demonstrations']:.0f}",
-            f"{spent['generated_tokens']:.0f}",
-            f"{spent['trained_tokens']:.0f}",
-        ]
+        cells += [f"{spent[key]:.0f}" for key in ("demonstrations", "generated_tokens", "trained_tokens")]
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Mean ± sd over seeds. Verdicts from paired intervals (prompts resampled, seeds averaged):",
-        "",
-        verdicts,
-        "",
-    ]
-    images = [name for name in (plot_accuracy(by_method, folder), plot_sweep(sweep, folder)) if name]
-    lines += [f"![{name}]({name})" for name in images]
-    with report.open("a") as handle:
-        handle.write("\n" + "\n".join(lines) + "\n")
-    html_path = folder / "report.html"
-    import base64
-    import html as html_lib
-
-    fragment = "<h2>The demo</h2><pre>" + html_lib.escape("\n".join(lines[: -len(images) or None])) + "</pre>"
-    fragment += "".join(
-        f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode((folder / name).read_bytes()).decode()}">'
-        for name in images
-    )
-    html_path.write_text(html_path.read_text().replace("</body>", fragment + "</body>"))
+    lines += ["", "Mean ± sd over seeds. Verdicts from paired intervals (prompts resampled, seeds averaged):", ""]
+    lines.append(verdicts)
+    images = tuple(name for name in (plot_accuracy(by_method, folder), plot_sweep(sweep, folder)) if name)
+    return ExtraSection("\n".join(lines), images)
 
 
 def plot_accuracy(by_method: dict[str, list[Path]], folder: Path) -> str | None:
-    from rewardsft.eval.report import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.4))
     width = 0.27
     for k, metric in enumerate(ACCURACY_METRICS):
         means = [mean([accuracy(r)[metric] for r in runs]) for runs in by_method.values()]
@@ -399,19 +372,14 @@ def plot_accuracy(by_method: dict[str, list[Path]], folder: Path) -> str | None:
     ax.set_ylim(0, 1)
     ax.set_title("held-out test prompts (mean ± sd over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "demo-accuracy.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, folder / "demo-accuracy.png")
     return "demo-accuracy.png"
 
 
 def plot_sweep(sweep: dict[str, Any], folder: Path) -> str | None:
-    from rewardsft.eval.report import _pyplot
-
     if not sweep:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    fig, ax = pyplot().subplots(figsize=(4.8, 3.4))
     for method, points in sweep.items():
         xs, ms, ss = zip(*points, strict=True)
         ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=LABELS[method])
@@ -419,9 +387,7 @@ def plot_sweep(sweep: dict[str, Any], folder: Path) -> str | None:
     ax.set_ylabel("sampled accuracy")
     ax.set_title("robustness to low-quality demonstrations")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "demo-robustness.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, folder / "demo-robustness.png")
     return "demo-robustness.png"
 
 

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -291,10 +292,7 @@ def _mean_over(seeds: list[list[float]]) -> list[float]:
 
 
 def _std(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def compare_runs(

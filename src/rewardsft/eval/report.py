@@ -72,11 +72,14 @@ def read_run(path: Path) -> RunSummary:
     return RunSummary(path.name, path, config, metrics, evals)
 
 
-def build_report(run_dirs: list[Path], out: Path, baseline: Path | None = None) -> Path:
+def build_report(
+    run_dirs: list[Path], out: Path, baseline: Path | None = None, extra: ExtraSection | None = None
+) -> Path:
     """Write ``report.md``, ``report.html`` and PNGs to ``out``; model cards to each run's ``final/``.
 
     With a ``baseline`` run: also the paired "difference vs baseline" table (seeds of a method combined) and a
-    forest plot, each row worded better / worse / not resolved from its interval alone.
+    forest plot, each row worded better / worse / not resolved from its interval alone. ``extra`` is added to
+    both pages.
     """
     runs = [read_run(p) for p in run_dirs]
     names = [r.name for r in runs]
@@ -91,10 +94,11 @@ def build_report(run_dirs: list[Path], out: Path, baseline: Path | None = None) 
     if baseline is not None:
         differences = compare_runs(run_dirs, baseline)
         images["differences.png"] = plot_differences(differences, out / "differences.png", baseline.name)
-    made = [name for name, ok in images.items() if ok]
+    made = [name for name, ok in images.items() if ok] + list(extra.images if extra else ())
     section = differences_markdown(differences, baseline.name) if baseline is not None else ""
-    (out / "report.md").write_text(render_markdown(runs, made, section))
-    (out / "report.html").write_text(render_html(runs, out, made, differences, baseline))
+    extra_text = extra.markdown if extra else ""
+    (out / "report.md").write_text(render_markdown(runs, made, section, extra_text))
+    (out / "report.html").write_text(render_html(runs, out, made, differences, baseline, extra_text))
     for run in runs:
         if (run.path / FINAL).is_dir():
             (run.path / FINAL / "README.md").write_text(model_card(run))
@@ -105,7 +109,7 @@ def safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -116,12 +120,27 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Every report figure: tight layout, 90 dpi PNG, closed so long reports do not pile up figures."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    pyplot().close(fig)
+
+
+@dataclass(frozen=True)
+class ExtraSection:
+    """A caller's own section (e.g. the demo's): Markdown, and PNGs it already wrote into the report folder."""
+
+    markdown: str
+    images: tuple[str, ...] = ()
+
+
 def plot_curves(run: RunSummary, path: Path) -> bool:
     panels = {title: [k for k in keys if run.series(k)[0]] for title, keys in CURVE_PANELS.items()}
     panels = {title: keys for title, keys in panels.items() if keys}
     if not panels:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels.items(), strict=True):
         for key in keys:
@@ -131,9 +150,7 @@ def plot_curves(run: RunSummary, path: Path) -> bool:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.suptitle(f"{run.name} ({run.method})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -157,7 +174,7 @@ def plot_win_rates(runs: list[RunSummary], path: Path) -> bool:
 def _bar_plot(bars: list[tuple[str, dict[str, Any]]], path: Path, ylabel: str, title: str) -> bool:
     if not bars:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(bars)), 3.4))
     means = [b[1]["mean"] for b in bars]
     errors = [
@@ -168,9 +185,7 @@ def _bar_plot(bars: list[tuple[str, dict[str, Any]]], path: Path, ylabel: str, t
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -191,7 +206,7 @@ def plot_differences(rows: list[dict[str, Any]], path: Path, baseline: str) -> b
             panels.setdefault(f"{row['eval']}: {FOREST_METRICS[row['metric']]}", []).append(row)
     if not panels:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     height = 0.9 + 0.42 * max(len(v) for v in panels.values())
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), height), squeeze=False)
     colours = {"better": "#2a9d4b", "worse": "#c0392b", "not resolved": "#555555"}
@@ -206,9 +221,7 @@ def plot_differences(rows: list[dict[str, Any]], path: Path, baseline: str) -> b
         ax.set_ylim(-0.6, len(items) - 0.4)
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"difference vs {baseline} (paired, 95% bootstrap CI over examples)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -259,7 +272,7 @@ def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def render_markdown(runs: list[RunSummary], images: list[str], differences: str = "") -> str:
+def render_markdown(runs: list[RunSummary], images: list[str], differences: str = "", extra: str = "") -> str:
     header, rows = table_rows(runs)
     lines = [
         "# rewardsft report",
@@ -272,6 +285,8 @@ def render_markdown(runs: list[RunSummary], images: list[str], differences: str 
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     if differences:
         lines += ["", "## Difference vs baseline", "", differences.rstrip()]
+    if extra:
+        lines += ["", extra.rstrip()]
     lines += ["", *[f"![{name}]({name})" for name in images], ""]
     return "\n".join(lines)
 
@@ -282,12 +297,15 @@ def render_html(
     images: list[str],
     differences: list[dict[str, Any]] | None = None,
     baseline: Path | None = None,
+    extra: str = "",
 ) -> str:
     """One file with the PNGs inlined as data URIs: it opens with no network and no sibling files."""
     header, rows = table_rows(runs)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    extra = differences_html(differences, baseline.name) if differences and baseline is not None else ""
+    sections = differences_html(differences, baseline.name) if differences and baseline is not None else ""
+    if extra:
+        sections += f"<pre>{html.escape(extra)}</pre>"
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode((out / name).read_bytes()).decode()}"><figcaption>{html.escape(name)}</figcaption></figure>'
@@ -299,7 +317,7 @@ def render_html(
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rewardsft report</title><style>{style}"
-        f"</style></head><body><h1>rewardsft report</h1><table><tr>{head}</tr>{body}</table>{extra}{figures}"
+        f"</style></head><body><h1>rewardsft report</h1><table><tr>{head}</tr>{body}</table>{sections}{figures}"
         "</body></html>"
     )
 
