@@ -1,3 +1,38 @@
-"""rewardsft: fine-tune language models from demonstrations with reward learning (arXiv 2405.17888)."""
+"""rewardsft: fine-tune language models from demonstrations with reward learning (arXiv 2405.17888).
+
+The stable Python API is what ``__all__`` lists (see docs/python.md); every other module is internal::
+
+    import rewardsft
+    result = rewardsft.train("irft", model={"name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+                             data={"path": "demos.jsonl"}, irft={"stages": 2}, output_dir="runs/irft")
+    rewardsft.evaluate_gap(result.final_dir, "pairs.jsonl")
+"""
+
+from rewardsft.api import (
+    RewardModel,
+    RunResult,
+    compare,
+    evaluate_gap,
+    load_config,
+    report,
+    train,
+    win_rate,
+)
+from rewardsft.config import RunConfig
+from rewardsft.errors import ConfigError
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "RewardModel",
+    "RunConfig",
+    "RunResult",
+    "__version__",
+    "compare",
+    "evaluate_gap",
+    "load_config",
+    "report",
+    "train",
+    "win_rate",
+]

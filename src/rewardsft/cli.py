@@ -9,10 +9,10 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from rewardsft.config import METHODS, RunConfig, load_config
+from rewardsft.config import METHODS, load_config
 from rewardsft.errors import ConfigError
 
 DESCRIPTION = (
@@ -21,35 +21,45 @@ DESCRIPTION = (
 
 
 def _train(args: argparse.Namespace) -> int:
+    from rewardsft.recipes import run_recipe
+
     config = load_config(args.method, args.config, args.overrides)
-    final = train(config)
+    final = run_recipe(config)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(f"done: {final}")
     return 0
 
 
-def train(config: RunConfig) -> Path:
-    """Run the recipe named by ``config.method``."""
-    recipes: dict[str, Callable[[RunConfig], Path]] = {"sft": _sft, "irft": _irft, "rft": _rft}
-    return recipes[config.method](config)
+ENV_PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "huggingface_hub", "lm_eval")
 
 
-def _sft(config: RunConfig) -> Path:
-    from rewardsft.recipes.sft import train_sft
+def environment() -> dict[str, str]:
+    """Versions and the device, for bug reports (``rewardsft env``)."""
+    import platform
+    from importlib import metadata
 
-    return train_sft(config)
+    import torch
+
+    from rewardsft import __version__
+
+    info = {"rewardsft": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for package in ENV_PACKAGES:
+        try:
+            info[package] = metadata.version(package.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            info[package] = "not installed"
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        info["device"] = f"cuda x{torch.cuda.device_count()} ({names}), CUDA {torch.version.cuda}"
+    else:
+        info["device"] = f"cpu ({torch.get_num_threads()} threads)"
+    return info
 
 
-def _irft(config: RunConfig) -> Path:
-    from rewardsft.recipes.irft import train_irft
-
-    return train_irft(config)
-
-
-def _rft(config: RunConfig) -> Path:
-    from rewardsft.recipes.rft import train_rft
-
-    return train_rft(config)
+def _env(args: argparse.Namespace) -> int:
+    for key, value in environment().items():
+        print(f"{key}: {value}")
+    return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -194,7 +204,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rewardsft import __version__
+
     parser = argparse.ArgumentParser(prog="rewardsft", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"rewardsft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train_p = sub.add_parser("train", help="train a model: sft, irft (Algorithm 2) or rft (Algorithm 1)")
@@ -216,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny_p.add_argument("--seed", type=int, default=0)
     tiny_p.add_argument("--no-chat-template", action="store_true", help="leave the tokenizer without a template")
     tiny_p.set_defaults(func=_tiny_model)
+
+    env_p = sub.add_parser("env", help="print the versions of Python, torch, transformers, ... and the device")
+    env_p.set_defaults(func=_env)
 
     _add_reward_model_commands(sub)
     _add_eval_commands(sub)

@@ -13,11 +13,13 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import os
 import re
 import sys
 import textwrap
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -340,14 +342,40 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(method: str, config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+Overrides = Sequence[str] | Mapping[str, Any]
+"""``["optim.lr=1e-6"]`` (values parsed as YAML, as on the command line) or ``{"optim.lr": 1e-6}`` /
+``{"optim": {"lr": 1e-6}}`` (Python values; dotted keys and nested mappings may be mixed)."""
+
+
+def nest_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"optim.lr": 1e-6, "lora": {"r": 8}}`` -> nested dicts; paths become strings."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override key {key!r} is not a dotted setting name (e.g. 'optim.lr')")
+        if isinstance(value, Mapping):
+            value = nest_values(value)
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        *parents, leaf = key.split(".")
+        update: dict[str, Any] = {leaf: value}
+        for part in reversed(parents):
+            update = {part: update}
+        nested = deep_merge(nested, update)
+    return nested
+
+
+def load_config(method: str, config_file: str | Path | None = None, overrides: Overrides | None = None) -> RunConfig:
     """Resolve the full config for ``method`` from its defaults, an optional YAML file and overrides."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     merged: dict[str, Any] = dict(METHOD_DEFAULTS[method])
     if config_file is not None:
         merged = deep_merge(merged, _read_yaml(Path(config_file)))
-    merged = deep_merge(merged, parse_overrides(overrides or []))
+    if isinstance(overrides, Mapping):
+        merged = deep_merge(merged, nest_values(overrides))
+    else:
+        merged = deep_merge(merged, parse_overrides(list(overrides or [])))
     file_method = merged.pop("method", method)
     if file_method != method:
         raise ConfigError(f"config says method: {file_method!r} but the command trains {method!r}")

@@ -17,7 +17,8 @@ import yaml
 
 from rewardsft.errors import ConfigError
 from rewardsft.eval.paired import compare_runs, differences_markdown
-from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, SUMMARY_FILE
+from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, REWARD_MODEL, SUMMARY_FILE
+from rewardsft.model_card import model_card
 from rewardsft.training.metrics import METRICS_FILE, read_metrics
 
 # Panels of the per-run training-curve figure: title -> metric keys drawn on it (those present).
@@ -101,7 +102,10 @@ def build_report(
     (out / "report.html").write_text(render_html(runs, out, made, differences, baseline, extra_text))
     for run in runs:
         if (run.path / FINAL).is_dir():
-            (run.path / FINAL / "README.md").write_text(model_card(run))
+            (run.path / FINAL / "README.md").write_text(model_card(run.config, run.name, eval_cells(run)))
+        if (run.path / REWARD_MODEL).is_dir():
+            card = model_card(run.config, run.name, eval_cells(run), kind="reward_model")
+            (run.path / REWARD_MODEL / "README.md").write_text(card)
     return out / "report.md"
 
 
@@ -342,38 +346,3 @@ def differences_html(rows: list[dict[str, Any]], baseline: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
     return f"<h2>Difference vs {html.escape(baseline)} (paired)</h2><table><tr>{head}</tr>{body}</table>"
-
-
-def model_card(run: RunSummary) -> str:
-    c = run.config
-    method = {
-        "sft": "supervised fine-tuning",
-        "irft": "IRFT (implicit reward, Algorithm 2 of arXiv 2405.17888)",
-        "rft": "RFT (explicit reward model, Algorithm 1 of arXiv 2405.17888)",
-    }.get(run.method, run.method)
-    settings = {"optim": c.get("optim"), "train": c.get("train"), "lora": c.get("lora")}
-    if run.method in ("irft", "rft"):
-        settings[run.method] = c.get(run.method)
-    evals = eval_cells(run)
-    return "\n".join(
-        [
-            f"# {run.name}",
-            "",
-            f"Trained with rewardsft: {method}.",
-            "",
-            f"- base model: `{c.get('model', {}).get('name_or_path')}`",
-            f"- data: `{c.get('data', {}).get('path')}` (split `{c.get('data', {}).get('split')}`)",
-            f"- seed: {c.get('seed')}",
-            "",
-            "## Settings",
-            "",
-            "```yaml",
-            yaml.safe_dump(settings, sort_keys=False).rstrip(),
-            "```",
-            "",
-            "## Evaluation",
-            "",
-            *([f"- {e}" for e in evals] or ["- none recorded"]),
-            "",
-        ]
-    )

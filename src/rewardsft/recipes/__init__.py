@@ -1,0 +1,22 @@
+"""The three recipes (SFT, IRFT, RFT); :func:`run_recipe` is the one entry the CLI and the Python API share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rewardsft.config import RunConfig
+
+
+def run_recipe(config: RunConfig) -> Path:
+    """Train with the recipe named by ``config.method``; returns the run's ``final/`` folder."""
+    if config.method == "sft":
+        from rewardsft.recipes.sft import train_sft
+
+        return train_sft(config)
+    if config.method == "irft":
+        from rewardsft.recipes.irft import train_irft
+
+        return train_irft(config)
+    from rewardsft.recipes.rft import train_rft
+
+    return train_rft(config)

@@ -39,6 +39,7 @@ from rewardsft.losses import (
     rloo_policy_loss,
     sequence_kl,
 )
+from rewardsft.model_card import write_model_card
 from rewardsft.models import apply_lora, disable_dropout, eval_mode, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, eval_batch, start_recipe
 from rewardsft.reward import load_reward_model, rm_scores, save_reward_model, score_examples
@@ -140,6 +141,7 @@ def train_rft(config: RunConfig) -> Path:
 
     if run.is_main:
         save_reward_model(run.output_dir / REWARD_MODEL, reward_model, tokenizer)
+        write_model_card(run.output_dir / REWARD_MODEL, config.to_dict(), run.output_dir.name, kind="reward_model")
     return run.save_final(policy, tokenizer)
 
 

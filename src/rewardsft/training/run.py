@@ -23,6 +23,7 @@ from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
 from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
 from rewardsft.logprobs import model_token_logps
+from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.metrics import MetricsLogger
@@ -210,6 +211,7 @@ class Run:
             with original_dropout_config(model):
                 model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
+            write_model_card(tmp, self.config.to_dict(), self.output_dir.name)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
         self.accelerator.wait_for_everyone()

@@ -1,0 +1,202 @@
+"""The Python API: the CLI's functions for notebooks and scripts, with the same code paths and no second
+implementation. Every name here is re-exported from :mod:`rewardsft` and listed in ``rewardsft.__all__``; the
+rest of the package is internal.
+
+Bad input raises :class:`rewardsft.ConfigError` (the CLI turns it into exit 2) with the file, row and field or
+the setting named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rewardsft.config import Overrides, RunConfig, deep_merge, nest_values, parse_overrides
+from rewardsft.config import load_config as _load_config
+from rewardsft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rewardsft.data.formats import Prompt
+    from rewardsft.eval.judges import Judge
+
+PathLike = str | os.PathLike[str]
+
+
+def load_config(
+    method: str, config: PathLike | None = None, overrides: Overrides | None = None, **settings: Any
+) -> RunConfig:
+    """The full, validated settings of a run, as ``rewardsft config show`` prints them.
+
+    Layers, later wins: the method's defaults, the YAML file ``config``, ``overrides`` (``{"optim.lr": 1e-6}``,
+    nested mappings, or the CLI's ``["optim.lr=1e-6"]``), then ``settings`` (``output_dir="runs/x"``,
+    ``optim={"lr": 1e-6}``). Unknown keys, wrong types and settings the method does not read raise ConfigError.
+    """
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of KEY=VALUE strings or a mapping, not the string {overrides!r}")
+    if overrides is None:
+        layered: dict[str, Any] = {}
+    elif isinstance(overrides, Mapping):
+        layered = nest_values(overrides)
+    else:
+        layered = parse_overrides(list(overrides))
+    file = Path(config) if config is not None else None
+    return _load_config(method, file, deep_merge(layered, nest_values(settings)))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a training run left on disk, and its last logged metrics."""
+
+    output_dir: Path
+    final_dir: Path
+    """``final/``: loads with ``AutoModelForCausalLM.from_pretrained`` (LoRA merged)."""
+    reward_model_dir: Path | None
+    """RFT's ``reward_model/`` (``AutoModelForSequenceClassification``; :class:`RewardModel`); else None."""
+    adapter_dir: Path | None
+    """``adapter/`` of a LoRA run, when base + adapter reproduces ``final/``; else None."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The last logged value of every metric (``metrics.jsonl``)."""
+    config: RunConfig | None = None
+
+    @classmethod
+    def from_output_dir(cls, output_dir: PathLike, config: RunConfig | None = None) -> RunResult:
+        from rewardsft.layout import ADAPTER, FINAL, REWARD_MODEL
+        from rewardsft.training.metrics import METRICS_FILE, read_metrics
+
+        out = Path(output_dir)
+        metrics: dict[str, float] = {}
+        if (out / METRICS_FILE).is_file():
+            for row in read_metrics(out / METRICS_FILE):
+                metrics.update({k: v for k, v in row.items() if isinstance(v, int | float)})
+        return cls(
+            output_dir=out,
+            final_dir=out / FINAL,
+            reward_model_dir=out / REWARD_MODEL if (out / REWARD_MODEL).is_dir() else None,
+            adapter_dir=out / ADAPTER if (out / ADAPTER).is_dir() else None,
+            metrics=metrics,
+            config=config,
+        )
+
+
+def train(
+    method: str | RunConfig, config: PathLike | None = None, overrides: Overrides | None = None, **settings: Any
+) -> RunResult:
+    """Train with SFT, IRFT or RFT (``rewardsft train``): ``train("irft", model={"name_or_path": ...}, ...)``.
+
+    ``method`` may also be a :class:`RunConfig` from :func:`load_config`. Resumes with ``resume=True`` and
+    refuses to overwrite a finished run unless ``overwrite=True``, exactly like the CLI.
+    """
+    from rewardsft.recipes import run_recipe
+
+    if isinstance(method, RunConfig):
+        if config is not None or overrides is not None or settings:
+            raise TypeError("train(RunConfig) takes no further settings: put them in load_config(...)")
+        resolved = method
+    else:
+        resolved = load_config(method, config, overrides, **settings)
+    run_recipe(resolved)
+    return RunResult.from_output_dir(resolved.output_dir, resolved)
+
+
+def _render(**flags: Any) -> dict[str, Any]:
+    """Prompt rendering for models that are not runs (a run renders as it trained and refuses these)."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def evaluate_gap(
+    model: PathLike,
+    pairs: PathLike,
+    *,
+    out: PathLike | None = None,
+    ref_model: PathLike | None = None,
+    beta: float = 0.1,
+    batch_size: int = 16,
+    max_rows: int | None = None,
+    split: str = "train",
+    **render: Any,
+) -> dict[str, Any]:
+    """Held-out log-prob gap and pair accuracy (``rewardsft eval gap``); returns the summary it writes.
+
+    ``render``: ``system_prompt``, ``fallback_template``, ``text_prompts``, ``max_length``, ``max_prompt_length``
+    for a model that is not a run.
+    """
+    from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
+
+    settings = GapSettings(split=split, beta=beta, batch_size=batch_size, max_rows=max_rows)
+    ref = os.fspath(ref_model) if ref_model is not None else None
+    target = Path(out) if out is not None else None
+    return logprob_gap(os.fspath(model), os.fspath(pairs), target, ref, settings, render=_render(**render))
+
+
+def win_rate(
+    model: PathLike,
+    baseline: PathLike,
+    prompts: PathLike,
+    judge: str | Judge,
+    *,
+    out: PathLike | None = None,
+    n: int | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    seed: int = 0,
+    tie_margin: float = 0.0,
+    split: str = "train",
+    **render: Any,
+) -> dict[str, Any]:
+    """Win rate of ``model`` against ``baseline`` under ``judge`` (``rewardsft eval winrate``).
+
+    ``judge``: a reward-model folder or hub id, ``"package.module:function"``, or a Python callable taking a list
+    of (prompt, response) and returning one score each. Returns the summary it writes.
+    """
+    from rewardsft.config import GenerationConfig
+    from rewardsft.eval.win_rate import WinRateSettings
+    from rewardsft.eval.win_rate import win_rate as _win_rate
+
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0)
+    settings = WinRateSettings(n=n, split=split, seed=seed, tie_margin=tie_margin)
+    target = Path(out) if out is not None else None
+    judge_spec = os.fspath(judge) if isinstance(judge, os.PathLike) else judge
+    return _win_rate(
+        os.fspath(model), os.fspath(baseline), os.fspath(prompts), judge_spec, target, gen, settings, _render(**render)
+    )
+
+
+def compare(runs: Sequence[PathLike], baseline: PathLike, evals: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Paired differences of runs (seeds grouped) from a baseline run (``rewardsft eval compare``)."""
+    from rewardsft.eval.paired import compare_runs
+
+    return compare_runs([Path(r) for r in runs], Path(baseline), evals)
+
+
+def report(runs: Sequence[PathLike], out: PathLike, baseline: PathLike | None = None) -> Path:
+    """Markdown + HTML report with plots, and model cards (``rewardsft report``); returns ``report.md``."""
+    from rewardsft.eval.report import build_report
+
+    return build_report([Path(r) for r in runs], Path(out), Path(baseline) if baseline is not None else None)
+
+
+class RewardModel:
+    """A reward model folder (RFT's ``reward_model/`` or any sequence-classification model) that scores
+    responses: ``RewardModel.from_pretrained(run / "reward_model").score(prompts, responses)``.
+
+    A run's reward model renders prompts exactly as the run trained; another model takes the ``render`` flags.
+    """
+
+    def __init__(self, scorer: Any) -> None:
+        self._scorer = scorer
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike, batch_size: int = 16, **render: Any) -> RewardModel:
+        from rewardsft.layout import rendering_for
+        from rewardsft.scoring import RewardScorer
+
+        return cls(RewardScorer(rendering_for(os.fspath(path), **_render(**render)), batch_size=batch_size))
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """One reward per (prompt, response); prompts are text or chat messages."""
+        if len(prompts) != len(responses):
+            raise ConfigError(f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt")
+        return self._scorer.score(list(zip(prompts, responses, strict=True)))
