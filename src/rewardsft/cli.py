@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rewardsft.config import METHODS, load_config
-from rewardsft.errors import ConfigError
+from rewardsft.errors import ConfigError, NonFiniteError
 
 DESCRIPTION = (
     "Fine-tune language models from demonstrations with reward learning: SFT, IRFT/SPIN, RFT (arXiv 2405.17888)."
@@ -370,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"error: training stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun with resume=true to continue from the last checkpoint", file=sys.stderr)
         return 1

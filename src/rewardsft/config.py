@@ -125,6 +125,10 @@ class TrainConfig:
     """Keep the model's dropout (and ``lora.dropout``) active in training. IRFT and RFT default to false: with
     dropout the policy at a stage start is not its snapshot and two forwards of one sequence differ (the
     paper's code and TRL switch it off)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A step whose gradient norm is NaN or infinite (a non-finite loss or gradient): ``stop`` the run before the
+    optimiser applies it (the last checkpoint stays the last good one; exit 1 with the step named), or ``skip`` the
+    step (nothing applied, counted as ``train/nonfinite_skipped``)."""
 
 
 @dataclass

@@ -112,11 +112,12 @@ def train_irft(config: RunConfig) -> Path:
         warned, timer = False, StepTimer()
         for batches in run.progress(plan, total=stage.steps, initial=done, desc=f"irft {stage.name}"):
             metrics = accumulate_irft_step(run.accelerator, model, snapshot, pairs, batches.micro_batches, pad_id, spec)
-            stats = optimizer_step(run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm)
+            stats = optimizer_step(
+                run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
+            )
             step = stage.first_step + batches.step + 1
             metrics |= {
-                "train/grad_norm": stats.grad_norm,
-                "train/lr": stats.lr,
+                **stats.metrics(),
                 "irft/stage": stage.index + 1,
                 "time/step_s": timer.lap(),
             }
@@ -266,7 +267,7 @@ def take_snapshot(
         # Mid-stage the policy is no longer θ_t: only the cache written at the stage start can stand in for it.
         if not cache_path.is_file():
             raise ConfigError(f"cannot resume inside {stage.name}: its snapshot cache {cache_path} is missing")
-        return CachedSnapshot(torch.load(cache_path))
+        return CachedSnapshot(torch.load(cache_path, weights_only=True))
     policy = run.accelerator.unwrap_model(model)
     if config.irft.snapshot == "lora":
         merge_lora_into_base(policy)

@@ -111,13 +111,15 @@ def train_rft(config: RunConfig) -> Path:
             run.print(f"round {iteration + 1}: {warning}")
         for _ in range(rc.reward_steps):
             metrics |= reward_step(run, reward_model, rollout, preference, spec, iteration)
-            stats = optimizer_step(None, reward_model.parameters(), rm_opt, rm_sched, tc.max_grad_norm)
-            metrics |= {"rm/grad_norm": stats.grad_norm, "rm/lr": stats.lr}
+            stats = optimizer_step(None, reward_model.parameters(), rm_opt, rm_sched, tc.max_grad_norm, tc.on_nonfinite)
+            metrics |= stats.metrics("rm")
         scores = torch.tensor(score_examples(reward_model, rollout.gens, spec.eval_batch_size, pad_id))
         for _ in range(rc.policy_steps):
             metrics |= policy_step(run.accelerator, policy, rollout, scores, spec)
-            stats = optimizer_step(run.accelerator, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm)
-            metrics |= {"train/grad_norm": stats.grad_norm, "train/lr": stats.lr}
+            stats = optimizer_step(
+                run.accelerator, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm, tc.on_nonfinite
+            )
+            metrics |= stats.metrics()
         gen_tokens = sum(len(g.response_ids) for g in rollout.gens)
         demo_tokens = sum(len(d.response_ids) for d in rollout.demos) * rc.samples_per_prompt
         metrics |= {

@@ -46,11 +46,12 @@ def train_sft(config: RunConfig) -> Path:
     for batches in run.progress(plan, total=n_steps, initial=start_step, desc="sft"):
         micro = [[train_data.tokenized[i] for i in idx] for idx in batches.micro_batches]
         metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id)
-        stats = optimizer_step(run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm)
+        stats = optimizer_step(
+            run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
+        )
         step = batches.step + 1
         metrics |= {
-            "train/grad_norm": stats.grad_norm,
-            "train/lr": stats.lr,
+            **stats.metrics(),
             "train/epoch": batches.epoch,
             "time/step_s": timer.lap(),
         }

@@ -101,11 +101,11 @@ def restore_optimizers(checkpoint: Path, optimizers: Optimizers) -> None:
             f"{checkpoint} has no {OPTIMIZERS_FILE}: it was written by an older rewardsft and cannot be resumed; "
             "start again with overwrite=true"
         )
-    states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=False)
+    states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=True)
     for name, (optimizer, scheduler) in optimizers.items():
         optimizer.load_state_dict(states[name]["optimizer"])
         scheduler.load_state_dict(states[name]["scheduler"])
 
 
 def restore_rng(checkpoint: Path) -> None:
-    set_rng_state(torch.load(checkpoint / RNG_FILE, weights_only=False))
+    set_rng_state(torch.load(checkpoint / RNG_FILE, weights_only=True))

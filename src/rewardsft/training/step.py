@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import torch
 
+from rewardsft.errors import NonFiniteError
+
 
 @dataclass(frozen=True)
 class StepStats:
@@ -26,6 +28,13 @@ class StepStats:
     """Global L2 norm of the gradients before clipping."""
     lr: float
     """Learning rate this step used."""
+    skipped: bool = False
+    """The gradient norm was not finite and ``on_nonfinite="skip"``: the optimiser did not step."""
+
+    def metrics(self, prefix: str = "train") -> dict[str, float]:
+        """``{prefix}/grad_norm``, ``{prefix}/lr`` and, on a skipped step, ``{prefix}/nonfinite_skipped``."""
+        out = {f"{prefix}/grad_norm": self.grad_norm, f"{prefix}/lr": self.lr}
+        return out | ({f"{prefix}/nonfinite_skipped": 1.0} if self.skipped else {})
 
 
 def micro_batch_context(accelerator: Any, model: Any, last: bool) -> Any:
@@ -34,25 +43,42 @@ def micro_batch_context(accelerator: Any, model: Any, last: bool) -> Any:
 
 
 def optimizer_step(
-    accelerator: Any | None, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None
+    accelerator: Any | None,
+    params: Any,
+    optimizer: Any,
+    scheduler: Any,
+    max_grad_norm: float | None,
+    on_nonfinite: str = "stop",
 ) -> StepStats:
     """Clip the gradients (``None``: measure only), step the optimiser and the schedule, zero the gradients.
 
     ``accelerator``: the one that prepared this model and optimiser (it unscales fp16 gradients and clips sharded
     parameters); None for a model it does not manage (RFT's reward model), clipped by plain torch.
+    A NaN or infinite gradient norm (the norm is global, so every process decides alike) raises
+    :class:`NonFiniteError` before anything is applied (``on_nonfinite="stop"``), or skips the optimiser step
+    (``"skip"``; the schedule still advances so the step count and the learning rate stay in line).
     """
     limit = max_grad_norm if max_grad_norm is not None else math.inf
     if accelerator is None:
         grad_norm: Any = torch.nn.utils.clip_grad_norm_(list(params), limit)
     else:
         grad_norm = accelerator.clip_grad_norm_(params, limit)
-    # DeepSpeed clips inside its own step and returns no norm here.
-    grad_norm = float("nan") if grad_norm is None else grad_norm
     lr = float(scheduler.get_last_lr()[0])
-    optimizer.step()
+    # DeepSpeed clips inside its own step and returns no norm here: nothing to check.
+    norm = float("nan") if grad_norm is None else float(grad_norm)
+    finite = grad_norm is None or math.isfinite(norm)
+    if not finite and on_nonfinite == "stop":
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(
+            f"the gradient norm is {norm} (a non-finite loss or gradient); the step was not applied and the newest "
+            "checkpoint predates it. Lower optim.lr or check the data, then rerun with resume=true; or set "
+            "train.on_nonfinite=skip to skip such steps"
+        )
+    if finite:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepStats(float(grad_norm), lr)
+    return StepStats(norm, lr, skipped=not finite)
 
 
 def reduce_metrics(
