@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rewardsft.config import METHODS, load_config
 from rewardsft.errors import ConfigError, NonFiniteError
+from rewardsft.training.signals import Preempted
 
 DESCRIPTION = (
     "Fine-tune language models from demonstrations with reward learning: SFT, IRFT/SPIN, RFT (arXiv 2405.17888)."
@@ -370,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"rewardsft: {stop}", file=sys.stderr)
+        return stop.exit_code
     except NonFiniteError as err:
         print(f"error: training stopped: {err}", file=sys.stderr)
         return 1

@@ -8,7 +8,18 @@ from rewardsft.config import RunConfig
 
 
 def run_recipe(config: RunConfig) -> Path:
-    """Train with the recipe named by ``config.method``; returns the run's ``final/`` folder."""
+    """Train with the recipe named by ``config.method``; returns the run's ``final/`` folder.
+
+    SIGTERM / SIGINT during the run stop it after the current step with a checkpoint
+    (:mod:`rewardsft.training.signals`; raises ``Preempted``).
+    """
+    from rewardsft.training.signals import STOP
+
+    with STOP.installed():
+        return _dispatch(config)
+
+
+def _dispatch(config: RunConfig) -> Path:
     if config.method == "sft":
         from rewardsft.recipes.sft import train_sft
 

@@ -133,7 +133,7 @@ def train_irft(config: RunConfig) -> Path:
                 metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)
             if log_due(step, tc.log_every, batches.step + 1 == stage.steps, metrics):
                 run.log(step, metrics)
-            if step % tc.save_every == 0 or batches.step + 1 == stage.steps:
+            if run.checkpoint_due(step % tc.save_every == 0 or batches.step + 1 == stage.steps):
                 checkpoint_state = {"step": step, "stage": stage.index + 1}
                 run.save_checkpoint(model, optimizers, checkpoint_state, with_base=ic.snapshot == "lora")
         state = {"step": stage.first_step + stage.steps}

@@ -136,7 +136,7 @@ def train_rft(config: RunConfig) -> Path:
         metrics["time/iteration_s"] = timer.lap()
         if log_due(step, tc.log_every, step == rc.iterations, metrics):
             run.log(step, reduce_metrics(run.accelerator, metrics))
-        if step % tc.save_every == 0 or step == rc.iterations:
+        if run.checkpoint_due(step % tc.save_every == 0 or step == rc.iterations):
             run.save_checkpoint(
                 policy, optimizers, {"step": step}, extra=lambda tmp: save_reward_weights(tmp, reward_model, tokenizer)
             )

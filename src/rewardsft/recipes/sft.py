@@ -59,7 +59,7 @@ def train_sft(config: RunConfig) -> Path:
             metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), tokenizer.pad_token_id)
         if log_due(step, tc.log_every, step == n_steps, metrics):
             run.log(step, metrics)
-        if step % tc.save_every == 0 or step == n_steps:
+        if run.checkpoint_due(step % tc.save_every == 0 or step == n_steps):
             run.save_checkpoint(model, optimizers, {"step": step})
 
     if eval_data is not None:

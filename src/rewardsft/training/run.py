@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.metrics import MetricsLogger
+from rewardsft.training.signals import STOP, Preempted
 from rewardsft.training.step import reduce_metrics
 
 T = TypeVar("T")
@@ -169,6 +171,16 @@ class Run:
 
         return list(gather_object(items))  # type: ignore[no-untyped-call]
 
+    def checkpoint_due(self, scheduled: bool) -> bool:
+        """Write a checkpoint now: when the recipe's schedule says so, or when a SIGTERM/SIGINT asked the run to
+        stop (agreed over processes, so all of them save together)."""
+        requested = STOP.signum is not None
+        if self.world_size > 1:
+            requested = reduce_metrics(self.accelerator, {"stop": float(requested)}, reduction="sum")["stop"] > 0
+            if requested and STOP.signum is None:
+                STOP.signum = signal.SIGTERM  # another process got the notice
+        return scheduled or requested
+
     def save_checkpoint(
         self,
         model: Any,
@@ -192,6 +204,9 @@ class Run:
             ckpt.write_training_state(tmp, optimizers, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
+        if STOP.signum is not None:
+            self.print(f"checkpoint of step {state['step']} written; stopping on {signal.Signals(STOP.signum).name}")
+            raise Preempted(STOP.signum, state["step"])
 
     def save_final(self, model: Any, tokenizer: Any, export_adapter: bool = True) -> Path:
         """``final/``: a plain model + tokenizer (LoRA merged).
