@@ -1,0 +1,123 @@
+"""Kill-and-resume harness: runs of each recipe are SIGKILLed at random moments and resumed until they finish;
+the final model must equal an uninterrupted run's, no finished stage may be regenerated, and no half-written
+checkpoint or stage file may be loaded (a resume that loaded one would diverge or crash).
+
+Each kill is classified by what the run was doing, read from what it left on disk: ``checkpoint write`` (a
+``.tmp-step-N`` folder), ``stage cache write`` (a ``generations.tmp``), ``generation`` (the newest stage has no
+generations yet), ``training`` otherwise, ``startup`` before the run folder had its config.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tests.integration.test_sft import weights
+
+
+@dataclass
+class Outcome:
+    recipe: str
+    kills: Counter[str] = field(default_factory=Counter)
+    resumes: int = 0
+    equal: bool = False
+    regenerated_stages: list[str] = field(default_factory=list)
+
+
+def phase(run: Path) -> str:
+    if not (run / "config.yaml").is_file():
+        return "startup"
+    if list((run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").is_dir() else []:
+        return "checkpoint write"
+    stages = sorted((run / "stages").glob("*")) if (run / "stages").is_dir() else []
+    if any((s / "generations.tmp").exists() for s in stages):
+        return "stage cache write"
+    if stages and not (stages[-1] / "generations.jsonl").is_file():
+        return "generation"
+    return "training"
+
+
+def stage_stamps(run: Path) -> dict[str, int]:
+    """Finished stage caches and their modification times (a regenerated stage would change its time)."""
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("stages/*/generations.jsonl")}
+
+
+def launch(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rewardsft", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def timed_run(args: list[str]) -> float:
+    """An uninterrupted run in a subprocess (the reference); returns its wall time."""
+    start = time.monotonic()
+    proc = launch(args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return time.monotonic() - start
+
+
+def kill_and_resume(recipe: str, make_args: Callable[[Path], list[str]], root: Path, kills: int, seed: int) -> Outcome:
+    """An uninterrupted reference run, then runs SIGKILLed at random moments within the reference's duration
+    (each resumed with ``resume=true`` until it finishes) until ``kills`` kills have landed; every finished run's
+    final model is compared with the reference's."""
+    reference = root / f"{recipe}-reference"
+    duration = timed_run(make_args(reference))
+    rng = random.Random(seed)
+    outcome = Outcome(recipe)
+    equal = []
+    while outcome.kills.total() < kills:
+        run = root / f"{recipe}-killed-{len(equal)}"
+        kill_until_finished(make_args, run, outcome, kills, lambda: rng.uniform(0.3, duration))
+        whole, resumed = weights(reference / "final"), weights(run / "final")
+        equal.append(all(torch.equal(whole[name], resumed[name]) for name in whole))
+    outcome.equal = all(equal)
+    return outcome
+
+
+def kill_until_finished(
+    make_args: Callable[[Path], list[str]], run: Path, outcome: Outcome, kills: int, delay: Callable[[], float]
+) -> None:
+    """Launch, kill after ``delay()`` seconds, resume, ... until the run exits 0 (no more kills once ``kills``
+    have landed in total); records each kill's phase and any finished stage that was written again."""
+    seen: dict[str, int] = {}
+    while True:
+        proc = launch([*make_args(run), *(["resume=true"] if run.exists() else [])])
+        if outcome.kills.total() < kills:
+            time.sleep(delay())
+        if proc.poll() is None and outcome.kills.total() < kills:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            outcome.kills[phase(run)] += 1
+            outcome.resumes += 1
+        else:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err.decode()[-3000:]
+        now = stage_stamps(run)
+        outcome.regenerated_stages += [name for name, stamp in seen.items() if now.get(name) != stamp]
+        seen = now
+        if (run / "final").is_dir() and proc.returncode == 0:
+            return
+
+
+def summary(outcomes: list[Outcome]) -> dict[str, object]:
+    return {
+        "kills": sum(o.kills.total() for o in outcomes),
+        "by_recipe": {o.recipe: dict(o.kills) for o in outcomes},
+        "divergent": [o.recipe for o in outcomes if not o.equal],
+        "regenerated_stages": {o.recipe: o.regenerated_stages for o in outcomes if o.regenerated_stages},
+    }
+
+
+def write_summary(outcomes: list[Outcome], path: Path) -> None:
+    path.write_text(json.dumps(summary(outcomes), indent=2))
