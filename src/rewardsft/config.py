@@ -351,14 +351,14 @@ Overrides = Sequence[str] | Mapping[str, Any]
 ``{"optim": {"lr": 1e-6}}`` (Python values; dotted keys and nested mappings may be mixed)."""
 
 
-def nest_values(values: Mapping[str, Any]) -> dict[str, Any]:
+def nest_values(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optim.lr": 1e-6, "lora": {"r": 8}}`` -> nested dicts; paths become strings."""
     nested: dict[str, Any] = {}
     for key, value in values.items():
         if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override key {key!r} is not a dotted setting name (e.g. 'optim.lr')")
+            raise ConfigError(f"override key {prefix}{key!r} is not a dotted setting name (e.g. 'optim.lr')")
         if isinstance(value, Mapping):
-            value = nest_values(value)
+            value = nest_values(value, f"{prefix}{key}.")
         elif isinstance(value, os.PathLike):
             value = os.fspath(value)
         *parents, leaf = key.split(".")

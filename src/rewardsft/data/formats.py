@@ -61,6 +61,8 @@ def parse_rows(rows: Sequence[dict[str, Any]], source: str, fmt: str = "auto") -
     if not rows:
         raise DataError(f"{source}: no rows")
     if fmt == "auto":
+        if not isinstance(rows[0], dict):
+            raise _Where(source, 1).error(None, f"expected a JSON object, got {type(rows[0]).__name__}")
         fmt = detect_format(rows[0].keys(), source)
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -11,7 +11,7 @@ from rewardsft.config import RunConfig
 from rewardsft.data import LoadedSplit, Renderer, RenderSettings, load_split
 from rewardsft.data.tokenize import verbatim_text_prompt_warning
 from rewardsft.models import disable_dropout, load_policy, load_tokenizer
-from rewardsft.training.run import Run
+from rewardsft.training.run import Run, check_room
 
 
 @dataclass
@@ -45,6 +45,8 @@ def start_recipe(config: RunConfig, load_extra: Callable[[Renderer], Any] | None
         run.print(warning)
     lora = config.lora if config.train.dropout else dataclasses.replace(config.lora, dropout=0.0)
     model = load_policy(config.model, lora, run.device, run.checkpoint)
+    # RFT's reward model starts from the policy (or a model of its size): count it twice there.
+    check_room(run.output_dir, [model] * (2 if config.method == "rft" else 1), config.optim.name)
     set_dropout(model, config, run)
     model.train()
     return RecipeStart(run, tokenizer, renderer, train_data, eval_data, model, extra)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import time
@@ -44,7 +45,47 @@ def check_output_dir(config: RunConfig) -> Path:
         raise ConfigError(
             f"output_dir {out} is not empty; pass resume=true to continue it or overwrite=true to replace it"
         )
+    existing = nearest_existing(out)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {out}: {existing} is not a writable directory")
     return out
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def checkpoint_bytes(models: Sequence[Any], optimizer_name: str) -> int:
+    """Bytes one checkpoint takes: the trainable weights in their dtype plus the optimiser's fp32 state (AdamW
+    two moments, RMSprop one) for trainable parameters; frozen LoRA bases are saved once more with
+    ``irft.snapshot=lora`` but are left out of this lower bound."""
+    moments = 2 if optimizer_name == "adamw" else 1
+    total = 0
+    for model in models:
+        for param in model.parameters():
+            if param.requires_grad:
+                total += param.numel() * (param.element_size() + 4 * moments)
+    return total
+
+
+def check_room(output_dir: Path, models: Sequence[Any], optimizer_name: str) -> None:
+    """Refuse to start when the disk cannot hold one checkpoint and the final model (with 10% to spare)."""
+    need = int(1.1 * (checkpoint_bytes(models, optimizer_name) + sum(_weight_bytes(m) for m in models)))
+    free = shutil.disk_usage(nearest_existing(output_dir)).free
+    if free < need:
+        raise ConfigError(
+            f"output_dir {output_dir}: {free / 1e9:.2f} GB free but one checkpoint and the final model need about "
+            f"{need / 1e9:.2f} GB (train.keep_checkpoints=n keeps n of them); free space or choose another "
+            "output_dir"
+        )
+
+
+def _weight_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 class Run:
