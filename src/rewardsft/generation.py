@@ -181,7 +181,8 @@ def truncation_warning(stats: dict[str, float], max_new_tokens: int) -> str | No
 
 
 def generation_stats(generations: Sequence[Generation], demo_responses: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Mean length, share identical to the demonstration (zero-gradient pairs), share cut by the cap."""
+    """Mean length, share identical to the demonstration (zero-gradient pairs), share cut by the cap, and share
+    empty (the model ended its turn at once: such a sample is kept, an end-of-turn token alone, and counted)."""
     n = max(len(generations), 1)
     return {
         "gen/mean_length": sum(len(g.response_ids) for g in generations) / n,
@@ -190,4 +191,5 @@ def generation_stats(generations: Sequence[Generation], demo_responses: Sequence
         )
         / n,
         "gen/max_tokens_share": sum(not g.stopped for g in generations) / n,
+        "gen/empty_share": sum(g.stopped and len(g.response_ids) <= 1 for g in generations) / n,
     }

@@ -65,7 +65,14 @@ def test_cut_at_eos_and_stats() -> None:
     assert cut_at_eos([5, 6, 2, 0, 0], [2]) == Generation([5, 6, 2], stopped=True)
     assert cut_at_eos([5, 6, 7], [2]) == Generation([5, 6, 7], stopped=False)
     stats = generation_stats([Generation([5, 2], True), Generation([7, 7, 7], False)], [[5, 2], [1, 2]])
-    assert stats == {"gen/mean_length": 2.5, "gen/identical_share": 0.5, "gen/max_tokens_share": 0.5}
+    assert stats == {
+        "gen/mean_length": 2.5,
+        "gen/identical_share": 0.5,
+        "gen/max_tokens_share": 0.5,
+        "gen/empty_share": 0.0,
+    }
+    empty = generation_stats([Generation([2], True), Generation([4, 2], True), Generation([], False)], [[1]] * 3)
+    assert empty["gen/empty_share"] == pytest.approx(1 / 3)  # only the one that ended its turn at once
 
 
 @pytest.fixture(scope="module")
