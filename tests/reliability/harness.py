@@ -2,14 +2,14 @@
 the final model must equal an uninterrupted run's, no finished stage may be regenerated, and no half-written
 checkpoint or stage file may be loaded (a resume that loaded one would diverge or crash).
 
-Each kill is classified by what the run was doing, read from what it left on disk: ``checkpoint write`` (a
-``.tmp-step-N`` folder), ``stage cache write`` (a ``generations.tmp``), ``generation`` (the newest stage has no
-generations yet), ``training`` otherwise, ``startup`` before the run folder had its config.
+Runs go through ``tests/reliability/slow_phases.py``, which stretches the short phases (generation, checkpoint
+write, stage cache write) with sleeps so random kills land in them, and records the phase each kill hit.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -19,10 +19,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tests.integration.test_sft import weights
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -35,16 +38,13 @@ class Outcome:
 
 
 def phase(run: Path) -> str:
-    if not (run / "config.yaml").is_file():
-        return "startup"
-    if list((run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").is_dir() else []:
-        return "checkpoint write"
-    stages = sorted((run / "stages").glob("*")) if (run / "stages").is_dir() else []
-    if any((s / "generations.tmp").exists() for s in stages):
-        return "stage cache write"
-    if stages and not (stages[-1] / "generations.jsonl").is_file():
-        return "generation"
-    return "training"
+    """What the run was doing when killed, as the stretched launcher recorded it."""
+    marker = phase_file(run)
+    return marker.read_text() if marker.is_file() and marker.read_text() else "startup"
+
+
+def phase_file(run: Path) -> Path:
+    return run.with_name(run.name + ".phase")
 
 
 def stage_stamps(run: Path) -> dict[str, int]:
@@ -52,16 +52,17 @@ def stage_stamps(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("stages/*/generations.jsonl")}
 
 
-def launch(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "rewardsft", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+def launch(args: list[str], run: Path) -> subprocess.Popen[bytes]:
+    """``rewardsft ARGS`` through the phase-stretching launcher (tests/reliability/slow_phases.py)."""
+    env = {**os.environ, "REWARDSFT_PHASE_FILE": str(phase_file(run))}
+    cmd = [sys.executable, "-m", "tests.reliability.slow_phases", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def timed_run(args: list[str]) -> float:
+def timed_run(args: list[str], run: Path) -> float:
     """An uninterrupted run in a subprocess (the reference); returns its wall time."""
     start = time.monotonic()
-    proc = launch(args)
+    proc = launch(args, run)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-3000:]
     return time.monotonic() - start
@@ -72,10 +73,10 @@ def kill_and_resume(recipe: str, make_args: Callable[[Path], list[str]], root: P
     (each resumed with ``resume=true`` until it finishes) until ``kills`` kills have landed; every finished run's
     final model is compared with the reference's."""
     reference = root / f"{recipe}-reference"
-    duration = timed_run(make_args(reference))
+    duration = timed_run(make_args(reference), reference)
     rng = random.Random(seed)
     outcome = Outcome(recipe)
-    equal = []
+    equal: list[bool] = []
     while outcome.kills.total() < kills:
         run = root / f"{recipe}-killed-{len(equal)}"
         kill_until_finished(make_args, run, outcome, kills, lambda: rng.uniform(0.3, duration))
@@ -92,7 +93,7 @@ def kill_until_finished(
     have landed in total); records each kill's phase and any finished stage that was written again."""
     seen: dict[str, int] = {}
     while True:
-        proc = launch([*make_args(run), *(["resume=true"] if run.exists() else [])])
+        proc = launch([*make_args(run), *(["resume=true"] if run.exists() else [])], run)
         if outcome.kills.total() < kills:
             time.sleep(delay())
         if proc.poll() is None and outcome.kills.total() < kills:
@@ -110,7 +111,7 @@ def kill_until_finished(
             return
 
 
-def summary(outcomes: list[Outcome]) -> dict[str, object]:
+def summary(outcomes: list[Outcome]) -> dict[str, Any]:
     return {
         "kills": sum(o.kills.total() for o in outcomes),
         "by_recipe": {o.recipe: dict(o.kills) for o in outcomes},
