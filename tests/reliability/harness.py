@@ -54,32 +54,42 @@ def stage_stamps(run: Path) -> dict[str, int]:
 
 def launch(args: list[str], run: Path) -> subprocess.Popen[bytes]:
     """``rewardsft ARGS`` through the phase-stretching launcher (tests/reliability/slow_phases.py)."""
+    phase_file(run).write_text("startup")  # not the previous, killed process's last phase
     env = {**os.environ, "REWARDSFT_PHASE_FILE": str(phase_file(run))}
     cmd = [sys.executable, "-m", "tests.reliability.slow_phases", *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def timed_run(args: list[str], run: Path) -> float:
-    """An uninterrupted run in a subprocess (the reference); returns its wall time."""
+def wait_until_started(proc: subprocess.Popen[bytes], run: Path) -> float:
+    """Seconds until the run left start-up (imports, data check, model load), or until it exited."""
     start = time.monotonic()
+    while phase(run) == "startup" and proc.poll() is None:
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def timed_run(args: list[str], run: Path) -> float:
+    """An uninterrupted run in a subprocess (the reference); returns the seconds it worked after start-up."""
     proc = launch(args, run)
+    wait_until_started(proc, run)
+    start = time.monotonic()
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-3000:]
     return time.monotonic() - start
 
 
 def kill_and_resume(recipe: str, make_args: Callable[[Path], list[str]], root: Path, kills: int, seed: int) -> Outcome:
-    """An uninterrupted reference run, then runs SIGKILLed at random moments within the reference's duration
-    (each resumed with ``resume=true`` until it finishes) until ``kills`` kills have landed; every finished run's
-    final model is compared with the reference's."""
+    """An uninterrupted reference run, then runs SIGKILLed at random moments (one in ten during start-up, the
+    rest within the reference's working time), each resumed with ``resume=true`` until it finishes, until
+    ``kills`` kills have landed; every finished run's final model is compared with the reference's."""
     reference = root / f"{recipe}-reference"
-    duration = timed_run(make_args(reference), reference)
+    work = timed_run(make_args(reference), reference)
     rng = random.Random(seed)
     outcome = Outcome(recipe)
     equal: list[bool] = []
     while outcome.kills.total() < kills:
         run = root / f"{recipe}-killed-{len(equal)}"
-        kill_until_finished(make_args, run, outcome, kills, lambda: rng.uniform(0.3, duration))
+        kill_until_finished(make_args, run, outcome, kills, rng, work)
         whole, resumed = weights(reference / "final"), weights(run / "final")
         equal.append(all(torch.equal(whole[name], resumed[name]) for name in whole))
     outcome.equal = all(equal)
@@ -87,15 +97,19 @@ def kill_and_resume(recipe: str, make_args: Callable[[Path], list[str]], root: P
 
 
 def kill_until_finished(
-    make_args: Callable[[Path], list[str]], run: Path, outcome: Outcome, kills: int, delay: Callable[[], float]
+    make_args: Callable[[Path], list[str]], run: Path, outcome: Outcome, kills: int, rng: random.Random, work: float
 ) -> None:
-    """Launch, kill after ``delay()`` seconds, resume, ... until the run exits 0 (no more kills once ``kills``
-    have landed in total); records each kill's phase and any finished stage that was written again."""
+    """Launch, kill at a random moment, resume, ... until the run exits 0 (no more kills once ``kills`` have
+    landed in total); records each kill's phase and any finished stage that was written again."""
     seen: dict[str, int] = {}
     while True:
         proc = launch([*make_args(run), *(["resume=true"] if run.exists() else [])], run)
         if outcome.kills.total() < kills:
-            time.sleep(delay())
+            if rng.random() < 0.1:
+                time.sleep(rng.uniform(0.2, 2.0))
+            else:
+                wait_until_started(proc, run)
+                time.sleep(rng.uniform(0.0, work))
         if proc.poll() is None and outcome.kills.total() < kills:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -39,9 +39,21 @@ def stretch(owner: Any, name: str, phase: str, delay: float) -> None:
 
 def install() -> None:
     from rewardsft import generation
-    from rewardsft.recipes import irft
+    from rewardsft.recipes import common, irft
     from rewardsft.training import checkpoint
 
+    started = common.start_recipe
+
+    @functools.wraps(started)
+    def start_recipe(*args: Any, **kwargs: Any) -> Any:
+        out = started(*args, **kwargs)
+        mark("training")  # data validated, run folder written, model loaded
+        return out
+
+    common.start_recipe = start_recipe
+    for recipe in ("sft", "irft", "rft"):
+        module = __import__(f"rewardsft.recipes.{recipe}", fromlist=["start_recipe"])
+        module.start_recipe = start_recipe  # type: ignore[attr-defined]
     stretch(generation, "_generate_batch", "generation", 0.2)
     stretch(checkpoint, "write_training_state", "checkpoint write", 0.3)
     original_replace = Path.replace
