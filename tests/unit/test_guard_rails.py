@@ -3,7 +3,8 @@ fire on the runs whose samples collapsed and stay silent on the healthy ones.
 
 Outcomes (SmolLM2-135M-Instruct, 128 human tweets, docs/results.md): "collapsed" runs ended with samples far
 shorter than the demonstrations and a held-out gap per token resolved worse than SFT's; "healthy" ones did not.
-The files hold each run's logged ``irft/stage``, ``irft/loss`` and ``irft/accuracy`` per step (log_every=1).
+The files hold each run's logged ``irft/stage``, ``irft/loss``, ``irft/accuracy`` and ``irft/margin`` per step
+(log_every=1) and its ``irft.beta``.
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ OUTCOMES = {
     "tweets-irft-t2-s0": "healthy",  # IRFT T=2, lr 1e-5: gap better than SFT, samples ~22 tokens
     "tweets-irft-t4-s0": "healthy",  # IRFT T=4, lr 1e-5: gap better than SFT, samples ~19 tokens
     "tweets-spin-lr5e-7-s0": "healthy",  # SPIN at the paper's lr: barely moved from the base, samples intact
+    "tweets-spin-lr1e-6-s0": "healthy",  # SPIN, lr 1e-6: moved little, samples intact
+    "tweets-spin-beta1-s0": "healthy",  # SPIN, β = 1: the loss saturated at once (stalled), samples intact
 }
 
 
 def warned(records: list[dict[str, float]]) -> bool:
     """Would the recipe have warned? Replays ``overfitting`` stage by stage, as ``train_irft`` calls it."""
-    stages = sorted({int(r["irft/stage"]) for r in records})
-    for stage in stages:
-        rows = [r for r in records if int(r["irft/stage"]) == stage]
-        for step_in_stage, row in enumerate(rows):
-            if overfitting(row, step_in_stage, len(rows), last_stage=stage == stages[-1]):
-                return True
-    return False
+    last = max(int(r["irft/stage"]) for r in records)
+    return any(overfitting(r, r["beta"], last_stage=int(r["irft/stage"]) == last) for r in records)
 
 
 @pytest.mark.parametrize(("run", "outcome"), sorted(OUTCOMES.items()))
@@ -45,9 +43,10 @@ def test_every_asset_has_an_outcome() -> None:
     assert {p.stem for p in ASSETS.glob("*.jsonl")} == set(OUTCOMES)
 
 
-def test_the_old_rule_fired_on_a_healthy_run() -> None:
-    """Why the rule looks at the last stage only: the loss fell below 0.05 early in IRFT T=2's first stage too,
-    and its second stage corrected the over-shoot (samples 43 -> 16 tokens, then a healthy final model)."""
+def test_a_first_stage_over_shoot_is_not_warned_because_the_next_stage_corrects_it() -> None:
+    """IRFT T=2's first stage moved 97 nats (more than the collapsed SPIN), its second stage regenerated (samples
+    43 -> 16 tokens) and the final model was healthy: the rule reads the last stage only."""
     records = [json.loads(line) for line in (ASSETS / "tweets-irft-t2-s0.jsonl").read_text().splitlines()]
     first = [r for r in records if r["irft/stage"] == 1]
-    assert any(overfitting(r, i, len(first), last_stage=True) for i, r in enumerate(first))
+    assert any(overfitting(r, r["beta"], last_stage=True) for r in first)
+    assert not any(overfitting(r, r["beta"], last_stage=False) for r in first)
