@@ -163,10 +163,10 @@ def test_overfitting_the_snapshot_is_warned_once_per_stage(
         )
         == 0
     )
-    records = [r for r in read_metrics(out / "metrics.jsonl") if "irft/margin" in r]
+    records = [r for r in read_metrics(out / "metrics.jsonl") if "irft/gen_reward" in r]
     warned = [r for r in records if r.get("irft/overfit_warning")]
-    # The first step past 40 nats of log-ratio margin (margin / β) warns, once.
-    first = next(r for r in records if r["irft/margin"] / 0.1 > 40)
+    # The first step whose samples' log-ratio (gen_reward / β) falls below −40 nats warns, once.
+    first = next(r for r in records if r["irft/gen_reward"] / 0.1 < -40)
     assert len(warned) == 1 and warned[0]["step"] == first["step"]
     assert capsys.readouterr().out.count("the snapshot is being overfit") == 1
 

@@ -3,8 +3,8 @@ fire on the runs whose samples collapsed and stay silent on the healthy ones.
 
 Outcomes (SmolLM2-135M-Instruct, 128 human tweets, docs/results.md): "collapsed" runs ended with samples far
 shorter than the demonstrations and a held-out gap per token resolved worse than SFT's; "healthy" ones did not.
-The files hold each run's logged ``irft/stage``, ``irft/loss``, ``irft/accuracy`` and ``irft/margin`` per step
-(log_every=1) and its ``irft.beta``.
+The files hold each run's logged ``irft/stage``, ``irft/loss``, ``irft/accuracy``, ``irft/margin``,
+``irft/demo_reward`` and ``irft/gen_reward`` per step (log_every=1) and its ``irft.beta``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ OUTCOMES = {
     "tweets-spin-lr5e-7-s0": "healthy",  # SPIN at the paper's lr: barely moved from the base, samples intact
     "tweets-spin-lr1e-6-s0": "healthy",  # SPIN, lr 1e-6: moved little, samples intact
     "tweets-spin-beta1-s0": "healthy",  # SPIN, β = 1: the loss saturated at once (stalled), samples intact
+    "tweets-spin-sftw1-s0": "healthy",  # SPIN, lr 1e-5 + sft_weight 1: the best gap of the sweep, samples intact
 }
 
 
@@ -44,8 +45,8 @@ def test_every_asset_has_an_outcome() -> None:
 
 
 def test_a_first_stage_over_shoot_is_not_warned_because_the_next_stage_corrects_it() -> None:
-    """IRFT T=2's first stage moved 97 nats (more than the collapsed SPIN), its second stage regenerated (samples
-    43 -> 16 tokens) and the final model was healthy: the rule reads the last stage only."""
+    """IRFT T=2's first stage pushed its samples down by 98 nats (more than the collapsed SPIN), its second stage
+    regenerated (samples 43 -> 16 tokens) and the final model was healthy: the rule reads the last stage only."""
     records = [json.loads(line) for line in (ASSETS / "tweets-irft-t2-s0.jsonl").read_text().splitlines()]
     first = [r for r in records if r["irft/stage"] == 1]
     assert any(overfitting(r, r["beta"], last_stage=True) for r in first)

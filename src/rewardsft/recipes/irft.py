@@ -125,11 +125,11 @@ def train_irft(config: RunConfig) -> Path:
                 warned = True
                 metrics["irft/overfit_warning"] = 1.0
                 run.print(
-                    f"warning: {stage.name} step {batches.step + 1} (the last stage): the policy moved its log-ratio "
-                    f"of demonstrations against its own samples by {metrics['irft/margin'] / ic.beta:.0f} nats from "
-                    f"the snapshot (> {OVERFIT_LOG_RATIO:.0f}); the snapshot is being overfit and no later stage "
-                    "regenerates to correct it, so samples may collapse. Use more stages (irft.stages), a lower "
-                    "optim.lr or irft.sft_weight > 0 (docs/results.md)."
+                    f"warning: {stage.name} step {batches.step + 1} (the last stage): the policy pushed its own "
+                    f"samples' log-probability {-metrics['irft/gen_reward'] / ic.beta:.0f} nats below the snapshot's "
+                    f"(> {OVERFIT_LOG_RATIO:.0f}); the snapshot is being overfit and no later stage regenerates to "
+                    "correct it, so samples may collapse. Use more stages (irft.stages), a lower optim.lr or "
+                    "irft.sft_weight > 0 (docs/results.md)."
                 )
             if eval_data is not None and tc.eval_every and step % tc.eval_every == 0:
                 metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)
@@ -445,14 +445,16 @@ def split_pair_backward(
 
 
 def overfitting(metrics: dict[str, float], beta: float, last_stage: bool) -> bool:
-    """In the LAST stage, the policy has moved its log-probability of the demonstrations against its own samples by
-    more than ``OVERFIT_LOG_RATIO`` nats from the snapshot (the implicit margin divided by β): it is memorising the
-    snapshot, and no later stage will sample from the result and push its excesses back.
+    """In the LAST stage, the policy has pushed the log-probability of its own snapshot samples down by more than
+    ``OVERFIT_LOG_RATIO`` nats (``irft/gen_reward`` / β): self-play is pushing down samples that were already
+    fine, and no later stage will sample from the result and correct it.
 
     Tuned on the real-data study (docs/results.md, tests/unit/test_guard_rails.py): the collapsed run (SPIN at lr
-    1e-5, samples down to ~6 tokens) passed 40 nats by its fourth step and reached 88; every healthy or merely
-    stalled run stayed at or below 26 in its last stage (β 0.1 and 1, lr 5e-7 to 1e-5, T 1 to 4). The earlier rule
-    (accuracy 1 with loss < 0.05 early in any stage) also fired on healthy IRFT T=2, whose first stage over-shot
-    and whose second stage corrected it, and on SPIN at β = 1, where the loss saturates without any collapse.
+    1e-5, samples down to ~6 tokens) passed −40 nats at its fourth step and reached −88; every healthy or merely
+    stalled run stayed above −26 in its last stage (β 0.1 and 1, lr 5e-7 to 1e-5, T 1 to 4, sft_weight 0 and 1).
+    Rules tried first and dropped: accuracy 1 with loss < 0.05 early in any stage (fired on healthy IRFT T=2, whose
+    first stage over-shot to −98 nats and whose second stage corrected it, and on SPIN at β = 1, where the loss
+    saturates without a collapse); the implicit margin above 40 nats (fired on SPIN with sft_weight 1, whose anchor
+    raises the demonstrations' side and which was the healthiest run).
     """
-    return last_stage and metrics["irft/margin"] / beta > OVERFIT_LOG_RATIO
+    return last_stage and metrics["irft/gen_reward"] / beta < -OVERFIT_LOG_RATIO
