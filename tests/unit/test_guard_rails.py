@@ -24,7 +24,8 @@ OUTCOMES = {
     "tweets-spin-lr5e-7-s0": "healthy",  # SPIN at the paper's lr: barely moved from the base, samples intact
     "tweets-spin-lr1e-6-s0": "healthy",  # SPIN, lr 1e-6: moved little, samples intact
     "tweets-spin-beta1-s0": "healthy",  # SPIN, β = 1: the loss saturated at once (stalled), samples intact
-    "tweets-spin-sftw1-s0": "healthy",  # SPIN, lr 1e-5 + sft_weight 1: the best gap of the sweep, samples intact
+    "tweets-spin-sftw1-s0": "healthy",  # SPIN, lr 1e-5 + sft_weight 1: gap better than SFT, samples intact
+    "tweets-spin-from-sft-s0": "healthy",  # SPIN from the SFT model, lr 1e-5: the best gap of the sweep
 }
 
 
