@@ -204,6 +204,8 @@ SWEEP = (
     Spec("spin-beta1", "irft", ("irft.stages=1", f"optim.lr={LR}", "irft.beta=1.0")),
     Spec("spin-sftw1", "irft", ("irft.stages=1", f"optim.lr={LR}", "irft.sft_weight=1.0")),
     Spec("spin-from-sft", "irft", ("irft.stages=1", f"optim.lr={LR}"), start="sft"),
+    # The control for starting from SFT: SFT + SPIN sees the demonstrations twice, so SFT gets two passes too.
+    Spec("sft-2ep", "sft", (f"optim.lr={LR}", "train.epochs=2")),
 )
 
 
@@ -332,16 +334,17 @@ collapsed. RFT and IRFT T=2 run at the first seed only (on 2 CPU cores an RFT ru
 
 
 def plan(budget: Budget, sweep: bool) -> list[tuple[str, Spec, int]]:
-    """Most information first: the sweep domain's first seed and its sweep, its second seed, then every other
-    domain the same way. A study cut short by time keeps whole seeds of whole domains."""
+    """Most information first: per domain (the sweep domain first), the first seed of every method but RFT, the
+    sweep, the repeated seeds, then RFT (the costliest run). A study cut short by time keeps whole seeds."""
     out = []
     ordered = [budget.sweep_domain, *(d for d in budget.domains if d != budget.sweep_domain)]
     for domain in (d for d in ordered if d in budget.domains):
-        out += [(domain, spec, budget.seeds[0]) for spec in MAIN]
+        out += [(domain, spec, budget.seeds[0]) for spec in MAIN if spec.method != "rft"]
         if sweep and domain == budget.sweep_domain:
             out += [(domain, spec, budget.seeds[0]) for spec in SWEEP]
         repeated = [spec for spec in MAIN if spec.name in REPEATED]
         out += [(domain, spec, seed) for seed in budget.seeds[1:] for spec in repeated]
+        out += [(domain, spec, budget.seeds[0]) for spec in MAIN if spec.method == "rft"]
     return out
 
 
