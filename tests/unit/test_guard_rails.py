@@ -25,7 +25,9 @@ OUTCOMES = {
     "tweets-spin-lr1e-6-s0": "healthy",  # SPIN, lr 1e-6: moved little, samples intact
     "tweets-spin-beta1-s0": "healthy",  # SPIN, β = 1: the loss saturated at once (stalled), samples intact
     "tweets-spin-sftw1-s0": "healthy",  # SPIN, lr 1e-5 + sft_weight 1: gap better than SFT, samples intact
+    # Runs that finished after the threshold was fixed (out-of-sample checks of the rule):
     "tweets-spin-from-sft-s0": "healthy",  # SPIN from the SFT model, lr 1e-5: the best gap of the sweep
+    "tweets-spin-s1": "collapsed",  # SPIN, lr 1e-5, seed 1: samples 11 tokens, gap/token worse than SFT
 }
 
 
