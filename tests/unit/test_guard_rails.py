@@ -28,6 +28,7 @@ OUTCOMES = {
     # Runs that finished after the threshold was fixed (out-of-sample checks of the rule):
     "tweets-spin-from-sft-s0": "healthy",  # SPIN from the SFT model, lr 1e-5: the best gap of the sweep
     "tweets-spin-s1": "collapsed",  # SPIN, lr 1e-5, seed 1: samples 11 tokens, gap/token worse than SFT
+    "tweets-irft-t4-s1": "healthy",  # IRFT T=4, lr 1e-5, seed 1: gap better than SFT, samples ~30 tokens
 }
 
 
