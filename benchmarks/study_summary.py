@@ -57,7 +57,11 @@ def paired_vs_sft(group: list[Path], sft: list[Path]) -> dict[str, dict[str, Any
     if group == sft:
         return {}
     rows = compare_runs([*group, *sft], sft[0], ["gap"])
-    return {r["metric"]: {"mean": r["mean"], "ci95": r["ci95"], "verdict": r["verdict"]} for r in rows}
+    # The seeds of one method must form one group (configs equal but for the seed), or the rows are per seed.
+    ours = [r for r in rows if set(r["runs"]) == {str(p) for p in group}]
+    if len(ours) != len({r["metric"] for r in rows}):
+        raise SystemExit(f"{[p.name for p in group]} do not group as seeds of one method (their configs differ)")
+    return {r["metric"]: {"mean": r["mean"], "ci95": r["ci95"], "verdict": r["verdict"]} for r in ours}
 
 
 def base_vs_sft(base: Path, sft: list[Path]) -> dict[str, dict[str, Any]]:

@@ -111,6 +111,17 @@ def test_seeds_are_grouped_and_their_average_is_compared(tmp_path: Path) -> None
     assert {r["metric"] for r in rows} == {"gap", "gap_mean", "correct"}
 
 
+def test_a_run_written_before_a_setting_existed_groups_with_one_that_has_it_at_its_default(tmp_path: Path) -> None:
+    old = write_run(tmp_path, "irft-s1", 1, 5e-7, BASE)  # its config.yaml lacks train.on_nonfinite
+    new = write_run(tmp_path, "irft-s2", 2, 5e-7, BASE)
+    config = yaml.safe_load((new / "config.yaml").read_text())
+    (new / "config.yaml").write_text(yaml.safe_dump({**config, "train": {"on_nonfinite": "stop"}}))
+    assert [len(g.runs) for g in group_by_seed([old, new])] == [2]
+    changed = write_run(tmp_path, "irft-s3", 3, 5e-7, BASE)
+    (changed / "config.yaml").write_text(yaml.safe_dump({**config, "train": {"on_nonfinite": "skip"}}))
+    assert [len(g.runs) for g in group_by_seed([old, new, changed])] == [2, 1]
+
+
 def test_eval_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = write_run(tmp_path, "sft", 1, 1e-5, BASE)
     better = write_run(tmp_path, "irft", 1, 5e-7, [b + 1 for b in BASE])

@@ -15,6 +15,7 @@ SmolLM2-135M, 200 pairs: base gap 6.12 [−2.85, 14.94], SFT 7.29 [−1.22, 15.7
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -215,8 +216,14 @@ class Group:
 
 
 def group_by_seed(run_dirs: Sequence[Path]) -> list[Group]:
-    """Runs whose ``config.yaml`` agree on everything but ``seed`` (and output/logging settings), in first-seen order."""
+    """Runs whose ``config.yaml`` agree on everything but ``seed`` (and output/logging settings), in first-seen order.
+
+    Configs are compared with every setting filled in, so a run written before a setting existed (its file lacks
+    the key) still groups with a run that has the setting at its default.
+    """
     import yaml
+
+    from rewardsft.config import config_from_dict
 
     groups: list[tuple[str, Group]] = []
     for run in run_dirs:
@@ -224,6 +231,9 @@ def group_by_seed(run_dirs: Sequence[Path]) -> list[Group]:
         if not path.is_file():
             raise ConfigError(f"{run} is not a run directory (no {CONFIG_FILE})")
         config = yaml.safe_load(path.read_text()) or {}
+        # A key this version does not know: compare the files as written.
+        with contextlib.suppress(ConfigError, TypeError, AttributeError):
+            config = config_from_dict(config).to_dict()
         identity = json.dumps({k: v for k, v in config.items() if k not in SEED_ONLY_KEYS}, sort_keys=True)
         match = next((g for key, g in groups if key == identity), None)
         if match is None:
