@@ -1,7 +1,7 @@
 """The overfit warning replayed on the logged metrics of the real-data study's IRFT runs (docs/results.md): it must
 fire on the runs whose samples collapsed and stay silent on the healthy ones.
 
-Outcomes (SmolLM2-135M-Instruct, 128 human tweets, docs/results.md): "collapsed" runs ended with samples far
+Outcomes (SmolLM2-135M-Instruct, 128 human tweets or Amazon review snippets, docs/results.md): "collapsed" runs ended with samples far
 shorter than the demonstrations and a held-out gap per token resolved worse than SFT's; "healthy" ones did not.
 The files hold each run's logged ``irft/stage``, ``irft/loss``, ``irft/accuracy``, ``irft/margin``,
 ``irft/demo_reward`` and ``irft/gen_reward`` per step (log_every=1) and its ``irft.beta``.
@@ -29,6 +29,9 @@ OUTCOMES = {
     "tweets-spin-from-sft-s0": "healthy",  # SPIN from the SFT model, lr 1e-5: the best gap of the sweep
     "tweets-spin-s1": "collapsed",  # SPIN, lr 1e-5, seed 1: samples 11 tokens, gap/token worse than SFT
     "tweets-irft-t4-s1": "healthy",  # IRFT T=4, lr 1e-5, seed 1: gap better than SFT, samples ~30 tokens
+    "amazon-spin-s0": "collapsed",  # reviews, SPIN, lr 1e-5: samples 11 tokens, gap/token worse than SFT
+    "amazon-irft-t2-s0": "healthy",  # reviews, IRFT T=2: gap better than SFT
+    "amazon-irft-t4-s0": "healthy",  # reviews, IRFT T=4: gap better than SFT
 }
 
 
