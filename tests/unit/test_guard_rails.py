@@ -32,6 +32,8 @@ OUTCOMES = {
     "amazon-spin-s0": "collapsed",  # reviews, SPIN, lr 1e-5: samples 11 tokens, gap/token worse than SFT
     "amazon-irft-t2-s0": "healthy",  # reviews, IRFT T=2: gap better than SFT
     "amazon-irft-t4-s0": "healthy",  # reviews, IRFT T=4: gap better than SFT
+    "amazon-spin-s1": "collapsed",  # reviews, SPIN seed 1: distinct-1 0.40 (SFT 0.60), gap/token worse than SFT
+    "amazon-irft-t4-s1": "healthy",  # reviews, IRFT T=4 seed 1: gap better than SFT
 }
 
 
