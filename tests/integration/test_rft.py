@@ -257,9 +257,11 @@ def test_rft_honours_log_every_eval_every_and_clips_both_models(
     clips: list[float | None] = []
     original = rft.optimizer_step
 
-    def spy(accelerator: Any, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None) -> Any:
+    def spy(
+        accelerator: Any, params: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None, *rest: Any
+    ) -> Any:
         clips.append(max_grad_norm)
-        return original(accelerator, params, optimizer, scheduler, max_grad_norm)
+        return original(accelerator, params, optimizer, scheduler, max_grad_norm, *rest)
 
     monkeypatch.setattr(rft, "optimizer_step", spy)
     out = tmp_path / "run"

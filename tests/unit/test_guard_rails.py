@@ -1,8 +1,9 @@
 """The overfit warning replayed on the logged metrics of the real-data study's IRFT runs (docs/results.md): it must
 fire on the runs whose samples collapsed and stay silent on the healthy ones.
 
-Outcomes (SmolLM2-135M-Instruct, 128 human tweets or Amazon review snippets, docs/results.md): "collapsed" runs ended with samples far
-shorter than the demonstrations and a held-out gap per token resolved worse than SFT's; "healthy" ones did not.
+Outcomes (SmolLM2-135M-Instruct, 128 human tweets or Amazon review snippets, docs/results.md): "collapsed" runs
+ended with a held-out gap per token resolved worse than SFT's and degenerate samples (far shorter than the
+demonstrations, or the least diverse of the study); "healthy" ones did not.
 The files hold each run's logged ``irft/stage``, ``irft/loss``, ``irft/accuracy``, ``irft/margin``,
 ``irft/demo_reward`` and ``irft/gen_reward`` per step (log_every=1) and its ``irft.beta``.
 """
