@@ -244,7 +244,7 @@ def train(spec: Spec, budget: Budget, domain_dir: Path, model: Path, seed: int) 
     if (run / "final").is_dir():
         return run
     start = model if spec.start == "base" else domain_dir / "runs" / f"sft-s{seed}" / "final"
-    args = spec_overrides(spec, budget, DATA_OF(domain_dir), start, run, seed)
+    args = spec_overrides(spec, budget, data_dir(domain_dir), start, run, seed)
     resume = ["resume=true"] if (run / "config.yaml").is_file() else []
     began = time.time()
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def train(spec: Spec, budget: Budget, domain_dir: Path, model: Path, seed: int) 
     return run
 
 
-def DATA_OF(domain_dir: Path) -> Path:
+def data_dir(domain_dir: Path) -> Path:
     return domain_dir.parent / "data" / domain_dir.name
 
 
@@ -262,7 +262,7 @@ def evaluate(model: Path, domain_dir: Path, budget: Budget, judges: Any, render:
     target = model if (model / "config.yaml").is_file() else domain_dir / "base"
     gap_dir = target / "eval" / "gap"
     if not (gap_dir / "summary.json").is_file():
-        pairs = DATA_OF(domain_dir) / "pairs.jsonl"
+        pairs = data_dir(domain_dir) / "pairs.jsonl"
         cli(
             "eval",
             "gap",
@@ -302,7 +302,7 @@ EVAL_SEED = 1234
 
 
 def demonstration_texts(domain_dir: Path, budget: Budget) -> set[str]:
-    lines = (DATA_OF(domain_dir) / "demonstrations.jsonl").read_text().splitlines()[: budget.demonstrations]
+    lines = (data_dir(domain_dir) / "demonstrations.jsonl").read_text().splitlines()[: budget.demonstrations]
     return {json.loads(line)["completion"].strip() for line in lines}
 
 
@@ -323,7 +323,7 @@ def domain_judges(domain_dir: Path, budget: Budget) -> Any:
     judge_file = domain_dir / "judges.pt"
     if not judge_file.is_file():
         domain_dir.mkdir(parents=True, exist_ok=True)
-        quality = fit_judges(DATA_OF(domain_dir) / "judge.jsonl", judge_file, 200 if budget is QUICK else None)
+        quality = fit_judges(data_dir(domain_dir) / "judge.jsonl", judge_file, 200 if budget is QUICK else None)
         (domain_dir / "judges.json").write_text(json.dumps(quality, indent=2))
     return Judges.load(judge_file)
 

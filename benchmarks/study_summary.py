@@ -99,12 +99,16 @@ def health(folders: Sequence[Path]) -> dict[str, Any]:
     return out
 
 
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def cost(run: Path) -> dict[str, float]:
     """Demonstrations seen, generated tokens, training tokens and wall time of one run."""
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(run)
     generated = 0.0
     if config["method"] == "irft":
         for stats in sorted((run / "stages").glob("*/stats.json")):
@@ -123,10 +127,13 @@ def cost(run: Path) -> dict[str, float]:
     }
 
 
+def mean_cost(costs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.fmean(c[k] for c in costs) for k in costs[0]}
+
+
 def signals(run: Path) -> dict[str, float]:
     """The logged metrics a guard rail can read: final margin/accuracy/loss, truncation share, reward accuracy."""
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = {k: v for m in metrics for k, v in m.items()}
+    last = {k: v for m in read_metrics(run) for k, v in m.items()}
     keep = ("irft/margin", "irft/accuracy", "irft/loss", "gen/max_tokens_share", "rm/accuracy", "policy/kl")
     return {k: last[k] for k in keep if k in last}
 
@@ -145,7 +152,7 @@ def domain_results(domain_dir: Path) -> dict[str, Any]:
             "vs_sft": paired_vs_sft(runs, sft),
             "win_vs_sft": win_rates(runs, sft) if name != "sft" else {},
             "health": health(runs),
-            "cost": {k: statistics.fmean(cost(r)[k] for r in runs) for k in cost(runs[0])},
+            "cost": mean_cost([cost(r) for r in runs]),
             "signals": {r.name: signals(r) for r in runs},
         }
     judges = json.loads((domain_dir / "judges.json").read_text())
