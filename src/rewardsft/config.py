@@ -47,6 +47,10 @@ class ModelConfig:
     ``irft.pair_forward=auto`` choose ``joint``."""
     gguf_file: str | None = None
     """File name inside ``name_or_path`` when the weights are a GGUF file (see OFFLINE.md)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel: ``auto`` is transformers' choice (``sdpa`` wherever the architecture supports it, else
+    ``eager``); ``sdpa`` is PyTorch's fused attention (flash/memory-efficient kernels on GPU); ``eager`` plain
+    matmuls; ``flash_attention_2`` needs the ``flash-attn`` package and a bf16/fp16 model on a GPU."""
 
 
 @dataclass

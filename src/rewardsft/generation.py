@@ -20,6 +20,7 @@ from rewardsft.data.collate import collate_prompts
 from rewardsft.data.formats import Prompt
 from rewardsft.data.tokenize import Renderer, TokenizedExample, render_prompt_ids, truncate_prompt
 from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
+from rewardsft.sharding import agreed_max, in_lockstep
 
 if TYPE_CHECKING:
     from rewardsft.layout import Rendering
@@ -47,17 +48,25 @@ def generate(
 
     Seeded and side-effect free: the global RNG and the model's train/eval mode are restored afterwards.
     Prompts are processed longest first (less padding) and returned in input order.
+
+    A sharded model (FSDP2) gathers its weights in every forward, a collective: all processes then decode the same
+    number of batches (a process with fewer runs a one-token dummy batch) and keep stepping until every process's
+    batch has finished (``synced_gpus``).
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
+    n_batches = agreed_max(len(batches), model)
+    synced = in_lockstep(model)
     results: dict[int, Generation] = {}
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices), torch.no_grad(), only_our_sampling_settings(model):
         torch.manual_seed(seed)
-        for start in range(0, len(order), cfg.batch_size):
-            batch_idx = order[start : start + cfg.batch_size]
-            outputs = _generate_batch(model, [prompts[i] for i in batch_idx], cfg, pad_id, eos_ids, device)
-            results.update(zip(batch_idx, outputs, strict=True))
+        for k in range(n_batches):
+            batch_idx = batches[k] if k < len(batches) else []
+            batch = [prompts[i] for i in batch_idx] or [[pad_id]]
+            outputs = _generate_batch(model, batch, cfg, pad_id, eos_ids, device, synced)
+            results.update(zip(batch_idx, outputs[: len(batch_idx)], strict=True))
     return [results[i] for i in range(len(prompts))]
 
 
@@ -91,6 +100,7 @@ def _generate_batch(
     pad_id: int,
     eos_ids: Sequence[int],
     device: torch.device,
+    synced: bool = False,
 ) -> list[Generation]:
     batch = {k: v.to(device) for k, v in collate_prompts(prompts, pad_id).items()}
     sampling: dict[str, Any] = {"do_sample": cfg.do_sample}
@@ -102,6 +112,7 @@ def _generate_batch(
         pad_token_id=pad_id,
         eos_token_id=list(eos_ids),
         use_cache=True,
+        synced_gpus=synced,
         **sampling,
     )
     new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()

@@ -63,6 +63,8 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, path: str | Path | No
 
     source = str(path or cfg.name_or_path)
     kwargs = _hub_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = attention(cfg, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(cfg.dtype, device), **kwargs)
     except (OSError, ValueError) as err:
@@ -71,6 +73,20 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, path: str | Path | No
         model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def attention(cfg: ModelConfig, device: torch.device) -> str:
+    """``model.attn_implementation``, checked where transformers' own error would be obscure."""
+    if cfg.attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package")
+        if device.type != "cuda" or resolve_dtype(cfg.dtype, device) == torch.float32:
+            raise ConfigError(
+                "model.attn_implementation=flash_attention_2 needs a GPU and model.dtype bfloat16/float16"
+            )
+    return cfg.attn_implementation
 
 
 def lora_target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:

@@ -86,7 +86,7 @@ def test_method_mismatch_in_file(tmp_path: Path) -> None:
 
 def test_every_shipped_config_resolves() -> None:
     root = Path(__file__).resolve().parents[2] / "configs"
-    files = sorted(root.rglob("*.yaml"))
+    files = sorted(f for f in root.rglob("*.yaml") if "accelerate" not in f.parts)  # accelerate's own format
     assert files
     for file in files:
         import yaml

@@ -60,7 +60,7 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path: Path) 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     for step in (2, 4, 6):
         tmp = ckpt.begin_checkpoint(tmp_path, step)
-        ckpt.write_training_state(tmp, {"policy": (optimizer, scheduler)}, {"step": step})
+        ckpt.write_training_state(tmp, ckpt.optimizer_states({"policy": (optimizer, scheduler)}), {"step": step})
         ckpt.commit_checkpoint(tmp_path, tmp, step, keep=2)
     half = ckpt.begin_checkpoint(tmp_path, 8)  # a run killed while writing step 8
     (tmp_path / "checkpoints" / "step-10").mkdir()  # a folder without state.json is incomplete

@@ -76,7 +76,7 @@ def train_irft(config: RunConfig) -> Path:
     stages = plan_stages(len(train_data.tokenized), config, run.world_size)
     n_steps = stages[-1].first_step + stages[-1].steps
     state = run.resume_state()
-    model = run.accelerator.prepare(model)
+    model = run.prepare(model)
     spec = PairLossSpec.from_config(config)
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
@@ -89,9 +89,9 @@ def train_irft(config: RunConfig) -> Path:
             horizon = stage.steps if ic.reset_optimizer_each_stage else n_steps
             optimizer = build_optimizer(model.parameters(), config.optim)
             scheduler = build_scheduler(optimizer, config.optim, horizon)
-            optimizers = {"policy": (run.accelerator.prepare(optimizer), scheduler)}
+            optimizers = {"policy": (run.prepare_optimizer(optimizer), scheduler)}
             if state["step"] > 0 and (resuming_in_stage or not ic.reset_optimizer_each_stage):
-                run.restore_optimizers(optimizers)
+                run.restore_optimizers(optimizers, model)
         optimizer, scheduler = optimizers["policy"]
 
         examples = [train_data.tokenized[i] for i in stage.example_ids]

@@ -83,13 +83,14 @@ def train_rft(config: RunConfig) -> Path:
     reward_model = build_reward_model(start, config)
     reference = build_reference(start, config)
 
+    policy = run.prepare(policy)
     policy_opt = build_optimizer(policy.parameters(), config.optim)
     policy_sched = build_scheduler(policy_opt, config.optim, rc.iterations * max(rc.policy_steps, 1))
     rm_opt = build_optimizer(reward_model.parameters(), dataclasses.replace(config.optim, lr=config.reward_model.lr))
     rm_sched = build_scheduler(rm_opt, config.optim, rc.iterations * max(rc.reward_steps, 1))
-    policy, policy_opt = run.accelerator.prepare(policy, policy_opt)
+    policy_opt = run.prepare_optimizer(policy_opt)
     optimizers: Optimizers = {"policy": (policy_opt, policy_sched), "reward_model": (rm_opt, rm_sched)}
-    state = run.resume(optimizers)
+    state = run.resume(optimizers, policy)
 
     pad_id = tokenizer.pad_token_id
     stop_ids = end_of_turn_ids(start.renderer, run.accelerator.unwrap_model(policy))

@@ -22,15 +22,16 @@ def train_sft(config: RunConfig) -> Path:
     start = start_recipe(config)
     run, tokenizer, model = start.run, start.tokenizer, start.model
     train_data, eval_data = start.train_data, start.eval_data
+    model = run.prepare(model)
     optimizer = build_optimizer(model.parameters(), config.optim)
     tc = config.train
     n_steps = total_steps(
         len(train_data.tokenized), tc.batch_size, tc.grad_accum, run.world_size, tc.epochs, tc.max_steps
     )
     scheduler = build_scheduler(optimizer, config.optim, n_steps)
-    model, optimizer = run.accelerator.prepare(model, optimizer)
+    optimizer = run.prepare_optimizer(optimizer)
     optimizers = {"policy": (optimizer, scheduler)}
-    start_step = run.resume(optimizers)["step"]
+    start_step = run.resume(optimizers, model)["step"]
 
     plan = plan_steps(
         len(train_data.tokenized),

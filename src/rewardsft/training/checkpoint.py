@@ -18,10 +18,13 @@ import torch
 
 from rewardsft.errors import ConfigError
 from rewardsft.layout import CHECKPOINTS
+from rewardsft.sharding import full_optimizer_state, load_optimizer_state
 
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pt"
 OPTIMIZERS_FILE = "optimizers.pt"
+POLICY = "policy"
+"""The name of the optimiser that trains the policy (the model a run shards)."""
 Optimizers = dict[str, tuple[torch.optim.Optimizer, Any]]
 """Named (optimiser, LR schedule) pairs of a recipe, e.g. ``{"policy": (opt, sched)}``."""
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -68,11 +71,21 @@ def begin_checkpoint(output_dir: Path, step: int) -> Path:
     return tmp
 
 
-def write_training_state(tmp: Path, optimizers: Optimizers, state: dict[str, Any]) -> None:
-    states = {
-        name: {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-        for name, (opt, sched) in optimizers.items()
-    }
+def optimizer_states(optimizers: Optimizers, sharded_policy: Any | None = None) -> dict[str, Any]:
+    """Each named optimiser's and schedule's state. With ``sharded_policy`` (FSDP) the ``policy`` optimiser's state
+    is gathered in full and keyed by parameter name (a collective: every process calls this; rank 0 gets it)."""
+    states = {}
+    for name, (opt, sched) in optimizers.items():
+        if name == POLICY and sharded_policy is not None:
+            optimizer_state = full_optimizer_state(sharded_policy, opt)
+        else:
+            optimizer_state = opt.state_dict()
+        states[name] = {"optimizer": optimizer_state, "scheduler": sched.state_dict()}
+    return states
+
+
+def write_training_state(tmp: Path, states: dict[str, Any], state: dict[str, Any]) -> None:
+    """``optimizers.pt`` (from :func:`optimizer_states`), ``rng.pt``, then ``state.json``."""
     torch.save(states, tmp / OPTIMIZERS_FILE)
     torch.save(rng_state(), tmp / RNG_FILE)
     # state.json last: its presence marks the checkpoint complete.
@@ -94,8 +107,10 @@ def read_training_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())  # type: ignore[no-any-return]
 
 
-def restore_optimizers(checkpoint: Path, optimizers: Optimizers) -> None:
-    """Load each named optimiser's and schedule's state from ``checkpoint``."""
+def restore_optimizers(checkpoint: Path, optimizers: Optimizers, policy: Any) -> None:
+    """Load each named optimiser's and schedule's state from ``checkpoint``; ``policy`` is the model the ``policy``
+    optimiser trains (its state may be keyed by parameter name, written by a sharded run, and is sharded again
+    when ``policy`` is)."""
     if not (checkpoint / OPTIMIZERS_FILE).is_file():
         raise ConfigError(
             f"{checkpoint} has no {OPTIMIZERS_FILE}: it was written by an older rewardsft and cannot be resumed; "
@@ -103,7 +118,10 @@ def restore_optimizers(checkpoint: Path, optimizers: Optimizers) -> None:
         )
     states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=True)
     for name, (optimizer, scheduler) in optimizers.items():
-        optimizer.load_state_dict(states[name]["optimizer"])
+        if name == POLICY:
+            load_optimizer_state(policy, optimizer, states[name]["optimizer"])
+        else:
+            optimizer.load_state_dict(states[name]["optimizer"])
         scheduler.load_state_dict(states[name]["scheduler"])
 
 

@@ -27,6 +27,7 @@ from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
 from rewardsft.logprobs import model_token_logps
 from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
+from rewardsft.sharding import agreed_max, fsdp_requested, full_model_state, shard_model
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.metrics import MetricsLogger
 from rewardsft.training.signals import STOP, Preempted
@@ -106,6 +107,7 @@ class Run:
             cpu=not torch.cuda.is_available(), log_with=self.trackers or None, project_dir=config.output_dir
         )
         self.is_main = self.accelerator.is_main_process
+        self.sharded = check_engine(self.accelerator, config)
         self.checkpoint: Path | None = None
         self.metrics = MetricsLogger(self.output_dir, enabled=False, tracker_log=None)
 
@@ -140,6 +142,7 @@ class Run:
         return {
             "method": self.config.method,
             "world_size": self.world_size,
+            "sharding": "fsdp2" if self.sharded else "none",
             "device": str(self.device),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {
@@ -180,20 +183,56 @@ class Run:
                 self.print("resume=true but no complete checkpoint was found: starting from the beginning")
             return {"step": 0}
         state = ckpt.read_training_state(self.checkpoint)
+        self.check_resume_layout(state)
         ckpt.restore_rng(self.checkpoint)
         self.metrics.truncate_after(state["step"])
         self.print(f"resumed from {self.checkpoint} (step {state['step']})")
         return state
 
-    def restore_optimizers(self, optimizers: ckpt.Optimizers) -> None:
-        """Load the named optimisers' and schedules' state from the checkpoint being resumed (if any)."""
-        if self.checkpoint is not None:
-            ckpt.restore_optimizers(self.checkpoint, optimizers)
+    def check_resume_layout(self, state: dict[str, Any]) -> None:
+        """A checkpoint resumes on any number of processes, sharded or not, as long as one optimiser step still
+        covers the same examples (the data plan and the step count depend on the global batch)."""
+        saved, now = state.get("global_batch"), self.global_batch
+        if saved is not None and now is not None and saved != now:
+            raise ConfigError(
+                f"{self.checkpoint} was written with a global batch of {saved} examples per optimiser step "
+                f"({state.get('world_size')} processes); this run's is {now} (train.batch_size="
+                f"{self.config.train.batch_size} x train.grad_accum={self.config.train.grad_accum} x {self.world_size} "
+                "processes). Set train.batch_size so the product matches, or start again with overwrite=true"
+            )
+        if state.get("world_size", self.world_size) != self.world_size:
+            self.print(f"resuming a {state['world_size']}-process checkpoint on {self.world_size} processes")
 
-    def resume(self, optimizers: ckpt.Optimizers) -> dict[str, Any]:
+    @property
+    def global_batch(self) -> int | None:
+        """Examples per optimiser step over all processes (SFT, IRFT); None for RFT, whose rounds sample per
+        process and are not tied to a data plan."""
+        if self.config.method == "rft":
+            return None
+        tc = self.config.train
+        return tc.batch_size * tc.grad_accum * self.world_size
+
+    def prepare(self, model: Any) -> Any:
+        """The policy ready to train: sharded with FSDP2 when the launch asks for it (:mod:`rewardsft.sharding`),
+        else prepared by accelerate (DDP over several processes). Build its optimiser afterwards, from the
+        returned model's parameters, and pass it to :meth:`prepare_optimizer`."""
+        if self.sharded:
+            return shard_model(model.to(self.device))
+        return self.accelerator.prepare(model)
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
+        return optimizer if self.sharded else self.accelerator.prepare(optimizer)
+
+    def restore_optimizers(self, optimizers: ckpt.Optimizers, model: Any) -> None:
+        """Load the named optimisers' and schedules' state from the checkpoint being resumed (if any);
+        ``model`` is the policy the ``policy`` optimiser trains."""
+        if self.checkpoint is not None:
+            ckpt.restore_optimizers(self.checkpoint, optimizers, model)
+
+    def resume(self, optimizers: ckpt.Optimizers, model: Any) -> dict[str, Any]:
         """Restore RNG, optimisers and schedules from the newest checkpoint; returns the recipe state."""
         state = self.resume_state()
-        self.restore_optimizers(optimizers)
+        self.restore_optimizers(optimizers, model)
         return state
 
     def average_gradients(self, model: torch.nn.Module) -> None:
@@ -236,13 +275,16 @@ class Run:
         saves the base weights, or a resume would rebuild the policy on the original base. ``extra`` writes
         recipe-specific files (e.g. the reward model) into the checkpoint folder before it is committed.
         """
-        weights = self.accelerator.get_state_dict(model)
+        weights = full_model_state(model) if self.sharded else self.accelerator.get_state_dict(model)
+        # Every process takes part in gathering sharded optimiser state; rank 0 writes it.
+        states = ckpt.optimizer_states(optimizers, model if self.sharded else None)
+        state = {**state, "world_size": self.world_size, "global_batch": self.global_batch}
         if self.is_main:
             tmp = ckpt.begin_checkpoint(self.output_dir, state["step"])
             save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights, with_base=with_base)
             if extra is not None:
                 extra(tmp)
-            ckpt.write_training_state(tmp, optimizers, state)
+            ckpt.write_training_state(tmp, states, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         if STOP.signum is not None:
@@ -256,6 +298,7 @@ class Run:
         adapter reproduces ``final/``, i.e. not when training changed the base weights (IRFT ``snapshot=lora``).
         """
         final = self.output_dir / FINAL
+        weights = full_model_state(model) if self.sharded else None
         model = self.accelerator.unwrap_model(model)
         if self.is_main:
             tmp = self.output_dir / ".tmp-final"
@@ -265,7 +308,7 @@ class Run:
                     model.save_pretrained(str(self.output_dir / ADAPTER))
                 model = model.merge_and_unload()
             with original_dropout_config(model):
-                model.save_pretrained(str(tmp), safe_serialization=True)
+                model.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             write_model_card(tmp, self.config.to_dict(), self.output_dir.name)
             shutil.rmtree(final, ignore_errors=True)
@@ -277,12 +320,16 @@ class Run:
     def eval_nll(self, model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float:
         """Token-weighted mean NLL of the responses, over all processes."""
         shard = list(examples)[self.rank :: self.world_size]
+        batches = [shard[start : start + batch_size] for start in range(0, len(shard), batch_size)]
+        # A sharded model's forward is a collective: a process with fewer batches runs dummy ones (not counted).
+        dummies = agreed_max(len(batches), model) - len(batches)
         nll, n_tokens = 0.0, 0
         with eval_mode(model), torch.no_grad():
-            for start in range(0, len(shard), batch_size):
-                tokens = model_token_logps(model, **batch_on(shard[start : start + batch_size], pad_id, self.device))
-                nll += float(-tokens.logps.sum())
-                n_tokens += int(tokens.mask.sum())
+            for k, batch in enumerate(batches + [list(examples[:1])] * dummies):
+                tokens = model_token_logps(model, **batch_on(batch, pad_id, self.device))
+                if k < len(batches):
+                    nll += float(-tokens.logps.sum())
+                    n_tokens += int(tokens.mask.sum())
         totals = reduce_metrics(self.accelerator, {"nll": nll, "tokens": n_tokens}, reduction="sum")
         return totals["nll"] / max(totals["tokens"], 1.0)
 
@@ -295,6 +342,33 @@ class StepTimer:
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
+
+
+def check_engine(accelerator: Any, config: RunConfig) -> bool:
+    """Whether this run shards its policy (FSDP2); refuses engines and settings that are not supported with it."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed is not supported: it was never run here (no DeepSpeed build on the machines this was tested "
+            "on). Shard with FSDP2 instead: configs/accelerate/fsdp.yaml (full shard, like ZeRO-3) or "
+            "fsdp_grad_op.yaml (like ZeRO-2)"
+        )
+    if not fsdp_requested():
+        return False
+    if not torch.distributed.is_initialized():
+        raise ConfigError(
+            "FSDP was requested (ACCELERATE_USE_FSDP) but this is not a distributed launch; start with "
+            "`accelerate launch --config_file configs/accelerate/fsdp.yaml` or `torchrun`"
+        )
+    if config.method == "irft" and config.irft.snapshot != "cached":
+        raise ConfigError(
+            f"irft.snapshot={config.irft.snapshot} is not supported with FSDP (the copy or the merged LoRA base "
+            "would have to be sharded too); use irft.snapshot=cached (the default)"
+        )
+    if config.lora.enabled:
+        raise ConfigError("lora.enabled=true with FSDP is not supported yet; train LoRA with DDP (ddp.yaml)")
+    return True
 
 
 def _check_trackers(names: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from rewardsft.errors import NonFiniteError
+from rewardsft.sharding import is_sharded
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,11 @@ class StepStats:
 
 
 def micro_batch_context(accelerator: Any, model: Any, last: bool) -> Any:
-    """Gradient accumulation: skip the cross-process all-reduce on every micro-batch but the step's last."""
-    return nullcontext() if last else accelerator.no_sync(model)
+    """Gradient accumulation: skip the cross-process all-reduce on every micro-batch but the step's last.
+
+    A sharded (FSDP2) model reduce-scatters every micro-batch's gradients into its shards instead (the sum is the
+    same; DDP's ``no_sync`` does not apply to it)."""
+    return nullcontext() if last or is_sharded(model) else accelerator.no_sync(model)
 
 
 def optimizer_step(
@@ -63,6 +67,8 @@ def optimizer_step(
         grad_norm: Any = torch.nn.utils.clip_grad_norm_(list(params), limit)
     else:
         grad_norm = accelerator.clip_grad_norm_(params, limit)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()  # FSDP2: the norm is a DTensor over the shards
     lr = float(scheduler.get_last_lr()[0])
     # DeepSpeed clips inside its own step and returns no norm here: nothing to check.
     norm = float("nan") if grad_norm is None else float(grad_norm)
