@@ -124,24 +124,29 @@ def rewind(src: Path, dst: Path, step: int) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("runs", ["sft"], indirect=True)
+@pytest.mark.parametrize("runs", ["sft", "irft"], indirect=True)
 def test_resume_across_process_counts(
     runs: tuple[str, Path, Path], llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
 ) -> None:
     """An FSDP checkpoint (optimiser state keyed by name, gathered) resumes on one unsharded process, and a
-    one-process checkpoint (keyed by position) resumes sharded over two: both end on the uninterrupted weights."""
-    _, one, two = runs
+    one-process checkpoint (keyed by position) resumes sharded over two: both end on the uninterrupted weights.
+    For IRFT step 3 is inside stage 2, so the resumed run reuses that stage's generations and snapshot cache (the
+    two-process resume reads the one-process run's rank-0 cache)."""
+    method, one, two = runs
+    key = STEP_METRICS[method][0]
     reference = load_file(str(one / "final" / "model.safetensors"))
     sharded_to_plain = rewind(two, tmp_path / "a", step=3)
-    assert main([*args_for("sft", llama_dir, builtin_jsonl, sharded_to_plain, 8), "resume=true"]) == 0
+    assert main([*args_for(method, llama_dir, builtin_jsonl, sharded_to_plain, 8), "resume=true"]) == 0
     plain_to_sharded = rewind(one, tmp_path / "b", step=3)
-    args = [*args_for("sft", llama_dir, builtin_jsonl, plain_to_sharded, 4), "resume=true"]
+    args = [*args_for(method, llama_dir, builtin_jsonl, plain_to_sharded, 4), "resume=true"]
     result = torchrun_fsdp(args, PORTS["resume"])
     assert result.returncode == 0, result.stderr[-3000:]
     for out in (sharded_to_plain, plain_to_sharded):
         final = load_file(str(out / "final" / "model.safetensors"))
         assert {n: d for n in final if (d := float((final[n] - reference[n]).abs().max())) > WEIGHT_ABS} == {}
-        assert [r["step"] for r in step_records(out, "train/loss")] == list(range(1, 7))
+        assert [r["step"] for r in step_records(out, key)] == [r["step"] for r in step_records(one, key)]
+    if method == "irft":
+        assert "reusing" in result.stdout + result.stderr  # the stage's generations were not sampled again
 
 
 @pytest.mark.parametrize("runs", ["sft"], indirect=True)

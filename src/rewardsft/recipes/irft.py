@@ -266,9 +266,11 @@ def take_snapshot(
     cache_path = stage_dir(run.output_dir, stage.name) / f"ref_logps.rank{run.rank}.pt"
     if reuse_cache:
         # Mid-stage the policy is no longer θ_t: only the cache written at the stage start can stand in for it.
-        if not cache_path.is_file():
+        # Every process caches all the stage's pairs, so a run resumed on more processes reads rank 0's file.
+        found = [path for path in (cache_path, cache_path.with_name("ref_logps.rank0.pt")) if path.is_file()]
+        if not found:
             raise ConfigError(f"cannot resume inside {stage.name}: its snapshot cache {cache_path} is missing")
-        return CachedSnapshot(torch.load(cache_path, weights_only=True))
+        return CachedSnapshot(torch.load(found[0], weights_only=True))
     policy = run.accelerator.unwrap_model(model)
     if config.irft.snapshot == "lora":
         merge_lora_into_base(policy)
