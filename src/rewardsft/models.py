@@ -62,7 +62,7 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, path: str | Path | No
     from transformers import AutoModelForCausalLM
 
     source = str(path or cfg.name_or_path)
-    kwargs = _hub_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
+    kwargs: dict[str, Any] = _hub_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = attention(cfg, device)
     try:
