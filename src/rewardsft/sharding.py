@@ -44,6 +44,9 @@ def check_fsdp_settings() -> None:
         )
     if os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
         raise ConfigError("FSDP_OFFLOAD_PARAMS=true (fsdp_offload_params) is not supported; set it to false")
+    if os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
+        # transformers would load real weights on local rank 0 only, and nothing here broadcasts them.
+        raise ConfigError("FSDP_CPU_RAM_EFFICIENT_LOADING=true (fsdp_cpu_ram_efficient_loading) is not supported")
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
         raise ConfigError(
             "FSDP_ACTIVATION_CHECKPOINTING=true (fsdp_activation_checkpointing) is not applied by rewardsft; set it "

@@ -162,11 +162,11 @@ def test_resume_with_another_global_batch_is_refused(
 
 
 def test_rft_runs_sharded(llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path) -> None:
-    """RFT with its policy sharded (reward model and reference replicated): 7 prompts per round split 4/3 over the
-    two processes, so rollouts, their log-probs and the held-out accuracy all need the lockstep; every policy
-    weight moves and the exports load."""
+    """RFT with its policy sharded (reward model and reference replicated): 4 prompts x 2 samples per process in
+    micro-batches of 3; the held-out split (9 prompts) splits 5/4, so its generation needs the lockstep. Every
+    policy weight moves and the exports load. (Rounds that do not split evenly are refused: test_sharding.py.)"""
     out = tmp_path / "rft"
-    args = rft_args(llama_dir, split_data, out, "rft.iterations=3", "rft.prompts_per_iteration=7")
+    args = rft_args(llama_dir, split_data, out, "rft.iterations=3", "rft.prompts_per_iteration=8", "train.batch_size=3")
     result = torchrun_fsdp(args, PORTS["rft"])
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")

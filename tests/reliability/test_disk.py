@@ -22,6 +22,7 @@ def test_checkpoint_size_counts_weights_and_optimizer_moments() -> None:
     assert checkpoint_bytes([model], "rmsprop") == 110 * (4 + 4)
     model.bias.requires_grad_(False)
     assert checkpoint_bytes([model], "adamw") == 100 * 12
+    assert checkpoint_bytes([model.to(torch.bfloat16)], "adamw") == 100 * 6  # moments in the parameters' dtype
 
 
 def test_no_room_for_a_checkpoint_fails_before_training(

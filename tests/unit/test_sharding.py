@@ -88,3 +88,44 @@ def test_shipped_accelerate_configs_parse_and_fsdp_ones_are_accepted(monkeypatch
         check_fsdp_settings()
     reshard = {f.name: load_config_from_file(str(f)).fsdp_config.get("fsdp_reshard_after_forward") for f in files}
     assert reshard == {"ddp.yaml": None, "fsdp.yaml": True, "fsdp_grad_op.yaml": False}
+
+
+class FakeAccelerator:
+    def __init__(self, processes: int = 2, mixed_precision: str = "no"):
+        from accelerate.utils import DistributedType
+
+        self.distributed_type = DistributedType.MULTI_CPU
+        self.num_processes = processes
+        self.mixed_precision = mixed_precision
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "accelerator", "message"),
+    [
+        ("rft", {"rft": {"prompts_per_iteration": 7}}, FakeAccelerator(), "does not split evenly over 2"),
+        ("irft", {"irft": {"snapshot": "copy"}}, FakeAccelerator(), "irft.snapshot=copy"),
+        ("sft", {"lora": {"enabled": True}}, FakeAccelerator(), "lora"),
+        ("sft", {}, FakeAccelerator(mixed_precision="fp16"), "mixed_precision=fp16"),
+    ],
+)
+def test_fsdp_runs_refuse_what_they_cannot_do(
+    method: str, overrides: dict, accelerator: FakeAccelerator, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rewardsft.config import load_config
+    from rewardsft.training.run import check_engine
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    config = load_config(method, None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_engine(accelerator, config)
+    assert check_engine(FakeAccelerator(), load_config("sft", None, {})) is True
+
+
+def test_fsdp_without_a_distributed_launch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rewardsft.config import load_config
+    from rewardsft.training.run import check_engine
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="not a distributed launch"):
+        check_engine(FakeAccelerator(1), load_config("sft", None, {}))

@@ -59,7 +59,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A checkpoint from a machine with more GPUs holds more states than this one has devices.
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def begin_checkpoint(output_dir: Path, step: int) -> Path:
@@ -116,7 +117,8 @@ def restore_optimizers(checkpoint: Path, optimizers: Optimizers, policy: Any) ->
             f"{checkpoint} has no {OPTIMIZERS_FILE}: it was written by an older rewardsft and cannot be resumed; "
             "start again with overwrite=true"
         )
-    states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=True)
+    # On CPU first: the saving process's GPU may not be this one's (loading moves each state to its parameter).
+    states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=True, map_location="cpu")
     for name, (optimizer, scheduler) in optimizers.items():
         if name == POLICY:
             load_optimizer_state(policy, optimizer, states[name]["optimizer"])

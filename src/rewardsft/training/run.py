@@ -61,15 +61,15 @@ def nearest_existing(path: Path) -> Path:
 
 
 def checkpoint_bytes(models: Sequence[Any], optimizer_name: str) -> int:
-    """Bytes one checkpoint takes: the trainable weights in their dtype plus the optimiser's fp32 state (AdamW
-    two moments, RMSprop one) for trainable parameters; frozen LoRA bases are saved once more with
-    ``irft.snapshot=lora`` but are left out of this lower bound."""
+    """Bytes one checkpoint takes: the trainable weights plus the optimiser's state (AdamW two moments, RMSprop
+    one), both in the parameters' dtype (torch keeps moments in it: bf16 on GPU); frozen LoRA bases are saved once
+    more with ``irft.snapshot=lora`` but are left out of this lower bound."""
     moments = 2 if optimizer_name == "adamw" else 1
     total = 0
     for model in models:
         for param in model.parameters():
             if param.requires_grad:
-                total += param.numel() * (param.element_size() + 4 * moments)
+                total += param.numel() * param.element_size() * (1 + moments)
     return total
 
 
@@ -200,7 +200,12 @@ class Run:
                 f"{self.config.train.batch_size} x train.grad_accum={self.config.train.grad_accum} x {self.world_size} "
                 "processes). Set train.batch_size so the product matches, or start again with overwrite=true"
             )
-        if state.get("world_size", self.world_size) != self.world_size:
+        if "world_size" not in state and self.world_size > 1:
+            self.print(
+                "warning: this checkpoint does not record its number of processes or global batch; resume it with "
+                "the same train.batch_size x processes as it was written with"
+            )
+        elif state.get("world_size", self.world_size) != self.world_size:
             self.print(f"resuming a {state['world_size']}-process checkpoint on {self.world_size} processes")
 
     @property
@@ -368,6 +373,18 @@ def check_engine(accelerator: Any, config: RunConfig) -> bool:
         )
     if config.lora.enabled:
         raise ConfigError("lora.enabled=true with FSDP is not supported yet; train LoRA with DDP (ddp.yaml)")
+    if accelerator.mixed_precision != "no":
+        raise ConfigError(
+            f"mixed_precision={accelerator.mixed_precision} with FSDP is not supported (the model is loaded in "
+            "model.dtype itself: bf16 on GPU by default); set mixed_precision: 'no' in the accelerate config"
+        )
+    world = accelerator.num_processes
+    if config.method == "rft" and config.rft.prompts_per_iteration % world:
+        # Each sharded forward and backward is a collective: every process must hold as many samples as the others.
+        raise ConfigError(
+            f"rft.prompts_per_iteration={config.rft.prompts_per_iteration} does not split evenly over {world} "
+            "processes; with FSDP every process must get the same number of prompts"
+        )
     return True
 
 
