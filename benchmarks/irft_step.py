@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,16 @@ SIZES = {
         "vocab_size": 49152,
         "tie_word_embeddings": True,
     },
+    # TinyLlama-1.1B's shape (1.1B parameters): for GPUs, where a 135M model cannot fill the matmul units.
+    "llama1b": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "intermediate_size": 5632,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
     "tiny": {
         "hidden_size": 64,
         "num_hidden_layers": 2,
@@ -58,12 +69,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(size: str, device: torch.device, checkpointing: bool = False) -> Any:
+def build(size: str, device: torch.device, checkpointing: bool = False, dtype: torch.dtype = torch.float32) -> Any:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=1024, **SIZES[size])
-    model = AutoModelForCausalLM.from_config(config).to(device)
+    model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype)
     if checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     return model
@@ -89,6 +100,18 @@ def make_pairs(n: int, prompt_len: int, response_len: int, vocab: int) -> list[A
 
 def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> list[float]:
     """SFT or one IRFT optimiser step through the recipe's own functions (``irft_*``: split pair forward)."""
+    step_fn = prepare_ours(method, args, device)
+    times = []
+    for step in range(args.steps + 1):  # step 0 warms up
+        start = time.perf_counter()
+        step_fn(step)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) -> Callable[[int], None]:
+    """Build the model, optimiser and (IRFT) snapshot; returns ``step(i)``, which runs optimiser step ``i`` on
+    its own ``batch_size`` pairs (``args.steps + 1`` steps' worth exist). Shared with ``benchmarks/mfu.py``."""
     from accelerate import Accelerator
 
     from rewardsft.config import load_config
@@ -98,7 +121,7 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
     from rewardsft.recipes.irft import PairLossSpec, StepSize, joint_pair_backward, split_pair_backward
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps
 
-    model = build(args.size, device, args.gradient_checkpointing)
+    model = build(args.size, device, args.gradient_checkpointing, getattr(torch, getattr(args, "dtype", "float32")))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, model.config.vocab_size)
@@ -111,10 +134,9 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
         snapshot = CachedSnapshot(compute_ref_logps(model, pairs, args.batch_size, pad_id=0))
     elif method == "irft_copy":
         snapshot = CopySnapshot(model)
-    times = []
-    for step in range(args.steps + 1):  # step 0 warms up
+
+    def step_fn(step: int) -> None:
         ids = list(range(step * args.batch_size, (step + 1) * args.batch_size))
-        start = time.perf_counter()
         if method == "sft":
             batch = {k: v.to(device) for k, v in collate([pairs[i].demo for i in ids], 0).items()}
             sft_nll(model_token_logps(model, **batch)).backward()
@@ -125,8 +147,8 @@ def run_ours(method: str, args: argparse.Namespace, device: torch.device) -> lis
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+
+    return step_fn
 
 
 def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float], dict[str, float]]:
