@@ -84,12 +84,13 @@ def make_prompts(lengths: Sequence[int], vocab: int, seed: int) -> list[list[int
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def run_ours(model: Any, prompts: list[list[int]], new_tokens: int, batch: int) -> None:
+def run_ours(model: Any, prompts: list[list[int]], new_tokens: int, batch: int, cache: str = "dynamic") -> None:
     """rewardsft.generation.generate; the end-of-turn id is outside the vocabulary, so no sequence stops early."""
     from rewardsft.config import GenerationConfig
     from rewardsft.generation import generate
 
-    cfg = GenerationConfig(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0, batch_size=batch)
+    settings: Any = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": batch, "cache": cache}
+    cfg = GenerationConfig(max_new_tokens=new_tokens, **settings)
     out = generate(model, prompts, cfg, pad_id=0, eos_ids=[model.config.vocab_size], seed=0)
     assert all(len(g.response_ids) == new_tokens for g in out)
 
@@ -145,6 +146,7 @@ def variant_calls(
     if batch in ints(args.variant_batches):
         calls |= {
             "plain_static": lambda: run_plain(model, prompts, n, cache_implementation="static"),
+            "ours_static": lambda: run_ours(model, prompts, n, batch, cache="static"),
             "ours_eager": lambda: with_attention(model, "eager", lambda: run_ours(model, prompts, n, batch)),
             "ours_bf16": lambda: run_ours(bf16, prompts, n, batch),
         }

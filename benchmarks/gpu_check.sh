@@ -20,7 +20,7 @@ timeout 300 "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider -o addopts="
 tests_rc=${PIPESTATUS[0]}
 
 # SmolLM2-135M's shape in bf16; batches up to 128 (a GPU decodes many sequences for the price of one).
-timeout 150 "$PY" -m benchmarks.generation_speed --device cuda --batches 1,32,128 --variant-batches 1,128 \
+timeout 200 "$PY" -m benchmarks.generation_speed --device cuda --batches 1,32,128 --variant-batches 1,32 \
     --new-tokens 128 --copy-mb 2048 --out "$RESULTS/generation_speed_gpu.json" > "$RESULTS/generation_speed_gpu.log" 2>&1
 gen_rc=$?
 # TinyLlama-1.1B's shape in bf16, 16 examples of 256 + 256 tokens per step, against a bf16 8192^3 matmul.

@@ -169,6 +169,10 @@ class GenerationConfig:
     """Sample (true) or decode greedily (false, ignoring temperature/top_p/top_k); RFT requires true."""
     batch_size: int = 16
     """Prompts per ``generate`` call on each process (longest prompts first, to pad less)."""
+    cache: Literal["dynamic", "static"] = "dynamic"
+    """KV cache of ``generate``: ``static`` pre-allocates it, and on GPU transformers then compiles the decode step
+    (much faster for small models and batches, docs/performance.md; each new batch or length shape compiles
+    again); ``dynamic`` grows it and needs no compilation. No effect on the samples' distribution."""
 
 
 @dataclass

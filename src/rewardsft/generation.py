@@ -104,6 +104,8 @@ def _generate_batch(
 ) -> list[Generation]:
     batch = {k: v.to(device) for k, v in collate_prompts(prompts, pad_id).items()}
     sampling: dict[str, Any] = {"do_sample": cfg.do_sample}
+    if cfg.cache == "static":
+        sampling["cache_implementation"] = "static"
     if cfg.do_sample:
         sampling.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     out = model.generate(

@@ -72,7 +72,9 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, path: str | Path | No
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
-    return model
+    # On ``device`` at once: models accelerate never prepares (RFT's frozen reference, evaluation, sampling) would
+    # otherwise stay on the CPU of a GPU machine (the GPU check caught RFT's reference there).
+    return model.to(device)
 
 
 def attention(cfg: ModelConfig, device: torch.device) -> str:

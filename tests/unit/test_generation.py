@@ -86,3 +86,20 @@ def test_truncation_warning_fires_only_when_nearly_every_sample_hit_the_cap() ->
     assert truncation_warning({"gen/max_tokens_share": 0.5}, 12) is None
     warning = truncation_warning({"gen/max_tokens_share": 1.0}, 12)
     assert warning is not None and "generation.max_new_tokens=12" in warning
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_static_cache_samples_what_the_dynamic_cache_samples(
+    tokenizer: Any, prompts: list[list[int]], do_sample: bool
+) -> None:
+    """``generation.cache=static`` is a speed setting only: same seed, same left-padded batches, same samples."""
+    model = tiny_model(tokenizer, hidden_size=32, seed=1)
+    kwargs = {"pad_id": tokenizer.pad_token_id, "eos_ids": [tokenizer.eos_token_id], "seed": 3}
+    dynamic, static = (
+        generate(
+            model, prompts, GenerationConfig(max_new_tokens=12, do_sample=do_sample, batch_size=4, cache=c), **kwargs
+        )
+        for c in ("dynamic", "static")
+    )
+    assert static == dynamic
+    assert any(len(g.response_ids) > 1 for g in dynamic)
