@@ -8,6 +8,7 @@ come from our ``GenerationConfig`` alone: a checkpoint's own ``generation_config
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from rewardsft.config import GenerationConfig, ModelConfig
 from rewardsft.data.collate import collate_prompts
 from rewardsft.data.formats import Prompt
 from rewardsft.data.tokenize import Renderer, TokenizedExample, render_prompt_ids, truncate_prompt
+from rewardsft.errors import ConfigError
 from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
-from rewardsft.sharding import agreed_max, in_lockstep
+from rewardsft.sharding import agreed_max, in_lockstep, is_sharded
 
 if TYPE_CHECKING:
     from rewardsft.layout import Rendering
@@ -53,6 +55,7 @@ def generate(
     number of batches (a process with fewer runs a one-token dummy batch) and keep stepping until every process's
     batch has finished (``synced_gpus``).
     """
+    model = in_generation_dtype(model, cfg)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
     n_batches = agreed_max(len(batches), model)
@@ -68,6 +71,15 @@ def generate(
             outputs = _generate_batch(model, batch, cfg, pad_id, eos_ids, device, synced)
             results.update(zip(batch_idx, outputs[: len(batch_idx)], strict=True))
     return [results[i] for i in range(len(prompts))]
+
+
+def in_generation_dtype(model: Any, cfg: GenerationConfig) -> Any:
+    """``model`` itself, or for ``generation.dtype=bfloat16`` a bf16 copy of it (the policy keeps its weights)."""
+    if cfg.dtype == "auto" or next(model.parameters()).dtype == torch.bfloat16:
+        return model
+    if is_sharded(model):
+        raise ConfigError("generation.dtype=bfloat16 is not supported with FSDP; use generation.dtype=auto")
+    return copy.deepcopy(model).to(torch.bfloat16)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+import torch
 
 from rewardsft.config import GenerationConfig
 from rewardsft.data import Renderer
@@ -103,3 +104,20 @@ def test_static_cache_samples_what_the_dynamic_cache_samples(
     )
     assert static == dynamic
     assert any(len(g.response_ids) > 1 for g in dynamic)
+
+
+def test_bf16_generation_samples_from_a_rounded_copy_and_leaves_the_policy_alone(
+    tokenizer: Any, prompts: list[list[int]]
+) -> None:
+    model = tiny_model(tokenizer, hidden_size=32, seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    kwargs = {"pad_id": tokenizer.pad_token_id, "eos_ids": [tokenizer.eos_token_id], "seed": 3}
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=4, dtype="bfloat16")
+    first, again = generate(model, prompts, cfg, **kwargs), generate(model, prompts, cfg, **kwargs)
+    assert first == again and len(first) == len(prompts)  # seeded like fp32 generation
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # Greedy: the rounded copy decodes like the policy on most prompts (a random tiny model has close logits).
+    greedy = {"max_new_tokens": 4, "do_sample": False, "batch_size": 4}
+    fp32 = generate(model, prompts, GenerationConfig(**greedy), **kwargs)
+    bf16 = generate(model, prompts, GenerationConfig(**greedy, dtype="bfloat16"), **kwargs)
+    assert sum(a.response_ids[0] == b.response_ids[0] for a, b in zip(fp32, bf16, strict=True)) >= len(prompts) // 2
