@@ -21,6 +21,7 @@ from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.models import eval_mode
+from rewardsft.sharding import agreed_max
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,20 @@ class Snapshot(Protocol):
 
 @torch.no_grad()
 def compute_ref_logps(model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int) -> torch.Tensor:
-    """(N, 2) snapshot log-probs [demo, gen] of every pair, with the model in eval mode."""
+    """(N, 2) snapshot log-probs [demo, gen] of every pair, with the model in eval mode.
+
+    With a sharded model every process must call this the same number of times per batch count: a process with
+    fewer batches (its share of a stage split unevenly) runs dummy ones, whose rows are dropped."""
     device = next(model.parameters()).device
+    starts = list(range(0, len(pairs), batch_size))
+    dummies = agreed_max(len(starts), model) - len(starts)
     rows = []
     with eval_mode(model):
-        for start in range(0, len(pairs), batch_size):
-            demo, gen = split_logps(model, pair_batch(pairs[start : start + batch_size], pad_id, device))
+        for start in starts + [0] * dummies:
+            chunk = pairs[start : start + batch_size] or pairs[:1]
+            demo, gen = split_logps(model, pair_batch(chunk, pad_id, device))
             rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
-    return torch.cat(rows) if rows else torch.zeros(0, 2)
+    return torch.cat(rows[: len(starts)]) if starts else torch.zeros(0, 2)
 
 
 class CachedSnapshot:

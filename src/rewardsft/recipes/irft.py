@@ -274,7 +274,7 @@ def take_snapshot(
     policy = run.accelerator.unwrap_model(model)
     if config.irft.snapshot == "lora":
         merge_lora_into_base(policy)
-    cache = compute_ref_logps(policy, pairs, eval_batch(config), pad_id)
+    cache = shared_ref_logps(run, policy, pairs, eval_batch(config), pad_id)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(cache, cache_path)
     if config.irft.snapshot == "copy":
@@ -282,6 +282,17 @@ def take_snapshot(
     if config.irft.snapshot == "lora":
         return LoraBaseSnapshot(policy)
     return CachedSnapshot(cache)
+
+
+def shared_ref_logps(run: Run, policy: Any, pairs: list[Pair], batch_size: int, pad_id: int) -> torch.Tensor:
+    """The snapshot log-probs of all the stage's pairs on every process, each process computing its share (every
+    world_size-th pair) and the shares gathered: the snapshot pass then scales with the number of processes."""
+    mine = list(range(run.rank, len(pairs), run.world_size))
+    local = compute_ref_logps(policy, [pairs[i] for i in mine], batch_size, pad_id)
+    if run.world_size == 1:
+        return local
+    rows = dict(run.gather(list(zip(mine, local.tolist(), strict=True))))
+    return torch.tensor([rows[i] for i in range(len(pairs))], dtype=torch.float32).reshape(-1, 2)
 
 
 @dataclass(frozen=True)
