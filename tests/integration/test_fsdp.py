@@ -12,8 +12,8 @@ one more reordering of float sums (gradients are reduce-scattered into shards, t
 per-shard norms); measured on these runs: final weights within 3.1e-7 of the one-process run after moving by
 1.2e-2 (SFT), and within the DDP test's bounds for IRFT.
 
-Fast tier: the four torchrun launches take ~40 s on 2 cores, and the sharded path is where distributed training
-breaks silently (hangs, wrong gradients, unloadable checkpoints), so it is checked on every change.
+Fast tier: the ten two-process launches take ~2 minutes on 2 cores, and the sharded path is where distributed
+training breaks silently (hangs, wrong gradients, unloadable checkpoints), so it is checked on every change.
 """
 
 from __future__ import annotations
