@@ -41,7 +41,7 @@ def positive(value: Any) -> bool:
 def test_generation_speed_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
     report = run_module("generation_speed", tmp_path / "gen.json")
     variants = {(r["variant"], r["batch"]) for r in report["results"]}
-    names = ("ours", "plain", "plain_static", "ours_eager", "ours_bf16")
+    names = ("ours", "plain", "plain_static", "ours_static", "ours_eager", "ours_bf16")
     assert variants == {(v, b) for v in names for b in (1, 2)}
     for row in report["results"]:
         assert all(positive(row[k]) for k in ("tokens_per_s", "bound_tokens_per_s", "vs_plain", "vs_bound"))
