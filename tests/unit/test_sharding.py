@@ -129,3 +129,15 @@ def test_fsdp_without_a_distributed_launch_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match="not a distributed launch"):
         check_engine(FakeAccelerator(1), load_config("sft", None, {}))
+
+
+def test_uneven_rft_rounds_are_refused_without_fsdp_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DDP an uneven split would not hang, but each process averages its own samples, so samples on the
+    process with fewer would weigh more than in one process."""
+    from rewardsft.config import load_config
+    from rewardsft.training.run import check_engine
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    with pytest.raises(ConfigError, match="choose a multiple of the number of processes"):
+        check_engine(FakeAccelerator(2), load_config("rft", None, {"rft": {"prompts_per_iteration": 7}}))
+    assert check_engine(FakeAccelerator(2), load_config("rft", None, {"rft": {"prompts_per_iteration": 8}})) is False

@@ -350,7 +350,8 @@ class StepTimer:
 
 
 def check_engine(accelerator: Any, config: RunConfig) -> bool:
-    """Whether this run shards its policy (FSDP2); refuses engines and settings that are not supported with it."""
+    """Whether this run shards its policy (FSDP2); refuses engines and settings that are not supported with it,
+    and RFT rounds that do not split evenly over the processes."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -358,6 +359,14 @@ def check_engine(accelerator: Any, config: RunConfig) -> bool:
             "DeepSpeed is not supported: it was never run here (no DeepSpeed build on the machines this was tested "
             "on). Shard with FSDP2 instead: configs/accelerate/fsdp.yaml (full shard, like ZeRO-3) or "
             "fsdp_grad_op.yaml (like ZeRO-2)"
+        )
+    world = accelerator.num_processes
+    if config.method == "rft" and config.rft.prompts_per_iteration % world:
+        # Each process averages its own samples' loss and DDP/FSDP average the processes: uneven shares would
+        # weight samples unequally (and hang FSDP, where every forward and backward is a collective).
+        raise ConfigError(
+            f"rft.prompts_per_iteration={config.rft.prompts_per_iteration} does not split evenly over {world} "
+            "processes; choose a multiple of the number of processes"
         )
     if not fsdp_requested():
         return False
@@ -377,13 +386,6 @@ def check_engine(accelerator: Any, config: RunConfig) -> bool:
         raise ConfigError(
             f"mixed_precision={accelerator.mixed_precision} with FSDP is not supported (the model is loaded in "
             "model.dtype itself: bf16 on GPU by default); set mixed_precision: 'no' in the accelerate config"
-        )
-    world = accelerator.num_processes
-    if config.method == "rft" and config.rft.prompts_per_iteration % world:
-        # Each sharded forward and backward is a collective: every process must hold as many samples as the others.
-        raise ConfigError(
-            f"rft.prompts_per_iteration={config.rft.prompts_per_iteration} does not split evenly over {world} "
-            "processes; with FSDP every process must get the same number of prompts"
         )
     return True
 
