@@ -22,7 +22,7 @@ from rewardsft.data.formats import Prompt
 from rewardsft.data.tokenize import Renderer, TokenizedExample, render_prompt_ids, truncate_prompt
 from rewardsft.errors import ConfigError
 from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
-from rewardsft.sharding import agreed_max, in_lockstep, is_sharded
+from rewardsft.sharding import in_lockstep, is_sharded, lockstep
 
 if TYPE_CHECKING:
     from rewardsft.layout import Rendering
@@ -58,18 +58,17 @@ def generate(
     model = in_generation_dtype(model, cfg)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
-    n_batches = agreed_max(len(batches), model)
     synced = in_lockstep(model)
     results: dict[int, Generation] = {}
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices), torch.no_grad(), only_our_sampling_settings(model):
         torch.manual_seed(seed)
-        for k in range(n_batches):
-            batch_idx = batches[k] if k < len(batches) else []
-            batch = [prompts[i] for i in batch_idx] or [[pad_id]]
+        for batch_idx, real in lockstep(batches, model, dummy=[]):
+            batch: list[Sequence[int]] = [prompts[i] for i in batch_idx] if real else [[pad_id]]
             outputs = _generate_batch(model, batch, cfg, pad_id, eos_ids, device, synced)
-            results.update(zip(batch_idx, outputs[: len(batch_idx)], strict=True))
+            if real:
+                results.update(zip(batch_idx, outputs, strict=True))
     return [results[i] for i in range(len(prompts))]
 
 

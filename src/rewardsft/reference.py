@@ -21,7 +21,7 @@ from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.models import eval_mode
-from rewardsft.sharding import agreed_max
+from rewardsft.sharding import lockstep
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,14 @@ def compute_ref_logps(model: Any, pairs: Sequence[Pair], batch_size: int, pad_id
     With a sharded model every process must call this the same number of times per batch count: a process with
     fewer batches (its share of a stage split unevenly) runs dummy ones, whose rows are dropped."""
     device = next(model.parameters()).device
-    starts = list(range(0, len(pairs), batch_size))
-    dummies = agreed_max(len(starts), model) - len(starts)
+    chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     rows = []
     with eval_mode(model):
-        for start in starts + [0] * dummies:
-            chunk = pairs[start : start + batch_size] or pairs[:1]
+        for chunk, real in lockstep(chunks, model, dummy=pairs[:1]):
             demo, gen = split_logps(model, pair_batch(chunk, pad_id, device))
-            rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
-    return torch.cat(rows[: len(starts)]) if starts else torch.zeros(0, 2)
+            if real:
+                rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, 2)
 
 
 class CachedSnapshot:

@@ -20,13 +20,15 @@ What sharding changes for the recipes, all handled here or through these helpers
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 
 from rewardsft.errors import ConfigError
 
 FSDP_ENV = "ACCELERATE_USE_FSDP"
+T = TypeVar("T")
 
 
 def fsdp_requested() -> bool:
@@ -111,6 +113,13 @@ def agreed_max(count: int, model: Any) -> int:
     value = torch.tensor([count], dtype=torch.long, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return int(value.item())
+
+
+def lockstep(batches: Sequence[T], model: Any, dummy: T) -> list[tuple[T, bool]]:
+    """``(batch, real)`` for each of ``batches``, then ``(dummy, False)`` until every process has as many: a sharded
+    model's forwards are collectives, so a process with fewer batches runs dummy ones and drops their output."""
+    extra = agreed_max(len(batches), model) - len(batches)
+    return [(batch, True) for batch in batches] + [(dummy, False)] * extra
 
 
 def full_model_state(model: Any) -> dict[str, torch.Tensor]:

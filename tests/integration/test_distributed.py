@@ -74,20 +74,16 @@ def runs(
     base = tmp_path_factory.mktemp(f"dist-{method}")
     one, two = base / "one", base / "two"
     assert main(args_for(method, llama_dir, builtin_jsonl, one, batch_size=8)) == 0
-    cmd = [
-        str(TORCHRUN),
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(PORTS[method]),
-        "-m",
-        "rewardsft.cli",
-        *args_for(method, llama_dir, builtin_jsonl, two, batch_size=4),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    result = torchrun(args_for(method, llama_dir, builtin_jsonl, two, batch_size=4), PORTS[method])
     assert result.returncode == 0, result.stderr[-3000:]
     return method, one, two
+
+
+def torchrun(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``rewardsft.cli`` with ``args`` in two torchrun processes (one thread each), plus ``env``."""
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port), "-m", "rewardsft.cli", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env)
 
 
 def step_records(out: Path, key: str) -> list[dict[str, Any]]:
@@ -138,10 +134,7 @@ def test_rft_runs_in_two_processes(llama_dir: Path, split_data: tuple[Path, Path
     held-out accuracy and the metric reduction, with one record per round written once."""
     out = tmp_path / "rft"
     args = rft_args(llama_dir, split_data, out, "rft.iterations=3", "rft.prompts_per_iteration=8")
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29549", "-m", "rewardsft.cli", *args]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    result = torchrun(args, 29549)
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records if "rm/loss" in r] == [1, 2, 3]

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 
 from rewardsft.cli import main
 from rewardsft.training.metrics import read_metrics
-from tests.integration.test_distributed import LOSS_ABS, LOSS_REL, STEP_METRICS, TORCHRUN, WEIGHT_ABS
+from tests.integration.test_distributed import LOSS_ABS, LOSS_REL, STEP_METRICS, TORCHRUN, WEIGHT_ABS, torchrun
 from tests.integration.test_irft import irft_args
 from tests.integration.test_rft import rft_args
 from tests.integration.test_sft import sft_args
@@ -60,8 +60,7 @@ def args_for(method: str, model_dir: Path, data: Path, out: Path, batch_size: in
 
 
 def torchrun_fsdp(args: list[str], port: int) -> subprocess.CompletedProcess[str]:
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port), "-m", "rewardsft.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **FSDP_ENV})
+    return torchrun(args, port, FSDP_ENV)
 
 
 @pytest.fixture(scope="module")

@@ -263,20 +263,21 @@ def take_snapshot(
     run: Run, model: Any, stage: Stage, pairs: list[Pair], config: RunConfig, pad_id: int, reuse_cache: bool
 ) -> Snapshot:
     """θ_t for the stage. The cached log-probs are also saved, so a run resumed mid-stage uses them."""
-    cache_path = stage_dir(run.output_dir, stage.name) / f"ref_logps.rank{run.rank}.pt"
+    # One file, written by rank 0: every process holds the same gathered cache, so a run can resume mid-stage on
+    # any number of processes (the name dates from when each process wrote its own).
+    cache_path = stage_dir(run.output_dir, stage.name) / "ref_logps.rank0.pt"
     if reuse_cache:
         # Mid-stage the policy is no longer θ_t: only the cache written at the stage start can stand in for it.
-        # Every process caches all the stage's pairs, so a run resumed on more processes reads rank 0's file.
-        found = [path for path in (cache_path, cache_path.with_name("ref_logps.rank0.pt")) if path.is_file()]
-        if not found:
+        if not cache_path.is_file():
             raise ConfigError(f"cannot resume inside {stage.name}: its snapshot cache {cache_path} is missing")
-        return CachedSnapshot(torch.load(found[0], weights_only=True))
+        return CachedSnapshot(torch.load(cache_path, weights_only=True))
     policy = run.accelerator.unwrap_model(model)
     if config.irft.snapshot == "lora":
         merge_lora_into_base(policy)
     cache = shared_ref_logps(run, policy, pairs, eval_batch(config), pad_id)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(cache, cache_path)
+    if run.is_main:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cache, cache_path)
     if config.irft.snapshot == "copy":
         return CopySnapshot(policy)
     if config.irft.snapshot == "lora":

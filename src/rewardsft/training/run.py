@@ -27,7 +27,7 @@ from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
 from rewardsft.logprobs import model_token_logps
 from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
-from rewardsft.sharding import agreed_max, fsdp_requested, full_model_state, shard_model
+from rewardsft.sharding import fsdp_requested, full_model_state, lockstep, shard_model
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.metrics import MetricsLogger
 from rewardsft.training.signals import STOP, Preempted
@@ -326,13 +326,11 @@ class Run:
         """Token-weighted mean NLL of the responses, over all processes."""
         shard = list(examples)[self.rank :: self.world_size]
         batches = [shard[start : start + batch_size] for start in range(0, len(shard), batch_size)]
-        # A sharded model's forward is a collective: a process with fewer batches runs dummy ones (not counted).
-        dummies = agreed_max(len(batches), model) - len(batches)
         nll, n_tokens = 0.0, 0
         with eval_mode(model), torch.no_grad():
-            for k, batch in enumerate(batches + [list(examples[:1])] * dummies):
+            for batch, real in lockstep(batches, model, dummy=list(examples[:1])):
                 tokens = model_token_logps(model, **batch_on(batch, pad_id, self.device))
-                if k < len(batches):
+                if real:
                     nll += float(-tokens.logps.sum())
                     n_tokens += int(tokens.mask.sum())
         totals = reduce_metrics(self.accelerator, {"nll": nll, "tokens": n_tokens}, reduction="sum")
