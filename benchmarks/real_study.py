@@ -246,11 +246,38 @@ def train(spec: Spec, budget: Budget, domain_dir: Path, model: Path, seed: int) 
     start = model if spec.start == "base" else domain_dir / "runs" / f"sft-s{seed}" / "final"
     args = spec_overrides(spec, budget, data_dir(domain_dir), start, run, seed)
     resume = ["resume=true"] if (run / "config.yaml").is_file() else []
-    began = time.time()
+    began, finished = time.time(), False
     run.parent.mkdir(parents=True, exist_ok=True)
-    cli("train", spec.method, *args, *resume, log=run.parent / f"{run.name}.log")
-    (run / "wall_time.json").write_text(json.dumps({"seconds": time.time() - began, "resumed": bool(resume)}))
+    try:
+        cli("train", spec.method, *args, *resume, log=run.parent / f"{run.name}.log")
+        finished = True
+    finally:
+        # A failed or interrupted launch is kept too: its time is part of the run's cost once a resume finishes it.
+        # (A study killed outright, e.g. SIGKILL, records nothing for the launch it was in.)
+        if run.is_dir():
+            record_launch(run, {"start": began, "end": time.time(), "resumed": bool(resume), "finished": finished})
     return run
+
+
+WALL_TIME = "wall_time.json"
+"""Per run: ``{"seconds": total, "launches": [{"start", "end", "seconds", "resumed", "finished"}, ...]}``, one
+entry per ``rewardsft train`` launch (start and end in Unix seconds)."""
+
+
+def launches(path: Path) -> list[dict[str, Any]]:
+    """The launches recorded in ``path`` (none if it is missing); the older single-record format
+    ``{"seconds", "resumed"}``, which kept the last launch only, reads as one launch."""
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    return list(record["launches"]) if "launches" in record else [record]
+
+
+def record_launch(run: Path, launch: dict[str, Any]) -> None:
+    """Append one launch (``start``/``end``, Unix seconds) to the run's ``wall_time.json`` and update the total."""
+    path = run / WALL_TIME
+    every = [*launches(path), {**launch, "seconds": launch["end"] - launch["start"]}]
+    path.write_text(json.dumps({"seconds": sum(x["seconds"] for x in every), "launches": every}, indent=2))
 
 
 def data_dir(domain_dir: Path) -> Path:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.real_study import WALL_TIME, launches
 from benchmarks.study_judges import win_rate_ci
 from rewardsft.eval.paired import compare_runs, paired_difference, read_per_example
 from rewardsft.eval.report import build_report, pyplot, save_figure
@@ -77,16 +78,30 @@ def base_vs_sft(base: Path, sft: list[Path]) -> dict[str, dict[str, Any]]:
 
 
 def win_rates(group: list[Path], sft: list[Path]) -> dict[str, dict[str, Any]]:
-    """Win rate of the group's samples against SFT's of the same seed (the seedless base against every seed)."""
+    """Win rate of the group's samples against SFT's of the same seed, seeds averaged."""
     by_seed = {seed_of(r): read_samples(r) for r in sft}
     out = {}
     for judge in JUDGES:
-        pairs = []
-        for run in group:
-            seeds = list(by_seed) if run.name == "base" else [seed_of(run)]
-            ours = [s[judge] for s in read_samples(run)]
-            pairs += [(ours, [s[judge] for s in by_seed[seed]]) for seed in seeds if seed in by_seed]
+        pairs = [
+            ([s[judge] for s in read_samples(run)], [s[judge] for s in by_seed[seed_of(run)]])
+            for run in group
+            if seed_of(run) in by_seed
+        ]
         point, ci = win_rate_ci(pairs)
+        out[judge] = {"win_rate": point, "ci95": list(ci)}
+    return out
+
+
+def base_win_rates(base: Path, sft: list[Path]) -> dict[str, dict[str, Any]]:
+    """Win rate of the seedless base's one set of samples against SFT's seeds pooled.
+
+    Pairing the base with each seed in turn would resample the same base samples once per seed, as if they were
+    independent sets, and narrow the interval by about the square root of the number of seeds.
+    """
+    ours, theirs = read_samples(base), [s for r in sft for s in read_samples(r)]
+    out = {}
+    for judge in JUDGES:
+        point, ci = win_rate_ci([([s[judge] for s in ours], [s[judge] for s in theirs])])
         out[judge] = {"win_rate": point, "ci95": list(ci)}
     return out
 
@@ -117,14 +132,27 @@ def cost(run: Path) -> dict[str, float]:
     elif config["method"] == "rft":
         per_round = config["rft"]["prompts_per_iteration"] * config["rft"]["samples_per_prompt"]
         generated = sum(m["gen/mean_length"] * per_round for m in metrics if "gen/mean_length" in m)
-    seen = config["data"]["max_rows"] * (config["train"]["epochs"] if config["method"] != "rft" else 1)
-    wall = json.loads((run / "wall_time.json").read_text())["seconds"] if (run / "wall_time.json").is_file() else 0
     return {
-        "demonstrations_seen": seen,
+        "demonstrations_seen": demonstrations_seen(config),
         "generated_tokens": generated,
         "train_tokens": sum(m.get("train/tokens", 0.0) for m in metrics),
-        "wall_s": wall,
+        "wall_s": sum(launch["seconds"] for launch in launches(run / WALL_TIME)),
     }
+
+
+def demonstrations_seen(config: dict[str, Any]) -> int:
+    """Demonstrations through a training pass, repeats counted: SFT ``n × train.epochs``; IRFT ``n × train.epochs ×
+    irft.epochs_per_stage`` (each stage covers its chunk that many times: ``recipes/irft.py`` ``plan_stages``);
+    RFT one per prompt slot and reward step, ``rft.iterations × rft.prompts_per_iteration × rft.reward_steps``
+    (the k samples of a prompt all pair with its one demonstration). ``n`` is ``data.max_rows``, which the study
+    always sets."""
+    if config["method"] == "rft":
+        rc = config["rft"]
+        return int(rc["iterations"] * rc["prompts_per_iteration"] * rc.get("reward_steps", 1))
+    passes = config["train"]["epochs"]
+    if config["method"] == "irft":
+        passes *= config["irft"].get("epochs_per_stage", 1)
+    return int(config["data"]["max_rows"] * passes)
 
 
 def mean_cost(costs: list[dict[str, float]]) -> dict[str, float]:
@@ -164,7 +192,7 @@ def base_row(base: Path, sft: list[Path]) -> dict[str, Any]:
         "seeds": 0,
         **gap_summary([base]),
         "vs_sft": base_vs_sft(base, sft),
-        "win_vs_sft": win_rates([base], sft),
+        "win_vs_sft": base_win_rates(base, sft),
         "health": health([base]),
     }
 

@@ -1,0 +1,111 @@
+"""The real-data study's summary (``benchmarks/study_summary.py``) on tiny hand-made run folders: win rates and
+their intervals, demonstrations seen and wall time against numbers worked by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from benchmarks import real_study
+from benchmarks.study_summary import base_win_rates, cost, win_rates
+
+
+def with_samples(folder: Path, scores: Sequence[float]) -> Path:
+    """A run (or base) folder whose judged samples score ``scores`` under both judges."""
+    (folder / "eval" / "samples").mkdir(parents=True)
+    rows = [{"text": f"t{i}", "minilm": s, "vader": s} for i, s in enumerate(scores)]
+    (folder / "eval" / "samples" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_win_rate_of_a_two_seed_method_against_sft_by_hand(tmp_path: Path) -> None:
+    sft = [with_samples(tmp_path / "sft-s0", [0.5, 0.5]), with_samples(tmp_path / "sft-s1", [0.1, 0.5])]
+    spin = [with_samples(tmp_path / "spin-s0", [0.1, 0.9]), with_samples(tmp_path / "spin-s1", [0.9, 0.9])]
+    # Seed 0: 0.1 loses to both 0.5s, 0.9 beats both -> 2/4. Seed 1: both 0.9s beat 0.1 and 0.5 -> 4/4.
+    # Seeds averaged: (0.5 + 1.0) / 2.
+    assert win_rates(spin, sft)["minilm"]["win_rate"] == pytest.approx(0.75)
+    # The base against SFT's four samples pooled: 0.5 beats 0.1, ties the three 0.5s -> (1 + 3 * 0.5) / 4.
+    base = with_samples(tmp_path / "base", [0.5])
+    assert base_win_rates(base, sft)["vader"]["win_rate"] == pytest.approx(0.625)
+
+
+def test_base_interval_resamples_the_base_samples_once_not_once_per_sft_seed(tmp_path: Path) -> None:
+    # SFT's samples all score 0.5, so only the base's 40 samples (half 0, half 1) carry uncertainty: the win rate
+    # is the share of base samples at 1, a proportion whose 95% interval is about 2 * 1.96 * sqrt(0.25 / 40) = 0.31
+    # wide, however many SFT seeds there are. Resampling the base once per seed (4 seeds) averages 4 independent
+    # copies and gives half that width.
+    base = with_samples(tmp_path / "base", [0.0] * 20 + [1.0] * 20)
+    sft = [with_samples(tmp_path / f"sft-s{seed}", [0.5] * 10) for seed in range(4)]
+    entry = base_win_rates(base, sft)["minilm"]
+    lo, hi = entry["ci95"]
+    assert entry["win_rate"] == pytest.approx(0.5)
+    assert hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 40), abs=0.06)
+
+
+def run_folder(tmp_path: Path, name: str, config: dict[str, Any]) -> Path:
+    run = tmp_path / name
+    (run / "stages" / "stage_0").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/tokens": 10.0, "gen/mean_length": 3.0}) + "\n")
+    (run / "stages" / "stage_0" / "stats.json").write_text(json.dumps({"gen/mean_length": 3.0}))
+    (run / "stages" / "stage_0" / "generations.jsonl").write_text("{}\n{}\n")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("method", "sections", "seen"),
+    [
+        # 16 rows, 1 epoch, each IRFT stage covers its chunk twice: 16 * 1 * 2.
+        ("irft", {"train": {"epochs": 1}, "irft": {"stages": 2, "epochs_per_stage": 2}}, 32),
+        ("sft", {"train": {"epochs": 3}}, 48),
+        # 3 rounds of 5 prompts, one reward step each; the 4 samples per prompt share their demonstration: 3 * 5.
+        (
+            "rft",
+            {"train": {"epochs": 1}, "rft": {"iterations": 3, "prompts_per_iteration": 5, "samples_per_prompt": 4}},
+            15,
+        ),
+    ],
+)
+def test_demonstrations_seen_by_hand(tmp_path: Path, method: str, sections: dict[str, Any], seen: int) -> None:
+    config = {"method": method, "data": {"max_rows": 16}, **sections}
+    assert cost(run_folder(tmp_path, "run-s0", config))["demonstrations_seen"] == seen
+
+
+def test_wall_time_sums_every_launch_of_a_resumed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    domain = tmp_path / "tweets"
+    run = domain / "runs" / "spin-s0"
+    launches = iter([False, True])
+
+    def fake_cli(*args: str, log: Path) -> None:
+        # The first launch is stopped half-way (a failure the study reports), the rerun resumes and finishes.
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text("method: irft\n")
+        if not next(launches):
+            raise SystemExit("rewardsft train irft failed (exit 143)")
+        (run / "final").mkdir()
+
+    clock = iter([100.0, 130.0, 200.0, 245.0])
+    monkeypatch.setattr(real_study, "cli", fake_cli)
+    monkeypatch.setattr(real_study.time, "time", lambda: next(clock))
+    spec = real_study.MAIN[1]
+    with pytest.raises(SystemExit):
+        real_study.train(spec, real_study.QUICK, domain, tmp_path / "model", 0)
+    real_study.train(spec, real_study.QUICK, domain, tmp_path / "model", 0)
+    record = json.loads((run / "wall_time.json").read_text())
+    # 130 - 100 for the stopped launch, 245 - 200 for the resumed one.
+    assert record["seconds"] == 75.0
+    assert [x["seconds"] for x in record["launches"]] == [30.0, 45.0]
+    assert [x["resumed"] for x in record["launches"]] == [False, True]
+
+
+def test_wall_time_reads_and_extends_the_old_single_launch_format(tmp_path: Path) -> None:
+    run = run_folder(tmp_path, "sft-s0", {"method": "sft", "data": {"max_rows": 4}, "train": {"epochs": 1}})
+    (run / "wall_time.json").write_text(json.dumps({"seconds": 12.5, "resumed": False}))
+    assert cost(run)["wall_s"] == 12.5
+    real_study.record_launch(run, {"start": 1000.0, "end": 1007.5, "resumed": True, "finished": True})
+    assert cost(run)["wall_s"] == 20.0
