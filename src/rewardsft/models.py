@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,10 +28,20 @@ BASE_WEIGHTS = "base.safetensors"
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA (the paper's setting), float32 elsewhere."""
+    """``auto``: float32 under accelerate's mixed precision (it keeps float32 master weights and casts inside
+    autocast; an fp16 loss scaler refuses fp16 gradients), else bfloat16 on CUDA (the paper's setting), float32
+    elsewhere."""
     if name == "auto":
+        if mixed_precision() != "no":
+            return torch.float32
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def mixed_precision() -> str:
+    """accelerate's mixed precision for this launch (``no``, ``fp16``, ``bf16``, ...): ``accelerate launch`` exports
+    it as ``ACCELERATE_MIXED_PRECISION``, which is also what the run's ``Accelerator()`` reads."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
 
 
 def _hub_kwargs(cfg: ModelConfig) -> dict[str, Any]:

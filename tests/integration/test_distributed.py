@@ -140,3 +140,15 @@ def test_rft_runs_in_two_processes(llama_dir: Path, split_data: tuple[Path, Path
     assert [r["step"] for r in records if "rm/loss" in r] == [1, 2, 3]
     assert [r["step"] for r in records if "eval/rm_accuracy" in r] == [0, 3]
     assert (out / "reward_model" / "model.safetensors").is_file() and (out / "final" / "model.safetensors").is_file()
+    # train/tokens is a count, summed over processes (it was averaged: 1 process logged 462, 2 processes 231 and
+    # 224). The samples differ by process, the demonstrations do not: a one-process run of the same rounds gives
+    # the demonstrations' tokens, and gen/mean_length (a mean of equal shares) each run's sampled tokens.
+    single = tmp_path / "rft-one"
+    assert main(rft_args(llama_dir, split_data, single, "rft.iterations=3", "rft.prompts_per_iteration=8")) == 0
+    samples = 8 * 2  # prompts x samples_per_prompt; one reward step and one policy step per round (the defaults)
+    for one, two in zip(read_metrics(single / "metrics.jsonl"), records, strict=True):
+        if "train/tokens" not in one:
+            continue
+        demo_tokens = one["train/tokens"] - 2 * one["gen/mean_length"] * samples
+        assert demo_tokens > 0
+        assert two["train/tokens"] == pytest.approx(demo_tokens + 2 * two["gen/mean_length"] * samples, rel=1e-9)

@@ -94,3 +94,42 @@ def test_skip_counts_the_step_and_the_run_finishes_finite(
     assert [r["step"] for r in rows if r.get("train/nonfinite_skipped")] == [3]
     assert rows[2]["train/grad_norm"] is None  # metrics.jsonl writes non-finite values as null
     assert all(torch.isfinite(t).all() for t in weights(out / "final").values())
+
+
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+def test_under_an_fp16_scaler_overflow_is_skipped_until_the_scale_cannot_explain_it(
+    on_nonfinite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scaler's overflows are its own business (it halves the scale and skips: no error under ``stop``, and
+    under ``skip`` the scaler still steps, or the next step would raise 'unscale_() has already been called');
+    a gradient still non-finite at a scale of 1 is a real NaN and meets ``on_nonfinite``."""
+    from accelerate import Accelerator
+
+    from tests.amp import fp16_accelerators
+
+    with fp16_accelerators(monkeypatch, init_scale=2.0):
+        check_scaler_steps(Accelerator(cpu=True), on_nonfinite)
+
+
+def check_scaler_steps(accelerator: Any, on_nonfinite: str) -> None:
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = accelerator.prepare(torch.optim.SGD([param], lr=0.5))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def step(loss_value: float) -> Any:
+        accelerator.backward((param * loss_value).sum())
+        return optimizer_step(accelerator, [param], optimizer, scheduler, 1.0, on_nonfinite)
+
+    first = step(math.nan)  # at scale 2: the scaler skips it and halves the scale
+    assert first.skipped and first.loss_scale == 2.0 and first.metrics()["train/nonfinite_skipped"] == 1.0
+    assert torch.equal(param.detach(), torch.ones(3))
+    if on_nonfinite == "stop":
+        with pytest.raises(NonFiniteError, match="fp16 loss scale of 1"):
+            step(math.nan)
+    else:
+        assert step(math.nan).skipped  # at scale 1, skipped again (the scaler steps, so no unscale_ error)
+        assert step(math.nan).skipped
+    assert torch.equal(param.detach(), torch.ones(3))
+    good = step(1.0)
+    assert not good.skipped and "train/nonfinite_skipped" not in good.metrics()
+    assert torch.allclose(param.detach(), torch.full((3,), 1 - 0.5 / math.sqrt(3)))  # clipped to norm 1

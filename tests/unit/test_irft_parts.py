@@ -175,15 +175,24 @@ def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
         assert terms.loss.mean().item() == pytest.approx(math.log(2), abs=1e-4), name
 
 
-def pair_gradients(base: Any, pairs: list[Pair], spec: Any, pad_id: int) -> tuple[list[Any], list[Any]]:
-    """Gradients and outputs of the joint and the split pair backward from copies of ``base`` (train mode)."""
+def pair_gradients(
+    base: Any, pairs: list[Pair], spec: Any, pad_id: int, loss_scale: float | None = None
+) -> tuple[list[Any], list[Any]]:
+    """Gradients and outputs of the joint and the split pair backward from copies of ``base`` (train mode).
+
+    ``loss_scale``: backward through a real fp16 ``GradScaler`` at that scale, installed as accelerate installs it
+    on a GPU; the gradients returned are then unscaled (divided by the scale) as the optimiser step would see them.
+    """
     import copy
 
     from accelerate import Accelerator
 
     from rewardsft.recipes.irft import StepSize, joint_pair_backward, split_pair_backward
+    from tests.amp import install_scaler
 
     accelerator = Accelerator(cpu=True)
+    if loss_scale is not None:
+        install_scaler(accelerator, loss_scale)
     ref_demo, ref_gen = torch.tensor([-40.0, -30.0, -35.0]), torch.tensor([-20.0, -25.0, -10.0])
     grads, outs = [], []
     for backward in (joint_pair_backward, split_pair_backward):
@@ -191,7 +200,7 @@ def pair_gradients(base: Any, pairs: list[Pair], spec: Any, pad_id: int) -> tupl
         torch.manual_seed(0)
         size = StepSize(pairs=2 * len(pairs), tokens=40.0, processes=1)  # this chunk as half of a step
         outs.append(backward(accelerator, model, pairs, ref_demo, ref_gen, spec, pad_id, size, True))
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads.append({n: p.grad / (loss_scale or 1.0) for n, p in model.named_parameters() if p.grad is not None})
     return grads, outs
 
 
@@ -214,6 +223,23 @@ def test_split_and_joint_pair_backward_give_the_same_gradient(tokenizer: Any, lo
     for joint, split in zip(outs[0], outs[1], strict=True):
         values = (joint, split) if isinstance(joint, torch.Tensor) else (joint.margin, split.margin)
         assert torch.allclose(*values, atol=1e-5)
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 1.0])
+def test_split_and_joint_agree_under_an_fp16_loss_scaler(tokenizer: Any, sft_weight: float) -> None:
+    """Under a GradScaler every backward is scaled once. The split backward used to take the generations'
+    coefficient from ``gen_leaf.grad`` after the scaled first backward and scale it again in the second: the
+    generations' half of the gradient came out ``scale`` times too large (joint norm 1220, split 865,297 at 1024)."""
+    from rewardsft.config import load_config
+    from rewardsft.recipes.irft import PairLossSpec
+
+    config = load_config("irft", overrides=[f"irft.sft_weight={sft_weight}", "irft.beta=0.5"])
+    base = tiny_model(tokenizer, hidden_size=32, seed=5)
+    spec, pad_id = PairLossSpec.from_config(config), tokenizer.pad_token_id
+    scaled, _ = pair_gradients(base, make_pairs(tokenizer), spec, pad_id, loss_scale=1024.0)
+    plain, _ = pair_gradients(base, make_pairs(tokenizer), spec, pad_id)
+    assert same_gradients(scaled)  # split = joint under the scaler
+    assert same_gradients([scaled[1], plain[1]])  # and both equal the unscaled gradient
 
 
 def test_lora_with_the_project_defaults_has_no_dropout_noise_in_irft(tokenizer: Any) -> None:

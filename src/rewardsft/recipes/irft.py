@@ -449,11 +449,13 @@ def split_pair_backward(
         demo_tokens = model_token_logps(model, **demo_batch)
         demo_logps = sequence_logps(demo_tokens, "sum")
         terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, spec, size)
+        # The coefficient is taken from the loss itself, not from gen_leaf.grad after accelerator.backward: under
+        # an fp16 GradScaler that grad already carries the loss scale, and the second backward would scale it again.
+        (coef,) = torch.autograd.grad(loss * size.processes, gen_leaf, retain_graph=True)
         accelerator.backward(loss * size.processes)
-    assert gen_leaf.grad is not None
     with micro_batch_context(accelerator, model, last):
         gen_logps = sequence_logps(model_token_logps(model, **gen_batch), "sum")
-        accelerator.backward((gen_leaf.grad * gen_logps).sum())
+        accelerator.backward((coef.detach() * gen_logps).sum())
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
 
 

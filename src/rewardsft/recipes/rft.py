@@ -123,10 +123,10 @@ def train_rft(config: RunConfig) -> Path:
             metrics |= stats.metrics()
         gen_tokens = sum(len(g.response_ids) for g in rollout.gens)
         demo_tokens = sum(len(d.response_ids) for d in rollout.demos) * rc.samples_per_prompt
+        # Response tokens through a backward pass this round: reward steps (demonstration + generation of every
+        # pair) and policy steps (the generations). A count: summed over processes, where the rest is averaged.
+        counts = {"train/tokens": rc.reward_steps * (demo_tokens + gen_tokens) + rc.policy_steps * gen_tokens}
         metrics |= {
-            # Response tokens through a backward pass this round: reward steps (demonstration + generation of
-            # every pair) and policy steps (the generations).
-            "train/tokens": rc.reward_steps * (demo_tokens + gen_tokens) + rc.policy_steps * gen_tokens,
             "policy/reward": float(scores.mean()),
             "policy/kl": float(rollout.kl.mean()),
             "policy/entropy": rollout.entropy,
@@ -136,7 +136,8 @@ def train_rft(config: RunConfig) -> Path:
             metrics["eval/rm_accuracy"] = held_out_rm_accuracy(run, policy, reward_model, start, spec, step)
         metrics["time/iteration_s"] = timer.lap()
         if log_due(step, tc.log_every, step == rc.iterations, metrics):
-            run.log(step, reduce_metrics(run.accelerator, metrics))
+            # Means over processes are the round's means: every process holds as many samples (rounds split evenly).
+            run.log(step, reduce_metrics(run.accelerator, metrics) | reduce_metrics(run.accelerator, counts, "sum"))
         if run.checkpoint_due(step % tc.save_every == 0 or step == rc.iterations):
             run.save_checkpoint(
                 policy, optimizers, {"step": step}, extra=lambda tmp: save_reward_weights(tmp, reward_model, tokenizer)

@@ -19,6 +19,7 @@ import torch
 from rewardsft.errors import ConfigError
 from rewardsft.layout import CHECKPOINTS
 from rewardsft.sharding import full_optimizer_state, load_optimizer_state
+from rewardsft.training.step import loss_scaler
 
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pt"
@@ -82,6 +83,10 @@ def optimizer_states(optimizers: Optimizers, sharded_policy: Any | None = None) 
         else:
             optimizer_state = opt.state_dict()
         states[name] = {"optimizer": optimizer_state, "scheduler": sched.state_dict()}
+        scaler = loss_scaler(opt)
+        if scaler is not None:
+            # fp16: a resumed run goes on at the loss scale it reached, not back at the start with its skips.
+            states[name]["scaler"] = scaler.state_dict()
     return states
 
 
@@ -125,6 +130,9 @@ def restore_optimizers(checkpoint: Path, optimizers: Optimizers, policy: Any) ->
         else:
             optimizer.load_state_dict(states[name]["optimizer"])
         scheduler.load_state_dict(states[name]["scheduler"])
+        scaler = loss_scaler(optimizer)
+        if scaler is not None and "scaler" in states[name]:
+            scaler.load_state_dict(states[name]["scaler"])
 
 
 def restore_rng(checkpoint: Path) -> None:

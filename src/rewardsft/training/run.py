@@ -358,6 +358,12 @@ def check_engine(accelerator: Any, config: RunConfig) -> bool:
             "on). Shard with FSDP2 instead: configs/accelerate/fsdp.yaml (full shard, like ZeRO-3) or "
             "fsdp_grad_op.yaml (like ZeRO-2)"
         )
+    if accelerator.mixed_precision == "fp16" and config.model.dtype in ("float16", "bfloat16"):
+        raise ConfigError(
+            f"mixed_precision=fp16 with model.dtype={config.model.dtype}: fp16 mixed precision trains float32 "
+            "weights under autocast with a loss scaler, which cannot unscale half-precision gradients; set "
+            "model.dtype=auto (float32 under mixed precision) or float32"
+        )
     world = accelerator.num_processes
     if config.method == "rft" and config.rft.prompts_per_iteration % world:
         # Each process averages its own samples' loss and DDP/FSDP average the processes: uneven shares would

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,15 +28,21 @@ from rewardsft.sharding import is_sharded
 @dataclass(frozen=True)
 class StepStats:
     grad_norm: float
-    """Global L2 norm of the gradients before clipping."""
+    """Global L2 norm of the gradients before clipping (unscaled under an fp16 loss scaler)."""
     lr: float
     """Learning rate this step used."""
     skipped: bool = False
-    """The gradient norm was not finite and ``on_nonfinite="skip"``: the optimiser did not step."""
+    """The optimiser did not step: the gradient norm was not finite and ``on_nonfinite="skip"``, or an fp16 loss
+    scaler found an overflow (it then lowers its scale, as it is built to)."""
+    loss_scale: float | None = None
+    """The fp16 loss scale this step's backward used; None without a scaler."""
 
     def metrics(self, prefix: str = "train") -> dict[str, float]:
-        """``{prefix}/grad_norm``, ``{prefix}/lr`` and, on a skipped step, ``{prefix}/nonfinite_skipped``."""
+        """``{prefix}/grad_norm``, ``{prefix}/lr``, ``{prefix}/loss_scale`` under a scaler and, on a skipped step,
+        ``{prefix}/nonfinite_skipped``."""
         out = {f"{prefix}/grad_norm": self.grad_norm, f"{prefix}/lr": self.lr}
+        if self.loss_scale is not None:
+            out[f"{prefix}/loss_scale"] = self.loss_scale
         return out | ({f"{prefix}/nonfinite_skipped": 1.0} if self.skipped else {})
 
 
@@ -61,7 +69,14 @@ def optimizer_step(
     A NaN or infinite gradient norm (the norm is global, so every process decides alike) raises
     :class:`NonFiniteError` before anything is applied (``on_nonfinite="stop"``), or skips the optimiser step
     (``"skip"``; the schedule still advances so the step count and the learning rate stay in line).
+
+    Under an fp16 loss scaler (accelerate's ``mixed_precision=fp16``) overflow is expected: the scaler starts high
+    and halves its scale on every overflowing step, which it skips. Such a step is skipped and counted like
+    ``"skip"`` whatever ``on_nonfinite`` says; only an overflow at a scale of 1 or below (the unscaled loss or
+    gradient itself is not finite, so no scale will help) meets ``on_nonfinite``.
     """
+    scaler = loss_scaler(optimizer)
+    scale = float(scaler.get_scale()) if scaler is not None else None
     limit = max_grad_norm if max_grad_norm is not None else math.inf
     if accelerator is None:
         grad_norm: Any = torch.nn.utils.clip_grad_norm_(list(params), limit)
@@ -73,18 +88,35 @@ def optimizer_step(
     # DeepSpeed clips inside its own step and returns no norm here: nothing to check.
     norm = float("nan") if grad_norm is None else float(grad_norm)
     finite = grad_norm is None or math.isfinite(norm)
-    if not finite and on_nonfinite == "stop":
+    persistent = not finite and (scale is None or scale <= 1.0)
+    if persistent and on_nonfinite == "stop":
         optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # closes the unscale_ of this step, so the scaler stays usable
         raise NonFiniteError(
-            f"the gradient norm is {norm} (a non-finite loss or gradient); the step was not applied and the newest "
-            "checkpoint predates it. Lower optim.lr or check the data, then rerun with resume=true; or set "
-            "train.on_nonfinite=skip to skip such steps"
+            f"the gradient norm is {norm} (a non-finite loss or gradient"
+            + (f", at an fp16 loss scale of {scale:g}" if scale is not None else "")
+            + "); the step was not applied and the newest checkpoint predates it. Lower optim.lr or check the data, "
+            "then rerun with resume=true; or set train.on_nonfinite=skip to skip such steps"
         )
-    if finite:
-        optimizer.step()
-    scheduler.step()
+    if scaler is not None:
+        optimizer.step()  # the scaler's own step: it skips on overflow and updates its scale either way
+        skipped = bool(optimizer.step_was_skipped)
+    else:
+        if finite:
+            optimizer.step()
+        skipped = not finite
+    with warnings.catch_warnings():
+        # The schedule advances on a skipped step on purpose; torch warns when the optimiser has not stepped yet.
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepStats(norm, lr, skipped=not finite)
+    return StepStats(norm, lr, skipped=skipped, loss_scale=scale)
+
+
+def loss_scaler(optimizer: Any) -> Any | None:
+    """The fp16 ``GradScaler`` accelerate attached to this (prepared) optimiser, or None."""
+    return getattr(optimizer, "scaler", None)
 
 
 def reduce_metrics(
@@ -100,9 +132,14 @@ def reduce_metrics(
 
 
 def log_due(step: int, log_every: int, last: bool, metrics: Mapping[str, float]) -> bool:
-    """Log every ``log_every`` steps, at the last one, and whenever a held-out evaluation ran (it is too costly
-    to compute and then drop because the two intervals do not line up)."""
-    return step % log_every == 0 or last or any(key.startswith("eval/") for key in metrics)
+    """Log every ``log_every`` steps, at the last one, whenever a held-out evaluation ran (it is too costly
+    to compute and then drop because the two intervals do not line up) and whenever a step was skipped (so the
+    rows carrying ``*/nonfinite_skipped`` count every skip)."""
+    return (
+        step % log_every == 0
+        or last
+        or any(key.startswith("eval/") or key.endswith("/nonfinite_skipped") for key in metrics)
+    )
 
 
 def derive_seed(seed: int, purpose: str, *parts: int) -> int:
