@@ -67,6 +67,17 @@ def test_bootstrap_interval_on_a_fixed_sample() -> None:
     assert all(math.isnan(x) for x in bootstrap_ci([]))
 
 
+def test_bootstrap_interval_width_matches_the_normal_approximation() -> None:
+    values = torch.randn(400, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2.0 + 1.0
+    lo, hi = bootstrap_ci(values, n_resamples=2000, seed=0)
+    half = 1.96 * float(values.std()) / math.sqrt(len(values))
+    assert hi - lo == pytest.approx(2 * half, rel=0.1)
+    assert (lo + hi) / 2 == pytest.approx(float(values.mean()), abs=0.1 * half)
+    assert bootstrap_ci(values, 2000, level=0.5, seed=0)[1] - bootstrap_ci(values, 2000, level=0.5, seed=0)[0] < hi - lo
+    # Symmetric order statistics: negating the values negates the interval exactly (a list or a tensor alike).
+    assert bootstrap_ci((-values).tolist(), n_resamples=2000, seed=0) == (-hi, -lo)
+
+
 def test_win_rate_tie_handling() -> None:
     assert outcome(2.0, 1.0, 0.0) == 1.0 and outcome(1.0, 2.0, 0.0) == 0.0 and outcome(1.0, 1.0, 0.0) == 0.5
     assert outcome(1.05, 1.0, 0.1) == 0.5  # within the tie margin

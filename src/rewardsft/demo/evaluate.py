@@ -53,6 +53,7 @@ def task_accuracy(
         "model": model,
         "prompts": source,
         "paired_metrics": ACCURACY_METRICS,
+        "lower_is_better": ["sample_habit"],  # the habitual answer is the mistake: eval compare reads this
         **{m: sum(float(r[m]) for r in per_example) / n for m in ACCURACY_METRICS},
         "examples": examples,
     }

@@ -31,7 +31,7 @@ from rewardsft.demo.evaluate import ACCURACY_METRICS, task_accuracy
 from rewardsft.demo.task import TaskData, TaskSizes, write_task
 from rewardsft.errors import ConfigError
 from rewardsft.eval.logprob_gap import logprob_gap
-from rewardsft.eval.paired import compare_runs
+from rewardsft.eval.paired import compare_runs, shown_verdict
 from rewardsft.eval.report import ExtraSection, build_report, pyplot, save_figure
 from rewardsft.eval.win_rate import WinRateSettings, win_rate
 from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, GENERATIONS_FILE, METRICS_FILE, STAGES
@@ -285,18 +285,19 @@ METRIC_WORDS = {
 
 
 def verdict_table(rows: list[dict[str, Any]]) -> str:
-    """Each method against SFT: the paired difference, its interval and the verdict the interval allows."""
+    """Each method against SFT: the paired difference, its interval and the verdict the interval allows.
+
+    The verdict is the comparison row's own (``eval/paired.py`` knows the habit share is lower-is-better and
+    marks verdicts from fewer than three seeds), so this table and the report's never disagree.
+    """
     lines = ["| method | measure | difference vs SFT | 95% CI | verdict |", "|---|---|---|---|---|"]
     for row in rows:
         if row["metric"] not in METRIC_WORDS:
             continue
-        verdict = row["verdict"]
-        if row["metric"] == "sample_habit" and verdict != "not resolved":
-            verdict = {"better": "worse", "worse": "better"}[verdict]  # more habit is worse
         lo, hi = row["ci95"]
         lines.append(
             f"| {row['group']} | {METRIC_WORDS[row['metric']]} | {row['mean']:+.3f} | [{lo:+.3f}, {hi:+.3f}] "
-            f"| {verdict} |"
+            f"| {shown_verdict(row)} |"
         )
     return "\n".join(lines)
 

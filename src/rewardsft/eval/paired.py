@@ -10,7 +10,10 @@ SmolLM2-135M, 200 pairs: base gap 6.12 [−2.85, 14.94], SFT 7.29 [−1.22, 15.7
   sign test and a sign-flip permutation p-value; worded "better", "worse" or "not resolved" from the interval.
 - Seeds: runs whose configs differ only in ``seed`` form one group; a group's per-example value is the mean over
   its seeds, so the interval is that of the seed-averaged difference; the spread of the per-seed differences is
-  reported beside it.
+  reported beside it. The interval resamples examples, not seeds, so it cannot see seed-to-seed variance: a
+  verdict from fewer than :data:`MIN_SEEDS` seeds on either side is shown marked, e.g. "better (1 seed)".
+- Direction: "better" means better in the metric's own direction (:func:`higher_is_better`), so one number
+  never gets two verdicts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from rewardsft.errors import ConfigError
+from rewardsft.eval.stats import bootstrap_ci
 from rewardsft.layout import CONFIG_FILE, EVAL, GENERATIONS_FILE, SUMMARY_FILE
 
 GAP_FILE = "per_example.csv"
@@ -37,6 +41,27 @@ GAP_METRICS = ("gap", "gap_mean", "correct", "implicit_margin")
 """Per-pair columns compared for a log-prob gap evaluation (``implicit_margin`` only when every run has it)."""
 # Settings that do not make two runs different methods: runs equal in everything else are seeds of one method.
 SEED_ONLY_KEYS = ("seed", "output_dir", "resume", "overwrite", "logging")
+LOWER_IS_BETTER = frozenset({"sample_habit"})
+"""Compared metrics where the smaller value is the better one; every other metric is higher-is-better. An
+evaluation declares its own in its summary's ``lower_is_better`` list (the demo's accuracy evaluation does for its
+habit share); this set keeps the direction of summaries written before that field existed."""
+MIN_SEEDS = 3
+"""Fewer seeds than this on either side: the verdict is shown with the seed count (the interval cannot see
+seed-to-seed variance)."""
+
+
+def higher_is_better(metric: str, summary: Mapping[str, Any] | None = None) -> bool:
+    """The direction of ``metric``: the one place eval compare, the report and the demo learn it from."""
+    declared = (summary or {}).get("lower_is_better") or ()
+    return metric not in LOWER_IS_BETTER and metric not in declared
+
+
+def verdict_text(verdict: str, seeds: int) -> str:
+    """The verdict as shown to people: marked with the seed count when fewer than :data:`MIN_SEEDS` seeds (the
+    fewer of the two sides) stand behind it, e.g. "better (1 seed)"."""
+    if seeds >= MIN_SEEDS:
+        return verdict
+    return f"{verdict} ({seeds} seed{'' if seeds == 1 else 's'})"
 
 
 @dataclass(frozen=True)
@@ -54,15 +79,18 @@ class PairedDifference:
     """Exact two-sided sign test on the non-zero differences."""
     permutation_p: float
     """Two-sided sign-flip permutation test of the mean difference."""
+    higher_is_better: bool = True
+    """The metric's direction: a lower-is-better metric whose interval lies above zero is "worse"."""
 
     @property
     def verdict(self) -> str:
-        """From the interval alone: "better" above zero, "worse" below, else "not resolved"."""
+        """From the interval alone: "better" when it lies on the metric's good side of zero, "worse" on the other,
+        else "not resolved"."""
         lo, hi = self.ci95
         if lo > 0:
-            return "better"
+            return "better" if self.higher_is_better else "worse"
         if hi < 0:
-            return "worse"
+            return "worse" if self.higher_is_better else "better"
         return "not resolved"
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,41 +98,38 @@ class PairedDifference:
 
 
 def paired_difference(
-    model: Sequence[float], baseline: Sequence[float], metric: str = "", n_resamples: int = 2000, seed: int = 0
+    model: Sequence[float],
+    baseline: Sequence[float],
+    metric: str = "",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    higher: bool | None = None,
 ) -> PairedDifference:
-    """Compare two aligned per-example sequences (``model[i]`` and ``baseline[i]`` are the same example)."""
+    """Compare two aligned per-example sequences (``model[i]`` and ``baseline[i]`` are the same example).
+
+    ``higher``: whether higher is better; by default the metric's own direction (:func:`higher_is_better`).
+    """
     if len(model) != len(baseline):
         raise ValueError(f"{metric}: {len(model)} values against {len(baseline)}: the examples are not aligned")
+    direction = higher_is_better(metric) if higher is None else higher
     diffs = torch.tensor(model, dtype=torch.float64) - torch.tensor(baseline, dtype=torch.float64)
     n = diffs.numel()
     if n == 0:
         nan = float("nan")
-        return PairedDifference(metric, 0, nan, (nan, nan), 0, 0, 0, nan, nan)
+        return PairedDifference(metric, 0, nan, (nan, nan), 0, 0, 0, nan, nan, direction)
     positive, negative = int((diffs > 0).sum()), int((diffs < 0).sum())
     return PairedDifference(
         metric,
         n,
         float(diffs.mean()),
-        bootstrap_mean_ci(diffs, n_resamples, seed),
+        bootstrap_ci(diffs, n_resamples, seed=seed),
         positive,
         n - positive - negative,
         negative,
         sign_test_p(positive, negative),
         sign_flip_p(diffs, n_resamples, seed),
+        direction,
     )
-
-
-def bootstrap_mean_ci(values: torch.Tensor, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean over resamples of the rows (all equal rows give a zero-width interval).
-
-    The two order statistics are symmetric (k-th from each end), so negating the values negates the interval
-    exactly: swapping the two models swaps the ends.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(0, values.numel(), (n_resamples, values.numel()), generator=generator)
-    means = values[picks].mean(dim=1).sort().values
-    k = int((1 - level) / 2 * n_resamples)
-    return float(means[k]), float(means[n_resamples - 1 - k])
 
 
 def sign_test_p(positive: int, negative: int) -> float:
@@ -118,15 +143,27 @@ def sign_test_p(positive: int, negative: int) -> float:
 
 
 def sign_flip_p(diffs: torch.Tensor, n_resamples: int, seed: int) -> float:
-    """Two-sided permutation p-value: how often randomly flipping each difference's sign gives a mean at least as
-    far from zero as the observed one (counting the observed assignment, so p is never 0)."""
+    """Two-sided permutation p-value: the share of sign assignments (each difference's sign flipped or not) whose
+    mean is at least as far from zero as the observed one.
+
+    Exact when the ``2**n`` assignments number at most ``n_resamples``: all are enumerated (the observed one and
+    its mirror among them, so ``n`` differences of one sign give ``2 / 2**n``). Otherwise ``n_resamples`` random
+    assignments, counting the observed one too, so p is never 0.
+    """
     observed = float(diffs.mean().abs())
     if observed == 0.0:
         return 1.0
+    n = diffs.numel()
+    # Ties in floating point: a flipped mean equal to the observed one up to rounding counts as extreme.
+    threshold = observed * (1 - 1e-9)
+    if 2**n <= n_resamples:
+        bits = (torch.arange(2**n).unsqueeze(1) >> torch.arange(n)) & 1
+        flipped = ((bits.double() * 2 - 1) * diffs).mean(dim=1).abs()
+        return int((flipped >= threshold).sum()) / 2**n
     generator = torch.Generator().manual_seed(seed + 1)
-    signs = torch.randint(0, 2, (n_resamples, diffs.numel()), generator=generator).double() * 2 - 1
+    signs = torch.randint(0, 2, (n_resamples, n), generator=generator).double() * 2 - 1
     flipped = (signs * diffs).mean(dim=1).abs()
-    extreme = int((flipped >= observed - 1e-12).sum())
+    extreme = int((flipped >= threshold).sum())
     return (extreme + 1) / (n_resamples + 1)
 
 
@@ -264,6 +301,10 @@ def compare_groups(
 
     Win-rate evaluations are already paired with their baseline prompt by prompt: their difference is the win
     rate (ties half) minus 0.5, and every group's judge baseline must be the same model.
+
+    Each row carries ``seeds`` (the group's) and ``baseline_seeds``; ``verdict`` stays one of better / worse /
+    not resolved, ``verdict_text`` is what people are shown (marked when either side has fewer than
+    :data:`MIN_SEEDS` seeds).
     """
     others = [(group, *group_values(group, eval_name)) for group in groups if group is not baseline]
     if not others:
@@ -280,8 +321,11 @@ def compare_groups(
             if paired_with_base and metric not in base_values:
                 continue
             reference = _mean_over(base_values[metric]) if paired_with_base else [0.5] * len(first.keys)
-            difference = paired_difference(_mean_over(seeds), reference, metric, n_resamples, seed)
+            higher = higher_is_better(metric, first.summary)
+            difference = paired_difference(_mean_over(seeds), reference, metric, n_resamples, seed, higher)
             per_seed = [sum(s) / len(s) - sum(reference) / len(reference) for s in seeds]
+            # A win rate's seeds were each judged against a baseline seed: the baseline's count bounds it too.
+            fewer = min(len(seeds), len(baseline.runs))
             rows.append(
                 {
                     "group": group.label,
@@ -289,7 +333,9 @@ def compare_groups(
                     "eval": eval_name,
                     "kind": kind,
                     **difference.to_dict(),
+                    "verdict_text": verdict_text(difference.verdict, fewer),
                     "seeds": len(seeds),
+                    "baseline_seeds": len(baseline.runs),
                     "per_seed_mean": per_seed,
                     "seed_spread": _std(per_seed),
                 }
@@ -339,7 +385,10 @@ def differences_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     lines = [
         f"Paired differences against **{baseline}** on the same examples (95% bootstrap interval over examples; "
         "win rates are against the baseline already, so their difference is the win rate − 0.5). The verdict "
-        "reads the interval alone: above 0 better, below 0 worse, else not resolved.",
+        "reads the interval alone, in the metric's direction: on the good side of 0 better, on the other worse, "
+        "else not resolved (for a lower-is-better metric, marked ↓, a positive difference is worse). A verdict "
+        f"marked (1 seed) or (2 seeds) rests on fewer than {MIN_SEEDS} seeds of the run or the baseline: the "
+        "interval resamples examples of the seed-averaged values and cannot see seed-to-seed variance.",
         "",
         "| run | eval | metric | difference | 95% CI | verdict | +/0/− | sign p | permutation p | seeds (spread) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -347,11 +396,21 @@ def differences_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     for r in rows:
         spread = f"{r['seeds']}" + (f" (sd {r['seed_spread']:.3g})" if r["seed_spread"] is not None else "")
         lines.append(
-            f"| {r['group']} | {r['eval']} | {r['metric']} | {r['mean']:+.4g} | [{r['ci95'][0]:+.4g}, "
-            f"{r['ci95'][1]:+.4g}] | {r['verdict']} | {r['positive']}/{r['zero']}/{r['negative']} | "
+            f"| {r['group']} | {r['eval']} | {metric_label(r)} | {r['mean']:+.4g} | [{r['ci95'][0]:+.4g}, "
+            f"{r['ci95'][1]:+.4g}] | {shown_verdict(r)} | {r['positive']}/{r['zero']}/{r['negative']} | "
             f"{r['sign_p']:.3g} | {r['permutation_p']:.3g} | {spread} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def shown_verdict(row: Mapping[str, Any]) -> str:
+    """A comparison row's verdict as people see it (rows saved before ``verdict_text`` existed: the bare word)."""
+    return str(row.get("verdict_text", row["verdict"]))
+
+
+def metric_label(row: Mapping[str, Any]) -> str:
+    """The metric's name, with ↓ when lower is better."""
+    return f"{row['metric']} ↓" if row.get("higher_is_better") is False else str(row["metric"])
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], baseline: str, out: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from rewardsft.errors import ConfigError
-from rewardsft.eval.paired import compare_runs, differences_markdown
+from rewardsft.eval.paired import compare_runs, differences_markdown, metric_label, shown_verdict
 from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, REWARD_MODEL, SUMMARY_FILE
 from rewardsft.model_card import model_card
 from rewardsft.training.metrics import METRICS_FILE, read_metrics
@@ -79,8 +79,8 @@ def build_report(
     """Write ``report.md``, ``report.html`` and PNGs to ``out``; model cards to each run's ``final/``.
 
     With a ``baseline`` run: also the paired "difference vs baseline" table (seeds of a method combined) and a
-    forest plot, each row worded better / worse / not resolved from its interval alone. ``extra`` is added to
-    both pages.
+    forest plot, each row worded better / worse / not resolved from its interval alone in the metric's direction,
+    marked when fewer than three seeds stand behind it (``eval/paired.py``). ``extra`` is added to both pages.
     """
     runs = [read_run(p) for p in run_dirs]
     names = [r.name for r in runs]
@@ -221,7 +221,7 @@ def plot_differences(rows: list[dict[str, Any]], path: Path, baseline: str) -> b
             ax.plot([lo, hi], [y, y], color=colour, linewidth=2)
             ax.plot([row["mean"]], [y], "o", color=colour)
         ax.axvline(0.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_yticks(range(len(items)), [f"{r['group']}\n{r['verdict']}" for r in reversed(items)], fontsize=7)
+        ax.set_yticks(range(len(items)), [f"{r['group']}\n{shown_verdict(r)}" for r in reversed(items)], fontsize=7)
         ax.set_ylim(-0.6, len(items) - 0.4)
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"difference vs {baseline} (paired, 95% bootstrap CI over examples)", fontsize=10)
@@ -332,10 +332,10 @@ def differences_html(rows: list[dict[str, Any]], baseline: str) -> str:
         [
             r["group"],
             r["eval"],
-            r["metric"],
+            metric_label(r),
             f"{r['mean']:+.4g}",
             f"[{r['ci95'][0]:+.4g}, {r['ci95'][1]:+.4g}]",
-            r["verdict"],
+            shown_verdict(r),
             f"{r['positive']}/{r['zero']}/{r['negative']}",
             f"{r['sign_p']:.3g}",
             f"{r['permutation_p']:.3g}",
