@@ -16,6 +16,7 @@ import torch
 
 from rewardsft.cli import main
 from rewardsft.recipes import irft
+from rewardsft.recipes.irft import OVERFIT_NATS_PER_TOKEN
 from rewardsft.training.metrics import read_metrics
 from rewardsft.training.run import Run
 from tests.integration.test_sft import weights
@@ -165,10 +166,27 @@ def test_overfitting_the_snapshot_is_warned_once_per_stage(
     )
     records = [r for r in read_metrics(out / "metrics.jsonl") if "irft/gen_reward" in r]
     warned = [r for r in records if r.get("irft/overfit_warning")]
-    # The first step whose samples' log-ratio (gen_reward / β) falls below −40 nats warns, once.
-    first = next(r for r in records if r["irft/gen_reward"] / 0.1 < -40)
+    # The first step whose samples' log-ratio falls below −1.2 nats per generated token warns, once.
+    first = next(r for r in records if r["irft/gen_logratio_per_token"] < -OVERFIT_NATS_PER_TOKEN)
     assert len(warned) == 1 and warned[0]["step"] == first["step"]
     assert capsys.readouterr().out.count("the snapshot is being overfit") == 1
+
+
+def test_an_over_shoot_before_the_last_stage_is_not_warned(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """Through the recipe: stage 1 of 2 over-shoots as far as the run above, stage 2 regenerates from the result
+    (here cut to its first step, where the policy is its snapshot and the log-ratio is 0): no warning."""
+    out = tmp_path / "run"
+    hot = ["irft.beta=0.1", "optim.lr=3e-2", "train.batch_size=2"]
+    # 48 rows in 2 stages of 24 pairs, each covered twice: 24 steps a stage at batch 2; stage 2 keeps one step.
+    two_stages = ["irft.stages=2", "irft.epochs_per_stage=2", "train.max_steps=25"]
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *two_stages, *hot)) == 0
+    records = [r for r in read_metrics(out / "metrics.jsonl") if "irft/gen_reward" in r]
+    assert {r["irft/stage"] for r in records} == {1, 2}
+    assert any(r["irft/gen_logratio_per_token"] < -OVERFIT_NATS_PER_TOKEN for r in records if r["irft/stage"] == 1)
+    assert not any(r.get("irft/overfit_warning") for r in records)
+    assert "the snapshot is being overfit" not in capsys.readouterr().out
 
 
 def test_irft_does_not_warn_about_truncated_samples(

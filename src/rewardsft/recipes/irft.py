@@ -51,7 +51,7 @@ from rewardsft.training.step import (
     reduce_metrics,
 )
 
-OVERFIT_LOG_RATIO = 40.0
+OVERFIT_NATS_PER_TOKEN = 1.2
 
 
 @dataclass(frozen=True)
@@ -120,15 +120,15 @@ def train_irft(config: RunConfig) -> Path:
                 "irft/stage": stage.index + 1,
                 "time/step_s": timer.lap(),
             }
-            if not warned and overfitting(metrics, ic.beta, last_stage=stage is stages[-1]):
+            if not warned and overfitting(metrics, last_stage=stage is stages[-1]):
                 warned = True
                 metrics["irft/overfit_warning"] = 1.0
                 run.print(
                     f"warning: {stage.name} step {batches.step + 1} (the last stage): the policy pushed its own "
-                    f"samples' log-probability {-metrics['irft/gen_reward'] / ic.beta:.0f} nats below the snapshot's "
-                    f"(> {OVERFIT_LOG_RATIO:.0f}); the snapshot is being overfit and no later stage regenerates to "
-                    "correct it, so samples may collapse. Use more stages (irft.stages), a lower optim.lr or "
-                    "irft.sft_weight > 0 (docs/results.md)."
+                    f"samples' log-probability {-metrics['irft/gen_logratio_per_token']:.2f} nats per token below "
+                    f"the snapshot's (> {OVERFIT_NATS_PER_TOKEN}); the snapshot is being overfit and no later stage "
+                    "regenerates to correct it, so samples may collapse. Use more stages (irft.stages), a lower "
+                    "optim.lr or irft.sft_weight > 0 (docs/results.md)."
                 )
             if eval_data is not None and tc.eval_every and step % tc.eval_every == 0:
                 metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)
@@ -365,8 +365,11 @@ def accumulate_irft_step(
         totals += torch.stack([p.double().cpu() for p in parts])
     summed = reduce_metrics(accelerator, dict(zip(IRFT_METRICS, totals.tolist(), strict=True)), reduction="sum")
     metrics = {name: value / max(size.pairs, 1.0) for name, value in summed.items()}
-    gen_tokens = sum(len(pairs[i].gen.response_ids) for ids in micro_batches for i in ids)
-    metrics["train/tokens"] = size.tokens + reduce_metrics(accelerator, {"t": gen_tokens}, reduction="sum")["t"]
+    local_gen = sum(len(pairs[i].gen.response_ids) for ids in micro_batches for i in ids)
+    gen_tokens = reduce_metrics(accelerator, {"t": local_gen}, reduction="sum")["t"]
+    metrics["train/tokens"] = size.tokens + gen_tokens
+    # log π_θ(ỹ) − log π_ref(ỹ) over every generated token of the step: the overfit rule's length-free measure.
+    metrics["irft/gen_logratio_per_token"] = summed["irft/gen_reward"] / spec.beta / max(gen_tokens, 1.0)
     return metrics
 
 
@@ -459,17 +462,20 @@ def split_pair_backward(
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
 
 
-def overfitting(metrics: dict[str, float], beta: float, last_stage: bool) -> bool:
+def overfitting(metrics: dict[str, float], last_stage: bool) -> bool:
     """In the LAST stage, the policy has pushed the log-probability of its own snapshot samples down by more than
-    ``OVERFIT_LOG_RATIO`` nats (``irft/gen_reward`` / β): self-play is pushing down samples that were already
-    fine, and no later stage will sample from the result and correct it.
+    ``OVERFIT_NATS_PER_TOKEN`` nats per generated token (``irft/gen_logratio_per_token``): self-play is pushing
+    down samples that were already fine, and no later stage will sample from the result and correct it.
 
-    Tuned on the real-data study (docs/results.md, tests/unit/test_guard_rails.py): the collapsed run (SPIN at lr
-    1e-5, samples down to ~6 tokens) passed −40 nats at its fourth step and reached −88; every healthy or merely
-    stalled run stayed above −26 in its last stage (β 0.1 and 1, lr 5e-7 to 1e-5, T 1 to 4, sft_weight 0 and 1).
-    Rules tried first and dropped: accuracy 1 with loss < 0.05 early in any stage (fired on healthy IRFT T=2, whose
-    first stage over-shot to −98 nats and whose second stage corrected it, and on SPIN at β = 1, where the loss
-    saturates without a collapse); the implicit margin above 40 nats (fired on SPIN with sft_weight 1, whose anchor
-    raises the demonstrations' side and which was the healthiest run).
+    Per token, so one threshold holds at any ``generation.max_new_tokens`` (a sum over tokens grows with the
+    samples' length: a healthy run with long samples would pass a summed threshold, a collapse on short ones
+    never reach it). Validated on the real-data study (docs/results.md, tests/unit/test_guard_rails.py), whose
+    samples were at most 48 tokens: the four collapsed runs (SPIN at lr 1e-5 from the base, two domains, two
+    seeds) reached −2.0 to −2.5 nats per token in their stage; every healthy or stalled run stayed above −0.85
+    in its last stage (β 0.1 and 1, lr 5e-7 to 1e-5, T 1 to 4, sft_weight 0 and 1). An earlier summed rule (−40
+    nats) separated those runs too, at their lengths only. Rules tried before and dropped: accuracy 1 with loss
+    < 0.05 early in any stage (fired on healthy IRFT T=2, whose first stage over-shot and whose second stage
+    corrected it, and on SPIN at β = 1, where the loss saturates without a collapse); the implicit margin above 40
+    nats (fired on SPIN with sft_weight 1, whose anchor raises the demonstrations' side).
     """
-    return last_stage and metrics["irft/gen_reward"] / beta < -OVERFIT_LOG_RATIO
+    return last_stage and metrics["irft/gen_logratio_per_token"] < -OVERFIT_NATS_PER_TOKEN
