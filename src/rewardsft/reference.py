@@ -56,16 +56,19 @@ class Snapshot(Protocol):
 
 
 @torch.no_grad()
-def compute_ref_logps(model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int) -> torch.Tensor:
+def compute_ref_logps(
+    model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int, dummy: Sequence[Pair] | None = None
+) -> torch.Tensor:
     """(N, 2) snapshot log-probs [demo, gen] of every pair, with the model in eval mode.
 
     With a sharded model every process must call this the same number of times per batch count: a process with
-    fewer batches (its share of a stage split unevenly) runs dummy ones, whose rows are dropped."""
+    fewer batches (its share of a stage split unevenly) runs ``dummy`` ones, whose rows are dropped. Pass a pair of
+    the whole stage as ``dummy`` when ``pairs`` is one process's share: a share can be empty."""
     device = next(model.parameters()).device
     chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     rows = []
     with eval_mode(model):
-        for chunk, real in lockstep(chunks, model, dummy=pairs[:1]):
+        for chunk, real in lockstep(chunks, model, dummy=list(pairs[:1] if dummy is None else dummy)):
             demo, gen = split_logps(model, pair_batch(chunk, pad_id, device))
             if real:
                 rows.append(torch.stack([demo, gen], dim=-1).float().cpu())

@@ -51,7 +51,16 @@ METHOD_ARGS = {
     # 30 rows, 2 stages of 15 prompts: 8 prompts on rank 0 and 7 on rank 1, decoded one at a time.
     "irft": ["data.max_rows=30", "irft.stages=2", "generation.do_sample=false", "generation.batch_size=1"],
 }
-PORTS = {"sft": 29561, "irft": 29562, "resume": 29563, "rft": 29564, "ddp": 29565, "fsdp": 29566, "fsdp_grad_op": 29567}
+PORTS = {
+    "sft": 29561,
+    "irft": 29562,
+    "resume": 29563,
+    "rft": 29564,
+    "ddp": 29565,
+    "fsdp": 29566,
+    "fsdp_grad_op": 29567,
+    "tiny_stage": 29568,
+}
 
 
 def args_for(method: str, model_dir: Path, data: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
@@ -158,6 +167,21 @@ def test_resume_with_another_global_batch_is_refused(
     err = capsys.readouterr().err
     assert "global batch of 8" in err and "this run's is 4" in err
     assert (out / "checkpoints" / "step-3" / "state.json").is_file()  # nothing lost
+
+
+def test_a_stage_with_fewer_pairs_than_processes(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
+    """Two stages of one pair each: process 1 has no pair of its own to take the snapshot of, yet must run the
+    snapshot pass's collective forward (its dummy batch used to come from its own, empty share: collate raised and
+    process 0 waited in the collective). Its snapshot cache must equal one process's."""
+    extra = ["data.max_rows=2", "irft.stages=2", "generation.do_sample=false", "train.batch_size=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(irft_args(llama_dir, builtin_jsonl, one, *COMMON, *extra)) == 0
+    result = torchrun_fsdp(irft_args(llama_dir, builtin_jsonl, two, *COMMON, *extra), PORTS["tiny_stage"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("stage-1", "stage-2"):
+        cache = [torch.load(run / "stages" / stage / "ref_logps.rank0.pt") for run in (one, two)]
+        assert cache[0].shape == (1, 2)
+        torch.testing.assert_close(cache[1], cache[0], rtol=LOSS_REL, atol=1e-4)
 
 
 def test_rft_runs_sharded(llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path) -> None:

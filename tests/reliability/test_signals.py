@@ -56,3 +56,28 @@ def test_a_signal_checkpoints_the_step_in_flight_and_resume_matches(
     assert main(sft_args(llama_dir, builtin_jsonl, tmp_path / "whole", *STEPS)) == 0
     whole, resumed = weights(tmp_path / "whole" / "final"), weights(run / "final")
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+def test_a_signal_to_one_process_during_a_save_stops_every_process(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """Two processes; SIGTERM reaches rank 1 only, during the scheduled save of step 2 (``signal_in_save.py``). The
+    stop is agreed again after the save, so both exit 143 there; before, rank 1 exited alone and rank 0 went on into
+    the next step's collective and waited for it."""
+    import os
+    import shutil
+
+    from tests.integration.test_distributed import TORCHRUN
+
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("no torchrun")
+    run = tmp_path / "run"
+    args = sft_args(llama_dir, builtin_jsonl, run, "train.max_steps=6", "train.save_every=2", "train.batch_size=4")
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29571", "-m", "tests.reliability.signal_in_save"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=180, env=env)
+    # Both processes exit 143 on their own. Before, rank 1 did and torchrun then killed rank 0, which had gone on
+    # into step 3 and waited there (its exit code -15).
+    assert result.returncode != 0 and result.stderr.count("exitcode  : 143") == 2, result.stderr[-3000:]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-2"] and not (run / "final").exists()
+    assert main([*args, "resume=true", "train.batch_size=8"]) == 0  # on one process, from the agreed checkpoint

@@ -289,7 +289,9 @@ def shared_ref_logps(run: Run, policy: Any, pairs: list[Pair], batch_size: int, 
     """The snapshot log-probs of all the stage's pairs on every process, each process computing its share (every
     world_size-th pair) and the shares gathered: the snapshot pass then scales with the number of processes."""
     mine = list(range(run.rank, len(pairs), run.world_size))
-    local = compute_ref_logps(policy, [pairs[i] for i in mine], batch_size, pad_id)
+    # The dummy batch comes from the stage: a process's own share is empty when the stage has fewer pairs than
+    # processes, and it must still run the collective forwards the others run.
+    local = compute_ref_logps(policy, [pairs[i] for i in mine], batch_size, pad_id, dummy=pairs[:1])
     if run.world_size == 1:
         return local
     rows = dict(run.gather(list(zip(mine, local.tolist(), strict=True))))

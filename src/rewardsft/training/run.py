@@ -259,12 +259,17 @@ class Run:
     def checkpoint_due(self, scheduled: bool) -> bool:
         """Write a checkpoint now: when the recipe's schedule says so, or when a SIGTERM/SIGINT asked the run to
         stop (agreed over processes, so all of them save together)."""
+        return scheduled or self.stop_agreed()
+
+    def stop_agreed(self) -> bool:
+        """Whether any process has been asked to stop (a collective: every process calls it at the same point).
+        A process that got no signal itself adopts SIGTERM, so all of them stop together."""
         requested = STOP.signum is not None
         if self.world_size > 1:
             requested = reduce_metrics(self.accelerator, {"stop": float(requested)}, reduction="sum")["stop"] > 0
             if requested and STOP.signum is None:
                 STOP.signum = signal.SIGTERM  # another process got the notice
-        return scheduled or requested
+        return requested
 
     def save_checkpoint(
         self,
@@ -292,7 +297,10 @@ class Run:
             ckpt.write_training_state(tmp, states, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
-        if STOP.signum is not None:
+        # Agreed again: a signal that reached one process during the save must stop all of them here, or that one
+        # would exit while the others went on into the next collective and waited for it forever.
+        if self.stop_agreed():
+            assert STOP.signum is not None
             self.print(f"checkpoint of step {state['step']} written; stopping on {signal.Signals(STOP.signum).name}")
             raise Preempted(STOP.signum, state["step"])
 
