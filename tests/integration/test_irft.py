@@ -152,6 +152,24 @@ def test_resume_mid_stage_2_equals_uninterrupted(
         assert (out / "checkpoints" / "step-6" / "base.safetensors").is_file()
 
 
+def test_resume_with_other_sampling_settings_is_refused(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A stage's generations are reused on resume only when they were sampled with this run's ``generation``
+    settings (a resume with other ones was not noticed: stage 2 trained on samples of the old settings)."""
+    common = ["irft.stages=2", "train.save_every=2", "data.max_rows=32"]
+    out = tmp_path / "run"
+    crash_in_stage(monkeypatch, step=7)  # 2 stages of 16, batch 4: stage 2 is steps 5-8, checkpoint at 6
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *common)) == 1
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *common, "resume=true", "generation.max_new_tokens=8")) == 2
+    assert "generation.max_new_tokens=8 (was 12)" in capsys.readouterr().err
+    # Prompts per call do not change what is sampled: not a different setting.
+    assert main(irft_args(llama_dir, builtin_jsonl, out, *common, "resume=true", "generation.batch_size=5")) == 0
+    assert "stage-2: reusing 16 generations" in capsys.readouterr().out
+
+
 def test_overfitting_the_snapshot_is_warned_once_per_stage(
     llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any
 ) -> None:

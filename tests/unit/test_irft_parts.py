@@ -320,3 +320,25 @@ def test_disable_dropout_covers_rates_read_from_the_config_and_exports_keep_them
         model.save_pretrained(str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["attention_dropout"] == 0.5
     assert model.config.attention_dropout == 0.0  # still off for the rest of training
+
+
+def test_reused_generations_are_matched_by_data_file_row(tokenizer: Any, tmp_path: Any) -> None:
+    """A stage's examples carry their data-file row (``index``); when a row was skipped at tokenisation, rows and
+    positions in the tokenised list differ, and matching by position refused every resume of such a run."""
+    from rewardsft.errors import ConfigError
+    from rewardsft.recipes.irft import Stage, read_generations, write_generations
+
+    pairs = make_pairs(tokenizer)
+    examples = [
+        TokenizedExample(p.demo.prompt_ids, p.demo.response_ids, row) for p, row in zip(pairs, [0, 2, 3], strict=True)
+    ]
+    generations = [Generation(p.gen.response_ids, True) for p in pairs]
+    stage = Stage(index=0, example_ids=[0, 1, 2], first_step=0, steps=1)  # positions, not rows
+    path = tmp_path / "generations.jsonl"
+    settings = {"max_new_tokens": 12, "temperature": 1.0}
+    write_generations(path, stage, examples, generations, tokenizer, Renderer(tokenizer), {}, settings)
+    assert read_generations(path, examples, settings) == generations
+    with pytest.raises(ConfigError, match="other data"):
+        read_generations(path, examples[::-1], settings)
+    with pytest.raises(ConfigError, match=r"generation\.temperature=0\.7 \(was 1\.0\)"):
+        read_generations(path, examples, {**settings, "temperature": 0.7})

@@ -7,6 +7,7 @@ policy (θ_t), samples one response per prompt of chunk t with it, then trains t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,13 +185,13 @@ def stage_pairs(
     """(demonstration, generation) pairs of the stage: read back from disk, or sampled by the snapshot."""
     path = stage_dir(run.output_dir, stage.name) / GENERATIONS_FILE
     if path.is_file():
-        generations = read_generations(path, stage)
+        generations = read_generations(path, examples, sampling_settings(config))
         run.print(f"{stage.name}: reusing {len(generations)} generations from {path}")
     else:
         generations = sample_stage(run, model, stage, examples, tokenizer.pad_token_id, config, stop_ids)
         stats = generation_stats(generations, [ex.response_ids for ex in examples])
         if run.is_main:
-            write_generations(path, stage, examples, generations, tokenizer, renderer, stats)
+            write_generations(path, stage, examples, generations, tokenizer, renderer, stats, sampling_settings(config))
         run.accelerator.wait_for_everyone()
         # No truncation warning here (RFT keeps one): in the real-data study IRFT stages whose samples were 66-94%
         # cut by the cap were healthy, since pushing down rambling samples is what teaches the policy to stop
@@ -233,8 +234,10 @@ def write_generations(
     tokenizer: Any,
     renderer: Renderer,
     stats: dict[str, float],
+    settings: dict[str, Any],
 ) -> None:
-    """``generations.jsonl`` (one row per prompt, token ids included for exact reuse) and ``stats.json``."""
+    """``generations.jsonl`` (one row per prompt, token ids included for exact reuse) and ``stats.json`` (with the
+    sampling ``settings`` they were drawn with, checked when they are reused)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as handle:
@@ -248,14 +251,33 @@ def write_generations(
                 "response_ids": gen.response_ids,
             }
             handle.write(json.dumps(row) + "\n")
-    (path.parent / "stats.json").write_text(json.dumps({"stage": stage.index + 1, **stats}, indent=2))
+    record = {"stage": stage.index + 1, **stats, "generation": settings}
+    (path.parent / "stats.json").write_text(json.dumps(record, indent=2))
     tmp.replace(path)
 
 
-def read_generations(path: Path, stage: Stage) -> list[Generation]:
+def sampling_settings(config: RunConfig) -> dict[str, Any]:
+    """What the stage's samples depend on: the ``generation`` section but its batching (prompts per call)."""
+    settings = dataclasses.asdict(config.generation)
+    settings.pop("batch_size")
+    return settings
+
+
+def read_generations(path: Path, examples: list[TokenizedExample], settings: dict[str, Any]) -> list[Generation]:
+    """The stage's generations written before a resume, refused when they belong to other data (rows matched by
+    their data-file row, ``TokenizedExample.index``) or were sampled with other ``generation`` settings."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if [row["index"] for row in rows] != stage.example_ids:
+    if [row["index"] for row in rows] != [ex.index for ex in examples]:
         raise ConfigError(f"{path} was written for other data or settings; use overwrite=true to start again")
+    stats_path = path.parent / "stats.json"
+    # Files written before the settings were recorded carry none: nothing to compare.
+    written = json.loads(stats_path.read_text()).get("generation", {}) if stats_path.is_file() else {}
+    changed = [f"generation.{k}={settings[k]!r} (was {v!r})" for k, v in written.items() if settings.get(k, v) != v]
+    if changed:
+        raise ConfigError(
+            f"{path} was sampled with other settings than this resume's: {', '.join(changed)}; resume with the "
+            "settings the run started with, or start again with overwrite=true"
+        )
     return [Generation(row["response_ids"], row["stopped"]) for row in rows]
 
 
