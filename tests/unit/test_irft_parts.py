@@ -342,3 +342,34 @@ def test_reused_generations_are_matched_by_data_file_row(tokenizer: Any, tmp_pat
         read_generations(path, examples[::-1], settings)
     with pytest.raises(ConfigError, match=r"generation\.temperature=0\.7 \(was 1\.0\)"):
         read_generations(path, examples, {**settings, "temperature": 0.7})
+
+
+def test_the_step_loss_at_a_stage_start_is_log_2_plus_the_anchor_token_mean_nll(tokenizer: Any) -> None:
+    """At a stage start the policy is its snapshot (every margin 0, ℓ = log 2 per pair), so one step's logged loss
+    is log 2 + w × the NLL's mean over every demonstration token of the step, computed here by hand from the
+    logits, over two micro-batches of unequal lengths. An anchor normalised by pairs instead of tokens (about a
+    response length stronger) fails this directly."""
+    from accelerate import Accelerator
+
+    from rewardsft.config import load_config
+    from rewardsft.recipes.irft import PairLossSpec, accumulate_irft_step
+
+    pairs, w = make_pairs(tokenizer), 0.5
+    model = tiny_model(tokenizer, hidden_size=32, seed=5).train()
+    pad_id = tokenizer.pad_token_id
+    snapshot = CachedSnapshot(compute_ref_logps(model, pairs, batch_size=3, pad_id=pad_id))
+    spec = PairLossSpec.from_config(load_config("irft", overrides=[f"irft.sft_weight={w}"]))
+    metrics = accumulate_irft_step(Accelerator(cpu=True), model, snapshot, pairs, [[0], [1, 2]], pad_id, spec)
+
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for pair in pairs:
+            ids = torch.tensor([pair.demo.prompt_ids + pair.demo.response_ids])
+            logps = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+            start = len(pair.demo.prompt_ids)
+            for j in range(start, ids.shape[1]):
+                nll -= float(logps[j - 1, ids[0, j]])
+                tokens += 1
+    assert tokens > len(pairs) * 3  # responses of several tokens: the two normalisers differ a lot
+    assert metrics["irft/loss"] == pytest.approx(math.log(2) + w * nll / tokens, abs=1e-5)
+    assert metrics["irft/margin"] == pytest.approx(0.0, abs=1e-5)
