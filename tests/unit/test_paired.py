@@ -113,11 +113,8 @@ def write_accuracy(folder: Path, habit: list[float], extra: dict[str, object] | 
 
 
 def accuracy_run(root: Path, name: str, seed: int, lr: float, habit: list[float]) -> Path:
-    run = root / name
-    write_accuracy(run / "eval" / "accuracy", habit)
-    config = {"method": "irft", "seed": seed, "output_dir": str(run), "optim": {"lr": lr}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    return run
+    write_accuracy(root / name / "eval" / "accuracy", habit)
+    return write_config(root / name, seed, lr)
 
 
 def test_a_lower_is_better_metric_that_rises_is_worse_everywhere(tmp_path: Path) -> None:
@@ -189,8 +186,12 @@ def write_gap(folder: Path, values: list[float], ids: list[str] | None = None, d
 
 
 def write_run(root: Path, name: str, seed: int, lr: float, gap: list[float]) -> Path:
-    run = root / name
-    write_gap(run / "eval" / "gap", gap)
+    write_gap(root / name / "eval" / "gap", gap)
+    return write_config(root / name, seed, lr)
+
+
+def write_config(run: Path, seed: int, lr: float) -> Path:
+    """The run's ``config.yaml``: an IRFT run at ``lr``, ``seed`` (runs equal but for the seed are one method)."""
     config = {"method": "irft", "seed": seed, "output_dir": str(run), "optim": {"lr": lr}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     return run

@@ -124,13 +124,7 @@ def train_irft(config: RunConfig) -> Path:
             if not warned and overfitting(metrics, last_stage=stage is stages[-1]):
                 warned = True
                 metrics["irft/overfit_warning"] = 1.0
-                run.print(
-                    f"warning: {stage.name} step {batches.step + 1} (the last stage): the policy pushed its own "
-                    f"samples' log-probability {-metrics['irft/gen_logratio_per_token']:.2f} nats per token below "
-                    f"the snapshot's (> {OVERFIT_NATS_PER_TOKEN}); the snapshot is being overfit and no later stage "
-                    "regenerates to correct it, so samples may collapse. Use more stages (irft.stages), a lower "
-                    "optim.lr or irft.sft_weight > 0 (docs/results.md)."
-                )
+                run.print(overfit_warning(stage, batches.step + 1, metrics["irft/gen_logratio_per_token"]))
             if eval_data is not None and tc.eval_every and step % tc.eval_every == 0:
                 metrics["eval/loss"] = run.eval_nll(model, eval_data.tokenized, eval_batch(config), pad_id)
             if log_due(step, tc.log_every, batches.step + 1 == stage.steps, metrics):
@@ -484,6 +478,15 @@ def split_pair_backward(
         gen_logps = sequence_logps(model_token_logps(model, **gen_batch), "sum")
         accelerator.backward((coef.detach() * gen_logps).sum())
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
+
+
+def overfit_warning(stage: Stage, step: int, logratio_per_token: float) -> str:
+    return (
+        f"warning: {stage.name} step {step} (the last stage): the policy pushed its own samples' log-probability "
+        f"{-logratio_per_token:.2f} nats per token below the snapshot's (> {OVERFIT_NATS_PER_TOKEN}); the snapshot "
+        "is being overfit and no later stage regenerates to correct it, so samples may collapse. Use more stages "
+        "(irft.stages), a lower optim.lr or irft.sft_weight > 0 (docs/results.md)."
+    )
 
 
 def overfitting(metrics: dict[str, float], last_stage: bool) -> bool:
