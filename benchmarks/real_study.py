@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rewardsft.studies.runner import record_launch
+
 INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
 DOMAINS = {
     "tweets": ("tweets_GroundTruth.txt", "Write a short positive tweet about your day."),
@@ -257,27 +259,6 @@ def train(spec: Spec, budget: Budget, domain_dir: Path, model: Path, seed: int) 
         if run.is_dir():
             record_launch(run, {"start": began, "end": time.time(), "resumed": bool(resume), "finished": finished})
     return run
-
-
-WALL_TIME = "wall_time.json"
-"""Per run: ``{"seconds": total, "launches": [{"start", "end", "seconds", "resumed", "finished"}, ...]}``, one
-entry per ``rewardsft train`` launch (start and end in Unix seconds)."""
-
-
-def launches(path: Path) -> list[dict[str, Any]]:
-    """The launches recorded in ``path`` (none if it is missing); the older single-record format
-    ``{"seconds", "resumed"}``, which kept the last launch only, reads as one launch."""
-    if not path.is_file():
-        return []
-    record = json.loads(path.read_text())
-    return list(record["launches"]) if "launches" in record else [record]
-
-
-def record_launch(run: Path, launch: dict[str, Any]) -> None:
-    """Append one launch (``start``/``end``, Unix seconds) to the run's ``wall_time.json`` and update the total."""
-    path = run / WALL_TIME
-    every = [*launches(path), {**launch, "seconds": launch["end"] - launch["start"]}]
-    path.write_text(json.dumps({"seconds": sum(x["seconds"] for x in every), "launches": every}, indent=2))
 
 
 def data_dir(domain_dir: Path) -> Path:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.real_study import WALL_TIME, launches
 from benchmarks.study_judges import win_rate_ci
 from rewardsft.eval.paired import compare_runs, paired_difference, read_per_example
 from rewardsft.eval.report import build_report, pyplot, save_figure
+from rewardsft.studies.runner import WALL_TIME, launches
 
 JUDGES = ("minilm", "vader")
 SEED = re.compile(r"-s(\d+)$")

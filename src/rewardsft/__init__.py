@@ -15,6 +15,7 @@ from rewardsft.api import (
     evaluate_gap,
     load_config,
     report,
+    study,
     train,
     win_rate,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "evaluate_gap",
     "load_config",
     "report",
+    "study",
     "train",
     "win_rate",
 ]

@@ -8,6 +8,7 @@ the setting named.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,3 +201,68 @@ class RewardModel:
         if len(prompts) != len(responses):
             raise ConfigError(f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt")
         return self._scorer.score(list(zip(prompts, responses, strict=True)))
+
+
+def study(
+    model: PathLike,
+    data: PathLike,
+    out: PathLike,
+    *,
+    pairs: PathLike | None = None,
+    methods: Sequence[str] | None = None,
+    seeds: int | None = None,
+    lrs: Sequence[float] | None = None,
+    passes: Sequence[int] = (1,),
+    budget: int = 1,
+    judge: str | Judge | None = None,
+    overrides: Overrides | None = None,
+    config: PathLike | None = None,
+    quick: bool = False,
+    overwrite: bool = False,
+    split: str = "train",
+    format: str = "auto",
+    dev_share: float = 0.5,
+    holdout: float = 0.2,
+) -> dict[str, Any]:
+    """Does reward learning beat tuned SFT on this data? (``rewardsft study``; docs/study.md.)
+
+    Tunes every method's learning rate (``lrs``; and ``passes`` from the base) on a dev part of ``pairs`` (without
+    pairs: of held-out demonstrations), trains the chosen settings at ``seeds`` seeds, adds a budget-matched SFT
+    control for each ``*-from-sft`` method, and judges on the test part. ``methods``: ``spin``, ``irft-t4``,
+    ``rft``, ``spin-from-sft``, ... (SFT is always in). ``overrides`` reach every run whose recipe reads them.
+    Rerunning continues the study. Returns what ``DIR/study.json`` holds (``answer``: the verdict in words).
+    """
+    from rewardsft.studies.runner import resolve_settings, run_study
+    from rewardsft.studies.split import DataSpec
+
+    spec = DataSpec(os.fspath(data), os.fspath(pairs) if pairs is not None else None, split, format, dev_share, holdout)
+    settings = resolve_settings(
+        model=os.fspath(model),
+        data=spec,
+        out=Path(out),
+        methods=methods,
+        seeds=seeds,
+        lrs=lrs,
+        passes=passes,
+        budget=budget,
+        judge=os.fspath(judge) if isinstance(judge, os.PathLike) else judge,
+        overrides=_override_pairs(overrides),
+        config=os.fspath(config) if config is not None else None,
+        quick=quick,
+        overwrite=overwrite,
+    )
+    report_path = run_study(settings)
+    return dict(json.loads((report_path.parent / "study.json").read_text()))
+
+
+def _override_pairs(overrides: Overrides | None) -> tuple[str, ...]:
+    """Overrides as the CLI's ``KEY=VALUE`` strings (a mapping's values written as YAML-readable JSON)."""
+    from rewardsft.config import flatten
+
+    if overrides is None:
+        return ()
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of KEY=VALUE strings or a mapping, not the string {overrides!r}")
+    if isinstance(overrides, Mapping):
+        return tuple(f"{key}={json.dumps(value)}" for key, value in flatten(nest_values(overrides)).items())
+    return tuple(overrides)

@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rewardsft.config import METHODS, load_config
 from rewardsft.errors import ConfigError, NonFiniteError
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report_p.set_defaults(func=_report)
 
+    _add_study_command(sub)
     demo_p = sub.add_parser(
         "demo", help="offline: SFT, SPIN, IRFT and RFT on a built-in task with a true reward (or `demo toy`)"
     )
@@ -257,6 +259,76 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--model", help="a local HF model folder as the base (e.g. SmolLM2-135M-Instruct)")
     demo_p.set_defaults(func=_demo)
     return parser
+
+
+def _study(args: argparse.Namespace) -> int:
+    from rewardsft.api import study
+
+    study(
+        args.model,
+        args.data,
+        args.out,
+        pairs=args.pairs,
+        methods=_listed(args.methods, str),
+        seeds=args.seeds,
+        lrs=_listed(args.lrs, float),
+        passes=_listed(args.passes, int) or (1,),
+        budget=args.budget,
+        judge=args.judge,
+        overrides=args.overrides,
+        config=args.config,
+        quick=args.quick,
+        overwrite=args.overwrite,
+        split=args.split,
+        format=args.format,
+        dev_share=args.dev_share,
+        holdout=args.holdout,
+    )
+    return 0
+
+
+def _listed(text: str | None, kind: type) -> list[Any] | None:
+    """``"1e-6,1e-5"`` -> [1e-06, 1e-05]; a value that does not parse is an error naming it."""
+    if text is None:
+        return None
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+
+
+def _add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "study",
+        help="does reward learning beat tuned SFT on your data? tuned, budget-matched, dev/test split, verdict",
+        description="Tune every method on a dev part of the held-out data (the same tries each), train the chosen "
+        "settings over seeds, add a budget-matched SFT control for each *-from-sft method, and give paired verdicts "
+        "on a test part. Rerun to continue. KEY=VALUE settings reach every run whose recipe reads them "
+        "(docs/study.md).",
+    )
+    p.add_argument("--model", required=True, help="the base model: a local folder or hub id")
+    p.add_argument("--data", required=True, help="the demonstrations, in any format `rewardsft train` reads")
+    p.add_argument("--pairs", help="held-out preference pairs (chosen/rejected), split into dev and test")
+    p.add_argument("--out", required=True, help="the study folder (rerun with the same one to continue)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated: spin, irft-tN, rft, and X-from-sft for each (the paper's protocol); SFT is always in "
+        "[spin,irft-t4,spin-from-sft; --quick spin,spin-from-sft]",
+    )
+    p.add_argument("--seeds", type=int, help="seeds of every method's chosen setting [3; --quick 1]")
+    p.add_argument("--lrs", help="learning rates tried per method on dev [1e-6,1e-5,1e-4; --quick 1e-4,1e-3]")
+    p.add_argument("--passes", help="pass counts tried per method from the base, e.g. 1,2 [1]")
+    p.add_argument("--budget", type=int, default=1, help="further passes of the from-SFT runs and controls [1]")
+    p.add_argument("--judge", help="win rates against tuned SFT's samples: reward-model dir or module:function")
+    p.add_argument("--config", help="YAML settings for every run that reads them")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 16 demonstrations, tiny generations, 1 seed")
+    p.add_argument("--overwrite", action="store_true", help="empty --out first")
+    p.add_argument("--split", default="train", help="split of --data and --pairs (hub datasets, folders)")
+    p.add_argument("--format", default="auto", help="row format of --data [auto]")
+    p.add_argument("--dev-share", type=float, default=0.5, help="share of the held-out rows used for tuning [0.5]")
+    p.add_argument("--holdout", type=float, default=0.2, help="without --pairs: demonstrations held out [0.2]")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.max_length=256 optim.schedule=constant")
+    p.set_defaults(func=_study)
 
 
 def _add_reward_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -35,6 +35,9 @@ class GapSettings:
     max_rows: int | None = None
     bootstrap: int = 1000
     seed: int = 0
+    paired_metrics: tuple[str, ...] | None = None
+    """Per-pair columns ``eval compare`` compares (None: its default, ``rewardsft.eval.paired.GAP_METRICS``); the
+    study adds ``chosen_logp_mean``, the held-out log-likelihood per token."""
 
 
 @torch.no_grad()
@@ -153,13 +156,16 @@ def summarise(rows: list[dict[str, float]], settings: GapSettings, with_ref: boo
     if with_ref:
         summary["implicit_accuracy"] = summary.pop("implicit_correct")
     summary["settings"] = vars(settings)
+    if settings.paired_metrics is not None:
+        summary["paired_metrics"] = list(settings.paired_metrics)
     return summary
 
 
 def write_gap(out: Path, summary: dict[str, Any], rows: list[dict[str, float]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     with (out / "per_example.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["row"])
         writer.writeheader()
         writer.writerows(rows)
+    # The summary last: its presence says the evaluation is complete (the study skips finished ones).
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

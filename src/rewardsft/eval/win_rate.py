@@ -93,8 +93,8 @@ def win_rate(
     ]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         (out / GENERATIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: the evaluation is complete
     return summary
 
 

@@ -1,0 +1,543 @@
+"""``rewardsft study``: tune every method on the dev part, train the chosen settings over seeds, evaluate on the
+test part, and write the verdict (:mod:`rewardsft.studies.verdict`).
+
+Every run trains through :func:`rewardsft.recipes.run_recipe` from a config :func:`rewardsft.config.load_config`
+resolves, exactly as ``rewardsft train`` does; a finished run (``final/``) and a finished evaluation
+(``summary.json``) are never redone, and an interrupted run resumes from its last checkpoint, so rerunning the
+command continues a study and a finished study reruns in seconds.
+
+Layout of ``DIR``::
+
+    split/            train.jsonl, dev/test pairs, split.json
+    base/eval/        the base model's dev and test gap
+    runs/NAME/        one training run per trial (NAME = method-lrX-pP-sS), with eval/dev-gap, eval/test-gap
+    tuning.json       every dev try and the setting chosen per method
+    study.json, study.md   the verdict
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rewardsft.config import UNUSED_BY_METHOD, GenerationConfig, RunConfig, load_config
+from rewardsft.errors import ConfigError
+from rewardsft.layout import EVAL, FINAL, METRICS_FILE, SUMMARY_FILE
+from rewardsft.studies.plan import (
+    Budget,
+    MethodSpec,
+    Trial,
+    budget_of,
+    check_grid,
+    control_spec,
+    matched_control,
+    parse_methods,
+    rft_overrides,
+    tuning_trials,
+)
+from rewardsft.studies.split import DataSpec, Split, make_split, write_rows
+from rewardsft.studies.verdict import STUDY_METRICS
+
+DEFAULT_METHODS = ("spin", "irft-t4", "spin-from-sft")
+DEFAULT_LRS = (1e-6, 1e-5, 1e-4)
+DEFAULT_SEEDS = 3
+QUICK_METHODS = ("spin", "spin-from-sft")
+QUICK_LRS = (1e-4, 1e-3)
+QUICK_OVERRIDES = ("data.max_rows=16", "train.batch_size=4", "generation.max_new_tokens=8")
+STUDY_DEFAULTS = ("logging.progress=false",)
+"""Every run's settings before the user's: the study prints its own progress line per run."""
+STUDY_OWNED = {
+    "model.name_or_path": "--model (from-SFT runs start from the tuned SFT model)",
+    "data.path": "--data",
+    "data.split": "--split",
+    "data.format": "--format",
+    "data.eval_path": "--pairs",
+    "data.eval_split": "--pairs",
+    "output_dir": "--out",
+    "seed": "--seeds",
+    "resume": "rerunning the command (it resumes)",
+    "overwrite": "--overwrite",
+    "optim.lr": "--lrs (the study tunes it)",
+    "train.epochs": "--passes (from the base) and --budget (from SFT)",
+    "train.max_steps": "--passes and --budget",
+    "irft.stages": "the method's name (irft-t4 is 4 stages, spin is 1)",
+    "rft.iterations": "--passes / --budget (RFT runs one round per SFT step of that many passes)",
+    "rft.prompts_per_iteration": "train.batch_size (one round takes a batch of demonstration prompts)",
+}
+EVAL_SEED = 1234
+"""Seed of the base model's samples (no-pairs studies) and of the win-rate samples."""
+TUNING_FILE = "tuning.json"
+EVAL_LOG = "eval.log"
+WALL_TIME = "wall_time.json"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything ``rewardsft study`` takes (see ``rewardsft study --help`` and docs/study.md)."""
+
+    model: str
+    data: DataSpec
+    out: Path
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: int = DEFAULT_SEEDS
+    lrs: tuple[float, ...] = DEFAULT_LRS
+    passes: tuple[int, ...] = (1,)
+    """Pass counts tuned for the methods that start from the base (SFT included)."""
+    budget: int = 1
+    """Further passes over the demonstrations for the methods that start from the tuned SFT model."""
+    overrides: tuple[str, ...] = ()
+    """``KEY=VALUE`` settings for every run whose recipe reads them (``generation.*`` reaches IRFT and RFT only).
+    ``--quick`` puts its tiny budgets (:data:`QUICK_OVERRIDES`) first."""
+    config: str | None = None
+    """A YAML file of settings, layered under ``overrides``, for every run that reads them."""
+    judge: str | Callable[..., list[float]] | None = None
+    """A win-rate judge (as ``rewardsft eval winrate --judge``): each test run's samples against tuned SFT's."""
+    quick: bool = False
+    overwrite: bool = False
+    eval_batch_size: int = 16
+
+
+# ---------------------------------------------------------------- settings of each run
+
+
+def override_key(pair: str) -> str:
+    key, sep, _ = pair.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. data.max_length=256)")
+    return key
+
+
+def check_overrides(overrides: Sequence[str], methods: Sequence[str]) -> None:
+    """Refuse settings the study owns (naming the flag that sets them) and settings no method of it reads."""
+    for pair in overrides:
+        key = override_key(pair)
+        owner = STUDY_OWNED.get(key) or STUDY_OWNED.get(key.split(".")[0])
+        if owner is not None:
+            raise ConfigError(f"{key} is set by the study, not by an override: use {owner}")
+        if all(not reads(method, key) for method in methods):
+            raise ConfigError(f"{key} is read by no method of this study ({', '.join(sorted(set(methods)))})")
+
+
+def reads(method: str, key: str) -> bool:
+    """Whether ``rewardsft train METHOD`` reads the setting ``key`` at all (its rule table's whole sections and
+    named keys; the finer, value-dependent rules still apply when the config is built)."""
+    unused = UNUSED_BY_METHOD[method]
+    return key not in unused and key.split(".")[0] not in unused
+
+
+def routed(overrides: Sequence[str], method: str) -> list[str]:
+    """The overrides ``method`` reads: ``generation.*`` goes to IRFT and RFT, ``irft.*`` to IRFT, ..."""
+    return [pair for pair in overrides if reads(method, override_key(pair))]
+
+
+def config_file_pairs(path: str | None) -> list[str]:
+    """A settings YAML as ``KEY=VALUE`` overrides (layered under the command line's)."""
+    if path is None:
+        return []
+    from rewardsft.config import _read_yaml, flatten
+
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(_read_yaml(Path(path))).items()]
+
+
+def resolve_settings(
+    *,
+    methods: Sequence[str] | None,
+    seeds: int | None,
+    lrs: Sequence[float] | None,
+    quick: bool,
+    **given: Any,
+) -> StudySettings:
+    """The settings with the defaults filled in (``--quick``'s own where the user gave none): the one place
+    the CLI and :func:`rewardsft.study` take their defaults from."""
+    return StudySettings(
+        methods=tuple(methods) if methods else QUICK_METHODS if quick else DEFAULT_METHODS,
+        seeds=seeds if seeds is not None else 1 if quick else DEFAULT_SEEDS,
+        lrs=tuple(lrs) if lrs else QUICK_LRS if quick else DEFAULT_LRS,
+        quick=quick,
+        passes=tuple(given.pop("passes")),
+        overrides=tuple(given.pop("overrides")),
+        **given,
+    )
+
+
+# ---------------------------------------------------------------- the study
+
+
+@dataclass
+class Study:
+    settings: StudySettings
+    split: Split
+    specs: list[MethodSpec]
+    render: dict[str, Any]
+    """Rendering flags for the base model (not a run): the runs' data settings."""
+    user: list[str] = field(default_factory=list)
+    """The user's settings for every run (the config file's, then the command line's), routed per recipe."""
+    chosen: dict[str, Trial] = field(default_factory=dict)
+    """Per method, the setting dev chose (seed 0)."""
+    tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    clock: Progress | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.settings.out
+
+    def run_dir(self, trial: Trial) -> Path:
+        return self.out / "runs" / trial.name
+
+    def start_of(self, trial: Trial) -> str:
+        if not trial.spec.from_sft:
+            return self.settings.model
+        sft = replace(self.chosen["sft"], seed=trial.seed)
+        return str(self.run_dir(sft) / FINAL)
+
+    def config(self, trial: Trial, resume: bool = False) -> RunConfig:
+        spec = trial.spec
+        length = [f"train.epochs={trial.passes}"] if spec.method != "rft" else []
+        if spec.method == "rft":
+            length = list(rft_overrides(self.n_train, self.batch_size(), trial.passes))
+        if spec.controls is not None:
+            length = []  # the control's batch and steps are its overrides
+        mine = [
+            f"model.name_or_path={self.start_of(trial)}",
+            f"data.path={self.split.train}",
+            f"output_dir={self.run_dir(trial)}",
+            f"seed={trial.seed}",
+            f"optim.lr={trial.lr}",
+            *length,
+            *spec.overrides,
+            *(["resume=true"] if resume else []),
+        ]
+        return load_config(spec.method, overrides=[*STUDY_DEFAULTS, *routed(self.user, spec.method), *mine])
+
+    @property
+    def n_train(self) -> int:
+        """Demonstrations each run trains on: the training part, or its first ``data.max_rows``."""
+        cap = self.config_of_sft().data.max_rows
+        return min(self.split.counts["train"], cap if cap is not None else self.split.counts["train"])
+
+    def batch_size(self) -> int:
+        return self.config_of_sft().train.batch_size
+
+    def config_of_sft(self) -> RunConfig:
+        user = routed(self.user, "sft")
+        return load_config("sft", overrides=[*STUDY_DEFAULTS, *user, f"data.path={self.split.train}"])
+
+    def budget(self, trial: Trial) -> Budget:
+        return budget_of(self.config(trial), self.n_train)
+
+    def train(self, trial: Trial) -> Path:
+        """The trial's run folder, trained (or resumed) unless it has ``final/`` already."""
+        from rewardsft.recipes import run_recipe
+
+        run = self.run_dir(trial)
+        if (run / FINAL).is_dir():
+            return run
+        # Any trace of an earlier launch (a config, a checkpoint) is continued; with no checkpoint it starts over.
+        resume = run.is_dir() and any(run.iterdir())
+        if self.clock:
+            self.clock.begin(trial, resume)
+        began, finished = time.time(), False
+        try:
+            with logged_to(self.out / "runs" / f"{trial.name}.log"):
+                run_recipe(self.config(trial, resume=resume))
+            finished = True
+        finally:
+            if run.is_dir():
+                record_launch(run, {"start": began, "end": time.time(), "resumed": resume, "finished": finished})
+        if self.clock:
+            self.clock.end(trial, time.time() - began)
+        return run
+
+    # ------------------------------------------------------------ evaluation
+
+    def pairs_file(self, part: str) -> str:
+        if self.split.kind == "pairs":
+            return self.split.dev if part == "dev" else self.split.test
+        return str(Path(self.split.dev).parent / f"{part}-pairs.jsonl")
+
+    def gap(self, model: str, folder: Path, part: str, render: dict[str, Any]) -> dict[str, Any]:
+        """``eval gap`` of ``model`` on the dev or test pairs into ``folder`` (read back when it is there)."""
+        from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
+
+        if (folder / SUMMARY_FILE).is_file():
+            return dict(json.loads((folder / SUMMARY_FILE).read_text()))
+        settings = GapSettings(batch_size=self.settings.eval_batch_size, paired_metrics=STUDY_METRICS)
+        with logged_to(self.out / EVAL_LOG):
+            return logprob_gap(model, self.pairs_file(part), folder, None, settings, render=render)
+
+    def run_gap(self, run: Path, part: str) -> dict[str, Any]:
+        return self.gap(str(run / FINAL), run / EVAL / f"{part}-gap", part, {})
+
+    def base_gap(self, part: str) -> dict[str, Any]:
+        return self.gap(self.settings.model, self.out / "base" / EVAL / f"{part}-gap", part, self.render)
+
+    def winrate(self, run: Path, sft_run: Path) -> None:
+        """Test-prompt samples of ``run`` against tuned SFT's of the same seed, under the user's judge."""
+        from rewardsft.eval.win_rate import WinRateSettings, win_rate
+
+        folder = run / EVAL / "test-winrate"
+        if self.settings.judge is None or (folder / SUMMARY_FILE).is_file() or run == sft_run:
+            return
+        settings = WinRateSettings(seed=EVAL_SEED)
+        with logged_to(self.out / EVAL_LOG):
+            win_rate(
+                str(run / FINAL),
+                str(sft_run / FINAL),
+                self.pairs_file("test"),
+                self.settings.judge,  # type: ignore[arg-type]
+                folder,
+                self.sampling(),
+                settings,
+            )
+
+    def sampling(self) -> GenerationConfig:
+        """The runs' own sampling settings (an IRFT config's ``generation`` section as the overrides set it)."""
+        user = routed(self.user, "irft")
+        return load_config("irft", overrides=[*user, f"data.path={self.split.train}"]).generation
+
+
+@contextlib.contextmanager
+def logged_to(path: Path) -> Iterator[None]:
+    """The output of a run or an evaluation (step lines, loading bars) goes to ``path``, not the terminal, where
+    the study prints one line per run; a failure says where its output is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        try:
+            yield
+        except BaseException:
+            print(f"rewardsft study: the output of the failed step is in {path}", file=sys.__stderr__, flush=True)
+            raise
+
+
+def record_launch(run: Path, launch: dict[str, Any]) -> None:
+    """Append one launch (``start``/``end``, Unix seconds) to the run's ``wall_time.json`` and update the total:
+    a run finished by a resume costs every launch it took."""
+    path = run / WALL_TIME
+    every = [*launches(path), {**launch, "seconds": launch["end"] - launch["start"]}]
+    path.write_text(json.dumps({"seconds": sum(x["seconds"] for x in every), "launches": every}, indent=2))
+
+
+def launches(path: Path) -> list[dict[str, Any]]:
+    """The launches recorded in ``path`` (none if it is missing); the older single-record format
+    ``{"seconds", "resumed"}``, which kept the last launch only, reads as one launch."""
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    return list(record["launches"]) if "launches" in record else [record]
+
+
+def wall_seconds(run: Path) -> float:
+    return float(sum(x["seconds"] for x in launches(run / WALL_TIME)))
+
+
+# ---------------------------------------------------------------- progress
+
+
+@dataclass
+class Progress:
+    """One line per run, with the time left: the plan's estimate, scaled by how the finished runs compared."""
+
+    estimates: dict[str, float]
+    done: int = 0
+    spent: float = 0.0
+    estimated_spent: float = 0.0
+    began: float = field(default_factory=time.time)
+
+    def begin(self, trial: Trial, resume: bool) -> None:
+        what = "resuming" if resume else "training"
+        print(f"[{time.strftime('%H:%M:%S')}] {what} {trial.name}", flush=True)
+
+    def end(self, trial: Trial, seconds: float) -> None:
+        self.done += 1
+        self.spent += seconds
+        self.estimated_spent += self.estimates.pop(trial.name, seconds)
+        scale = self.spent / self.estimated_spent if self.estimated_spent > 0 else 1.0
+        left = scale * sum(self.estimates.values())
+        print(f"  {trial.name}: {seconds:.0f}s; about {minutes(left)} left ({len(self.estimates)} runs)", flush=True)
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+# ---------------------------------------------------------------- the steps of a study
+
+
+def run_study(settings: StudySettings) -> Path:
+    """Run (or continue) the study; returns ``DIR/study.md``."""
+    from rewardsft.studies.verdict import write_verdict
+
+    check_grid(settings.lrs, settings.passes, settings.budget, settings.seeds)
+    specs = parse_methods(settings.methods)
+    # --quick's tiny budgets first, so the user's own settings win.
+    quick = list(QUICK_OVERRIDES) if settings.quick else []
+    user = [*quick, *config_file_pairs(settings.config), *settings.overrides]
+    check_overrides(user, [s.method for s in specs])
+    prepare_out(settings.out, settings.overwrite)
+    split = make_split(settings.data, settings.out / "split")
+    study = Study(settings, split, specs, {}, user)
+    sft_data = study.config_of_sft().data
+    study.render = {
+        "system_prompt": sft_data.system_prompt,
+        "fallback_template": sft_data.fallback_template,
+        "text_prompts": sft_data.text_prompts,
+        "max_length": sft_data.max_length,
+        "max_prompt_length": sft_data.max_prompt_length,
+    }
+    study.specs = [*specs, *controls_of(study, specs)]
+    print(describe(study), flush=True)
+    if split.kind == "demonstrations":
+        pairs_against_base(study)
+    for part in ("dev", "test"):
+        study.base_gap(part)
+    study.clock = Progress(estimate(study))
+    left = study.clock.estimates
+    if left:
+        print(f"estimated time: about {minutes(sum(left.values()))} for {len(left)} runs (rough: from a timed run)")
+    else:
+        print("nothing left to train: every run of the study is finished")
+    tune(study)
+    finals = train_seeds(study)
+    return write_verdict(study, finals)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """A new folder, or a study's own folder (continued); anything else is refused, and ``--overwrite`` empties it."""
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "split").is_dir():
+        raise ConfigError(f"{out} exists and is not a study folder; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def controls_of(study: Study, specs: Sequence[MethodSpec]) -> list[MethodSpec]:
+    """One budget-matched SFT control per distinct budget of the from-SFT methods."""
+    controls: dict[str, MethodSpec] = {}
+    for spec in (s for s in specs if s.from_sft):
+        probe = Trial(spec, study.settings.lrs[0], study.settings.budget, seed=0)
+        target = budget_of(study.config(replace(probe, spec=replace(spec, from_sft=False))), study.n_train)
+        shape = matched_control(target, study.n_train, study.batch_size())
+        control = control_spec(spec, shape)
+        controls.setdefault(control.name, control)
+    return list(controls.values())
+
+
+def describe(study: Study) -> str:
+    s, split = study.settings, study.split
+    lines = [
+        f"study of {s.model} on {s.data.data}: {used_text(study)} training demonstrations, "
+        f"{split.counts['dev']} dev and {split.counts['test']} test {'pairs' if split.kind == 'pairs' else 'held-out demonstrations'} "
+        f"(split by {split.unit})",
+        *(f"  note: {note}" for note in split.notes),
+        f"methods: {', '.join(spec.name for spec in study.specs)}; lrs {list(s.lrs)}, passes {list(s.passes)}, "
+        f"from-SFT budget {s.budget} pass(es), {s.seeds} seed(s)",
+    ]
+    return "\n".join(lines)
+
+
+def used_text(study: Study) -> str:
+    """ "24" or "16 of 24" (when ``data.max_rows`` caps what each run trains on)."""
+    total = study.split.counts["train"]
+    return str(total) if study.n_train == total else f"{study.n_train} of {total} (data.max_rows)"
+
+
+def pairs_against_base(study: Study) -> None:
+    """Without pairs: each held-out demonstration against the base model's own sample for its prompt."""
+    from rewardsft.data import load_examples
+    from rewardsft.data.formats import Example
+    from rewardsft.generation import sample_texts
+    from rewardsft.layout import rendering_for
+
+    for part, demos_file in (("dev", study.split.dev), ("test", study.split.test)):
+        target = Path(study.pairs_file(part))
+        if target.is_file():
+            continue
+        demos, _ = load_examples(demos_file, "train")
+        rendering = rendering_for(study.settings.model, **study.render)
+        with logged_to(study.out / EVAL_LOG):
+            samples = sample_texts(rendering, [d.prompt for d in demos], study.sampling(), seed=EVAL_SEED)
+        pairs = [
+            Example(d.prompt, d.response, s if s.strip() else "(empty)") for d, s in zip(demos, samples, strict=True)
+        ]
+        partial = target.with_suffix(".partial")
+        write_rows(partial, pairs)
+        partial.replace(target)
+
+
+def estimate(study: Study) -> dict[str, float]:
+    """Seconds per planned run from one timed SFT run of two steps on this machine (kept in ``DIR/calibration``)."""
+    from rewardsft.studies.cost import estimate_runs
+
+    return estimate_runs(study, planned_trials(study))
+
+
+def planned_trials(study: Study) -> list[Trial]:
+    """Every trial the study will train, unfinished ones only (seed-0 settings stand in for the chosen ones)."""
+    s = study.settings
+    trials = [t for spec in study.specs for t in tuning_trials(spec, s.lrs, s.passes, s.budget)]
+    trials += [replace(t, seed=seed) for t in trials[: len(study.specs)] for seed in range(1, s.seeds)]
+    return [t for t in trials if not (study.run_dir(t) / FINAL).is_dir()]
+
+
+def tune(study: Study) -> None:
+    """Every method's dev tries at seed 0; the best dev gap is chosen. SFT first: the from-SFT runs start from it."""
+    s = study.settings
+    ordered = sorted(study.specs, key=lambda spec: spec.from_sft)
+    for spec in ordered:
+        tries = []
+        for trial in tuning_trials(spec, s.lrs, s.passes, s.budget):
+            run = study.train(trial)
+            dev = study.run_gap(run, "dev")
+            tries.append(
+                {
+                    "setting": trial.setting,
+                    "lr": trial.lr,
+                    "passes": trial.passes,
+                    "run": run.name,
+                    "dev_gap": dev["gap"]["mean"],
+                    "dev_accuracy": dev["accuracy"]["mean"],
+                    "budget": vars(budget_of(study.config(trial), study.n_train)),
+                }
+            )
+        best = max(range(len(tries)), key=lambda i: tries[i]["dev_gap"])
+        study.chosen[spec.name] = tuning_trials(spec, s.lrs, s.passes, s.budget)[best]
+        study.tries[spec.name] = tries
+        write_tuning(study)
+
+
+def write_tuning(study: Study) -> None:
+    record = {
+        name: {"tries": tries, "chosen": study.chosen[name].setting, "metric": "dev gap (nats, sum over tokens)"}
+        for name, tries in study.tries.items()
+    }
+    (study.out / TUNING_FILE).write_text(json.dumps(record, indent=2))
+
+
+def train_seeds(study: Study) -> dict[str, list[Path]]:
+    """Every method's chosen setting at every seed, evaluated on the test part; SFT's runs first per seed."""
+    finals: dict[str, list[Path]] = {spec.name: [] for spec in study.specs}
+    ordered = sorted(study.specs, key=lambda spec: spec.from_sft)
+    for seed in range(study.settings.seeds):
+        for spec in ordered:
+            run = study.train(replace(study.chosen[spec.name], seed=seed))
+            study.run_gap(run, "test")
+            finals[spec.name].append(run)
+        sft_run = finals["sft"][-1]
+        for spec in ordered:
+            study.winrate(finals[spec.name][-1], sft_run)
+    return finals
+
+
+def last_metrics(run: Path) -> dict[str, float]:
+    values: dict[str, float] = {}
+    path = run / METRICS_FILE
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        values |= {k: v for k, v in json.loads(line).items() if isinstance(v, int | float)}
+    return values

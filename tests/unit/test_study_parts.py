@@ -1,0 +1,235 @@
+"""The study's pure parts: method names, the dev/test split, equal tuning tries, budget-matched controls, the
+routing of settings to recipes, and the verdict in words."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from rewardsft.config import load_config
+from rewardsft.data import Example, load_examples
+from rewardsft.errors import ConfigError
+from rewardsft.studies.plan import (
+    Budget,
+    Trial,
+    budget_of,
+    control_spec,
+    matched_control,
+    parse_method,
+    parse_methods,
+    rft_overrides,
+    sft_budget,
+    tuning_trials,
+)
+from rewardsft.studies.runner import check_overrides, routed
+from rewardsft.studies.split import DataSpec, canonical_row, example_key, make_split, prompt_key, split_by_prompt
+from rewardsft.studies.verdict import plain_answer
+
+
+def test_method_names_map_to_recipes_and_starts() -> None:
+    assert parse_method("spin").overrides == ("irft.stages=1",)
+    assert parse_method("irft-t4-from-sft").overrides == ("irft.stages=4",)
+    assert parse_method("irft-t4-from-sft").from_sft and not parse_method("irft-t4").from_sft
+    assert parse_method("rft-from-sft").method == "rft"
+    assert [s.name for s in parse_methods(["spin", "sft", "spin"])] == ["sft", "spin"]
+    for bad in ("sft-from-sft", "irft-t0", "dpo", "irft"):
+        with pytest.raises(ConfigError, match="unknown study method"):
+            parse_method(bad)
+    with pytest.raises(ConfigError, match="no reward-learning method"):
+        parse_methods(["sft"])
+
+
+def pairs_with_prompts(n_prompts: int, per_prompt: int) -> list[Example]:
+    return [
+        Example(f"prompt {p}", f"good {p}.{k}", f"bad {p}.{k}") for p in range(n_prompts) for k in range(per_prompt)
+    ]
+
+
+@pytest.mark.parametrize(("n_prompts", "per_prompt"), [(10, 1), (7, 3), (3, 5)])
+def test_dev_and_test_never_share_a_prompt_or_a_pair(n_prompts: int, per_prompt: int) -> None:
+    pairs = pairs_with_prompts(n_prompts, per_prompt)
+    dev, test, unit = split_by_prompt(pairs, 0.5, seed=0)
+    assert unit == "prompt"
+    assert sorted(dev + test) == list(range(len(pairs))) and dev and test
+    assert not {prompt_key(pairs[i].prompt) for i in dev} & {prompt_key(pairs[i].prompt) for i in test}
+
+
+def test_one_prompt_splits_by_row_keeping_identical_rows_together() -> None:
+    pairs = [Example("the prompt", f"good {k % 4}", f"bad {k % 4}") for k in range(12)]  # 4 distinct, 3 copies each
+    dev, test, unit = split_by_prompt(pairs, 0.5, seed=3)
+    assert unit == "row"
+    assert not {example_key(pairs[i]) for i in dev} & {example_key(pairs[i]) for i in test}
+    assert len(dev) == len(test) == 6
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        Example("text prompt", "yes", "no"),
+        Example([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], "yes", "no"),
+        Example("\n\nHuman: hi\n\nAssistant:", " hello", " go away"),
+        Example([{"role": "user", "content": "q"}], "a demonstration"),
+        Example("plain", "a demonstration"),
+    ],
+)
+def test_canonical_rows_parse_back_to_the_same_example(tmp_path: Path, example: Example) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(canonical_row(example)) + "\n")
+    fmt = "chosen_rejected" if example.rejected is not None else "auto"
+    assert load_examples(str(path), "train", fmt)[0] == [example]
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_split_files_are_disjoint_and_a_rerun_on_other_data_is_refused(tmp_path: Path) -> None:
+    demos = write(tmp_path / "demos.jsonl", [{"prompt": f"d{i}", "completion": "x"} for i in range(6)])
+    rows = [canonical_row(p) for p in pairs_with_prompts(8, 2)]
+    pairs = write(tmp_path / "pairs.jsonl", rows)
+    split = make_split(DataSpec(demos, pairs), tmp_path / "study" / "split")
+    dev, _ = load_examples(split.dev, "train", "chosen_rejected")
+    test, _ = load_examples(split.test, "train", "chosen_rejected")
+    assert len(dev) + len(test) == 16 and split.counts == {"train": 6, "dev": len(dev), "test": len(test)}
+    assert not {prompt_key(e.prompt) for e in dev} & {prompt_key(e.prompt) for e in test}
+    assert make_split(DataSpec(demos, pairs), tmp_path / "study" / "split") == split  # read back
+    write(tmp_path / "pairs.jsonl", rows[:-1])
+    with pytest.raises(ConfigError, match="holds a study of other data"):
+        make_split(DataSpec(demos, pairs), tmp_path / "study" / "split")
+
+
+def test_without_pairs_demonstrations_are_held_out_by_prompt(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i // 2}", "completion": f"a{i}"} for i in range(40)]  # 20 prompts, 2 answers each
+    split = make_split(DataSpec(write(tmp_path / "d.jsonl", rows)), tmp_path / "split")
+    parts = [load_examples(p, "train")[0] for p in (split.train, split.dev, split.test)]
+    prompts = [{prompt_key(e.prompt) for e in part} for part in parts]
+    assert split.kind == "demonstrations" and sum(map(len, parts)) == 40
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
+    assert len(parts[1]) + len(parts[2]) == 8  # 20% held out, whole prompts
+
+
+def test_too_few_pairs_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    demos = write(tmp_path / "demos.jsonl", [{"prompt": "p", "completion": "x"}])
+    pairs = write(tmp_path / "pairs.jsonl", [canonical_row(p) for p in pairs_with_prompts(3, 1)])
+    with pytest.raises(ConfigError, match=r"pairs\.jsonl: 3 pairs"):
+        make_split(DataSpec(demos, pairs), tmp_path / "split")
+
+
+def test_every_method_of_an_arm_gets_the_same_tries() -> None:
+    specs = parse_methods(["spin", "irft-t4", "rft", "spin-from-sft", "irft-t2-from-sft"])
+    lrs, passes = (1e-6, 1e-5, 1e-4), (1, 2)
+    counts = {s.name: len(tuning_trials(s, lrs, passes, budget=1)) for s in specs}
+    assert {counts[n] for n in ("sft", "spin", "irft-t4", "rft")} == {6}
+    assert {counts[n] for n in ("spin-from-sft", "irft-t2-from-sft")} == {3}
+    shape = matched_control(Budget(64, 8), 64, 8)
+    assert len(tuning_trials(control_spec(specs[-1], shape), lrs, passes, budget=1)) == 3
+    assert all(t.seed == 0 for s in specs for t in tuning_trials(s, lrs, passes, 1))
+
+
+def config_for(method: str, *overrides: str) -> Any:
+    return load_config(method, overrides=["model.name_or_path=m", "data.path=d.jsonl", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "method", "extra"),
+    [
+        (64, 8, "irft", ("irft.stages=1",)),
+        (64, 8, "irft", ("irft.stages=4",)),
+        (50, 8, "irft", ("irft.stages=4",)),  # uneven chunks: more steps than one SFT epoch at batch 8
+        (37, 4, "irft", ("irft.stages=2", "train.epochs=2")),
+        (64, 8, "rft", rft_overrides(64, 8, 1)),
+        (50, 8, "rft", rft_overrides(50, 8, 2)),
+    ],
+)
+def test_the_control_spends_exactly_the_budget_of_the_method_it_controls(
+    n: int, batch: int, method: str, extra: tuple[str, ...]
+) -> None:
+    target = budget_of(config_for(method, f"train.batch_size={batch}", *extra), n)
+    shape = matched_control(target, n, batch)
+    control = control_spec(parse_method("spin-from-sft"), shape)
+    assert shape.exact, (target, shape)
+    assert budget_of(config_for("sft", *control.overrides), n) == target
+
+
+def test_a_control_that_cannot_match_exactly_is_the_closest_and_says_so() -> None:
+    target = budget_of(config_for("rft", *rft_overrides(37, 8, 1)), 37)  # 37 is prime: rounds of 8, 40 seen
+    shape = matched_control(target, 37, 8)
+    assert target == Budget(40, 5) and not shape.exact
+    assert shape.budget.steps == 5 and abs(shape.budget.demonstrations - 40) == min(
+        abs(sft_budget(37, b, 1, 1, 5).demonstrations - 40) for b in range(1, 38)
+    )
+
+
+def test_budgets_count_what_the_recipes_plan() -> None:
+    assert sft_budget(10, 4, 1, 1, None) == Budget(10, 3)  # 4 + 4 + 2
+    assert sft_budget(10, 4, 1, 2, None) == Budget(20, 6)
+    assert sft_budget(10, 4, 1, 1, 5) == Budget(18, 5)  # 4+4+2, then 4+4 of the next epoch
+    assert budget_of(config_for("irft", "irft.stages=4", "train.batch_size=8"), 50) == Budget(50, 8)  # 12/13 a chunk
+    assert rft_overrides(50, 8, 1) == ("rft.iterations=5", "rft.prompts_per_iteration=10")
+    assert budget_of(config_for("rft", *rft_overrides(50, 8, 1)), 50) == Budget(50, 5)
+    assert budget_of(config_for("sft", "data.max_rows=16", "train.batch_size=4"), 50) == Budget(16, 4)
+
+
+def test_settings_reach_the_recipes_that_read_them() -> None:
+    pairs = ["generation.max_new_tokens=8", "irft.beta=0.5", "train.batch_size=4", "rft.kl_coef=0.1"]
+    assert routed(pairs, "sft") == ["train.batch_size=4"]
+    assert routed(pairs, "irft") == ["generation.max_new_tokens=8", "irft.beta=0.5", "train.batch_size=4"]
+    assert routed(pairs, "rft") == ["generation.max_new_tokens=8", "train.batch_size=4", "rft.kl_coef=0.1"]
+    check_overrides(pairs, ["sft", "irft", "rft"])
+    with pytest.raises(ConfigError, match=r"optim\.lr is set by the study.*--lrs"):
+        check_overrides(["optim.lr=1e-5"], ["sft", "irft"])
+    with pytest.raises(ConfigError, match=r"irft\.stages.*method's name"):
+        check_overrides(["irft.stages=2"], ["sft", "irft"])
+    with pytest.raises(ConfigError, match=r"rft\.kl_coef is read by no method"):
+        check_overrides(["rft.kl_coef=0.1"], ["sft", "irft"])
+
+
+def fake_study(verdicts: dict[str, tuple[str, str | None]], seeds: int = 3) -> tuple[Any, dict[str, Any]]:
+    """A stand-in study with the given (vs tuned SFT, vs control) verdicts of the gap per method."""
+    specs = [parse_method("sft")] + [parse_method(name) for name in verdicts]
+    controls = [control_spec(s, matched_control(Budget(8, 2), 8, 4)) for s in specs if s.from_sft][:1]
+    chosen = {s.name: Trial(s, 1e-5, 1, 0) for s in [*specs, *controls]}
+    study = SimpleNamespace(
+        specs=[*specs, *controls],
+        chosen=chosen,
+        settings=SimpleNamespace(seeds=seeds, lrs=(1e-6, 1e-5, 1e-4)),
+        split=SimpleNamespace(kind="pairs"),
+    )
+
+    def row(group: str, verdict: str, mean: float) -> dict[str, Any]:
+        return {
+            "group": group,
+            "metric": "gap",
+            "mean": mean,
+            "ci95": [mean - 1, mean + 1],
+            "verdict": verdict,
+            "verdict_text": verdict,
+        }
+
+    means = {"better": 3.0, "worse": -3.0, "not resolved": 0.5}
+    found: dict[str, Any] = {"vs_sft": [], "vs_control": [], "winrate": []}
+    for name, (vs_sft, vs_control) in verdicts.items():
+        found["vs_sft"].append(row(name, vs_sft, means[vs_sft]))
+        if vs_control is not None:
+            found["vs_control"].append(row(name, vs_control, means[vs_control]))
+    return study, found
+
+
+def test_a_from_sft_method_wins_only_if_it_also_beats_its_control() -> None:
+    study, found = fake_study({"spin-from-sft": ("better", "not resolved"), "irft-t4": ("not resolved", None)})
+    assert plain_answer(study, found)[0].startswith("**No reward-learning method beat tuned SFT")
+    study, found = fake_study({"spin-from-sft": ("better", "better"), "irft-t4": ("better", None)})
+    first = plain_answer(study, found)[0]
+    assert first.startswith("**Yes, on your test pairs: spin-from-sft**") and "SFT continued" in first
+
+
+def test_few_seeds_and_edge_of_grid_are_said() -> None:
+    study, found = fake_study({"spin": ("better", None)}, seeds=1)
+    study.chosen["spin"] = Trial(parse_method("spin"), 1e-4, 1, 0)
+    text = "\n".join(plain_answer(study, found))
+    assert "rest on 1 seed" in text and "spin (largest, 0.0001)" in text
