@@ -238,6 +238,7 @@ class Study:
 
         run = self.run_dir(trial)
         if (run / FINAL).is_dir():
+            check_same_settings(run, self.config(trial))
             return run
         # Any trace of an earlier launch (a config, a checkpoint) is continued; with no checkpoint it starts over.
         resume = run.is_dir() and any(run.iterdir())
@@ -301,6 +302,27 @@ class Study:
         """The runs' own sampling settings (an IRFT config's ``generation`` section as the overrides set it)."""
         user = routed(self.user, "irft")
         return load_config("irft", overrides=[*user, f"data.path={self.split.train}"]).generation
+
+
+IGNORED_IN_RERUN = ("resume", "overwrite", "logging")
+
+
+def check_same_settings(run: Path, config: RunConfig) -> None:
+    """A finished run is reused only if it was trained with the settings this study would train it with now
+    (a rerun with other overrides must not mix runs of two settings under one name)."""
+    import yaml
+
+    from rewardsft.config import config_from_dict, flatten
+
+    done = flatten(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())).to_dict())
+    wanted = flatten(config.to_dict())
+    differ = [k for k in wanted if k.split(".")[0] not in IGNORED_IN_RERUN and done.get(k) != wanted[k]]
+    if differ:
+        key = differ[0]
+        raise ConfigError(
+            f"{run} was trained with {key}={done.get(key)!r}, but this study now sets {wanted[key]!r}: rerun "
+            "with the settings it was started with, or use another --out (or --overwrite)"
+        )
 
 
 @contextlib.contextmanager

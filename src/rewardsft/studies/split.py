@@ -142,8 +142,10 @@ def make_split(spec: DataSpec, folder: Path) -> Split:
             raise ConfigError(f"{name} must be between 0 and 1, got {share}")
     demos, source = load_examples(spec.data, spec.split, spec.format)
     pairs = load_examples(spec.pairs, spec.split, "chosen_rejected") if spec.pairs else None
+    # The rows and the split settings, not the file names: the same data at another path is the same study.
+    settings = {k: v for k, v in asdict(spec).items() if k not in ("data", "pairs")}
     stamp = fingerprint(
-        asdict(spec), [example_key(e) for e in demos], [example_key(e) for e in pairs[0]] if pairs else None
+        settings, [example_key(e) for e in demos], [example_key(e) for e in pairs[0]] if pairs else None
     )
     if (folder / SPLIT_FILE).is_file():
         done = Split.read(folder)
