@@ -1,45 +1,32 @@
-"""Stage 3 of the real-data study: tables, plots and the paired report from the finished runs.
+"""Stage 3 of the real-data study: the evidence tables from each domain's ``rewardsft study`` (its ``study.json``)
+and the judged samples ``real_study`` adds, and one pooled line across domains.
 
 Per domain: the judges' agreement with held-out human ratings; one row per method (seeds combined) with the
-held-out log-prob gap and pair accuracy, their paired difference from SFT (``rewardsft.eval.paired``), win rates
-against SFT's samples under both judges, sample health and cost; the same for the sweep; a plot of the sweep;
-and ``rewardsft report --baseline`` over every run. Writes ``results.json`` and ``results.md`` in the study folder.
+setting dev chose, the paired test-part differences from tuned SFT (gap, gap per token, pair accuracy,
+log-likelihood) and, for the from-SFT methods, from their budget-matched control; win rates against tuned SFT's
+samples under both judges; sample health and cost. Across domains: for each method, the sign of its difference
+from tuned SFT per domain and a pooled mean with an interval that resamples test pairs within each domain.
+Writes ``results.json`` and ``results.md`` in the study folder.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.study_judges import win_rate_ci
-from rewardsft.eval.paired import compare_runs, paired_difference, read_per_example
-from rewardsft.eval.report import build_report, pyplot, save_figure
+from rewardsft.config import config_from_dict
+from rewardsft.eval.paired import read_per_example
+from rewardsft.studies.plan import budget_of
 from rewardsft.studies.runner import WALL_TIME, launches
 
 JUDGES = ("minilm", "vader")
-SEED = re.compile(r"-s(\d+)$")
-MAIN_ORDER = ("sft", "spin", "irft-t2", "irft-t4", "rft")
-
-
-def groups_of(domain_dir: Path) -> dict[str, list[Path]]:
-    """Finished runs (with ``final/`` and a gap evaluation) grouped by name without the ``-sN`` seed suffix."""
-    groups: dict[str, list[Path]] = {}
-    runs_dir = domain_dir / "runs"
-    for run in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
-        if (run / "final").is_dir() and (run / "eval" / "samples" / "health.json").is_file():
-            groups.setdefault(SEED.sub("", run.name), []).append(run)
-    # The main methods in the paper's order, then the sweep's variants.
-    order = {name: i for i, name in enumerate(MAIN_ORDER)}
-    return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-
-
-def seed_of(run: Path) -> int:
-    match = SEED.search(run.name)
-    return int(match.group(1)) if match else 0
+PRIMARY = "gap"
 
 
 def read_samples(folder: Path) -> list[dict[str, Any]]:
@@ -47,34 +34,8 @@ def read_samples(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def gap_summary(folders: Sequence[Path]) -> dict[str, float]:
-    """Seed means of the unpaired figures ``eval gap`` writes."""
-    summaries = [json.loads((f / "eval" / "gap" / "summary.json").read_text()) for f in folders]
-    return {k: statistics.fmean(s[k]["mean"] for s in summaries) for k in ("gap", "gap_mean", "accuracy")}
-
-
-def paired_vs_sft(group: list[Path], sft: list[Path]) -> dict[str, dict[str, Any]]:
-    """Paired differences of the gap evaluation from SFT's (seeds of each side averaged per pair)."""
-    if group == sft:
-        return {}
-    rows = compare_runs([*group, *sft], sft[0], ["gap"])
-    # The seeds of one method must form one group (configs equal but for the seed), or the rows are per seed.
-    ours = [r for r in rows if set(r["runs"]) == {str(p) for p in group}]
-    if len(ours) != len({r["metric"] for r in rows}):
-        raise SystemExit(f"{[p.name for p in group]} do not group as seeds of one method (their configs differ)")
-    return {r["metric"]: {"mean": r["mean"], "ci95": r["ci95"], "verdict": r["verdict"]} for r in ours}
-
-
-def base_vs_sft(base: Path, sft: list[Path]) -> dict[str, dict[str, Any]]:
-    """The base model (not a run) against SFT's seed-averaged per-pair values."""
-    base_eval = read_per_example(base / "eval" / "gap")
-    sft_evals = [read_per_example(r / "eval" / "gap") for r in sft]
-    out = {}
-    for metric in ("gap", "gap_mean", "correct"):
-        reference = [statistics.fmean(v) for v in zip(*(e.columns[metric] for e in sft_evals), strict=True)]
-        diff = paired_difference(base_eval.columns[metric], reference, metric, 2000, 0)
-        out[metric] = {"mean": diff.mean, "ci95": list(diff.ci95), "verdict": diff.verdict}
-    return out
+def seed_of(run: Path) -> int:
+    return int(run.name.rsplit("-s", 1)[1])
 
 
 def win_rates(group: list[Path], sft: list[Path]) -> dict[str, dict[str, Any]]:
@@ -119,40 +80,30 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def cost(run: Path) -> dict[str, float]:
-    """Demonstrations seen, generated tokens, training tokens and wall time of one run."""
+    """Demonstrations seen and optimiser steps (the study's own budget count), generated tokens, training tokens
+    and wall time of one run."""
     import yaml
 
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    config = config_from_dict(raw)
     metrics = read_metrics(run)
     generated = 0.0
-    if config["method"] == "irft":
+    if config.method == "irft":
         for stats in sorted((run / "stages").glob("*/stats.json")):
             count = len((stats.parent / "generations.jsonl").read_text().splitlines())
             generated += json.loads(stats.read_text())["gen/mean_length"] * count
-    elif config["method"] == "rft":
-        per_round = config["rft"]["prompts_per_iteration"] * config["rft"]["samples_per_prompt"]
+    elif config.method == "rft":
+        per_round = config.rft.prompts_per_iteration * config.rft.samples_per_prompt
         generated = sum(m["gen/mean_length"] * per_round for m in metrics if "gen/mean_length" in m)
+    # The study always caps the rows with data.max_rows; the budget is counted on that many.
+    budget = budget_of(config, config.data.max_rows or 0)
     return {
-        "demonstrations_seen": demonstrations_seen(config),
+        "demonstrations_seen": float(budget.demonstrations),
+        "steps": float(budget.steps),
         "generated_tokens": generated,
         "train_tokens": sum(m.get("train/tokens", 0.0) for m in metrics),
         "wall_s": sum(launch["seconds"] for launch in launches(run / WALL_TIME)),
     }
-
-
-def demonstrations_seen(config: dict[str, Any]) -> int:
-    """Demonstrations through a training pass, repeats counted: SFT ``n × train.epochs``; IRFT ``n × train.epochs ×
-    irft.epochs_per_stage`` (each stage covers its chunk that many times: ``recipes/irft.py`` ``plan_stages``);
-    RFT one per prompt slot and reward step, ``rft.iterations × rft.prompts_per_iteration × rft.reward_steps``
-    (the k samples of a prompt all pair with its one demonstration). ``n`` is ``data.max_rows``, which the study
-    always sets."""
-    if config["method"] == "rft":
-        rc = config["rft"]
-        return int(rc["iterations"] * rc["prompts_per_iteration"] * rc.get("reward_steps", 1))
-    passes = config["train"]["epochs"]
-    if config["method"] == "irft":
-        passes *= config["irft"].get("epochs_per_stage", 1)
-    return int(config["data"]["max_rows"] * passes)
 
 
 def mean_cost(costs: list[dict[str, float]]) -> dict[str, float]:
@@ -162,54 +113,124 @@ def mean_cost(costs: list[dict[str, float]]) -> dict[str, float]:
 def signals(run: Path) -> dict[str, float]:
     """The logged metrics a guard rail can read: final margin/accuracy/loss, truncation share, reward accuracy."""
     last = {k: v for m in read_metrics(run) for k, v in m.items()}
-    keep = ("irft/margin", "irft/accuracy", "irft/loss", "gen/max_tokens_share", "rm/accuracy", "policy/kl")
+    keep = (
+        "irft/margin",
+        "irft/accuracy",
+        "irft/loss",
+        "irft/gen_logratio_per_token",
+        "gen/max_tokens_share",
+        "rm/accuracy",
+        "policy/kl",
+    )
     return {k: last[k] for k in keep if k in last}
 
 
+def rows_by(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{group: {metric: row}}`` of a list of paired-difference rows."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["group"], {})[row["metric"]] = row
+    return out
+
+
 def domain_results(domain_dir: Path) -> dict[str, Any]:
-    groups = groups_of(domain_dir)
-    if "sft" not in groups:
-        return {"note": "no finished SFT run yet"}
-    sft = groups["sft"]
-    base = domain_dir / "base"
-    rows = {"base": base_row(base, sft)}
-    for name, runs in groups.items():
+    path = domain_dir / "study.json"
+    if not path.is_file():
+        return {"note": "the study of this domain has not finished yet"}
+    record = json.loads(path.read_text())
+    runs = {name: [Path(r) for r in paths] for name, paths in record["runs"].items()}
+    missing = [r for group in runs.values() for r in group if not (r / "eval" / "samples" / "health.json").is_file()]
+    if missing:
+        return {"note": f"{len(missing)} runs' samples are not judged yet (rerun `real_study run`)"}
+    sft = runs["sft"]
+    vs_sft, vs_control = rows_by(record["vs_sft"]), rows_by(record["vs_control"])
+    rows: dict[str, Any] = {"base": base_row(domain_dir / "base", sft, record)}
+    for name, group in runs.items():
         rows[name] = {
-            "seeds": len(runs),
-            **gap_summary(runs),
-            "vs_sft": paired_vs_sft(runs, sft),
-            "win_vs_sft": win_rates(runs, sft) if name != "sft" else {},
-            "health": health(runs),
-            "cost": mean_cost([cost(r) for r in runs]),
-            "signals": {r.name: signals(r) for r in runs},
+            "seeds": len(group),
+            "chosen": record["chosen"][name],
+            "controls": record["controls"].get(name),
+            "test": test_summary(group),
+            "vs_sft": vs_sft.get(name, {}),
+            "vs_control": vs_control.get(name, {}),
+            "win_vs_sft": win_rates(group, sft) if name != "sft" else {},
+            "health": health(group),
+            "cost": mean_cost([cost(r) for r in group]),
+            "signals": {r.name: signals(r) for r in group},
         }
     judges = json.loads((domain_dir / "judges.json").read_text())
-    return {"judges": judges, "rows": rows}
+    return {"judges": judges, "answer": record["answer"], "split": record["split"], "rows": rows}
 
 
-def base_row(base: Path, sft: list[Path]) -> dict[str, Any]:
+def test_summary(folders: Sequence[Path]) -> dict[str, float]:
+    """Seed means of the unpaired test-part figures ``eval gap`` writes."""
+    summaries = [json.loads((f / "eval" / "test-gap" / "summary.json").read_text()) for f in folders]
+    return {k: statistics.fmean(s[k]["mean"] for s in summaries) for k in ("gap", "gap_mean", "accuracy")}
+
+
+def base_row(base: Path, sft: list[Path], record: dict[str, Any]) -> dict[str, Any]:
     return {
         "seeds": 0,
-        **gap_summary([base]),
-        "vs_sft": base_vs_sft(base, sft),
+        "test": test_summary([base]),
+        "vs_sft": {r["metric"]: r for r in record["base_vs_sft"]},
         "win_vs_sft": base_win_rates(base, sft),
         "health": health([base]),
     }
 
 
-def summarize(out: Path, budget: Any) -> Path:
-    """``results.json`` and ``results.md`` for every domain studied, the sweep plot, and the paired reports."""
-    results = {d: domain_results(out / d) for d in budget.domains if (out / d).is_dir()}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+def per_pair_difference(runs: Sequence[Path], sft: Sequence[Path], metric: str = PRIMARY) -> torch.Tensor:
+    """Per test pair: the method's seed-averaged value minus tuned SFT's."""
+
+    def averaged(group: Sequence[Path]) -> torch.Tensor:
+        values = [read_per_example(r / "eval" / "test-gap").columns[metric] for r in group]
+        return torch.tensor(values, dtype=torch.float64).mean(dim=0)
+
+    return averaged(runs) - averaged(sft)
+
+
+def pooled(differences: Sequence[torch.Tensor], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean over domains of the mean per-pair difference, with a percentile interval that resamples pairs within
+    each domain (a stratified bootstrap: every domain weighs the same, whatever its pair count)."""
+    generator = torch.Generator().manual_seed(seed)
+    point = float(torch.stack([d.mean() for d in differences]).mean())
+    draws = torch.zeros(n_resamples, dtype=torch.float64)
+    for d in differences:
+        picks = torch.randint(0, len(d), (n_resamples, len(d)), generator=generator)
+        draws += d[picks].mean(dim=1) / len(differences)
+    lo, hi = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "not resolved"
+    return {"mean": point, "ci95": [lo, hi], "verdict": verdict, "domains": len(differences)}
+
+
+def pooled_lines(out: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Per method found in two or more finished domains: per-domain verdicts of the gap against tuned SFT and
+    the pooled difference."""
+    finished = {d: r for d, r in results.items() if "rows" in r}
+    methods = sorted({m for r in finished.values() for m in r["rows"] if m not in ("base", "sft")})
+    lines = {}
+    for method in methods:
+        domains = [d for d, r in finished.items() if method in r["rows"]]
+        if len(domains) < 2:
+            continue
+        diffs = [per_pair_difference(runs_of(out / d, method), runs_of(out / d, "sft")) for d in domains]
+        verdicts = {d: finished[d]["rows"][method]["vs_sft"].get(PRIMARY, {}).get("verdict") for d in domains}
+        lines[method] = {"per_domain": verdicts, "pooled": pooled(diffs)}
+    return lines
+
+
+def runs_of(domain_dir: Path, name: str) -> list[Path]:
+    return [Path(r) for r in json.loads((domain_dir / "study.json").read_text())["runs"][name]]
+
+
+def summarize(out: Path, grid: Any) -> Path:
+    """``results.json`` and ``results.md`` for every domain studied, with the pooled line."""
+    results = {d: domain_results(out / d) for d in grid.domains if (out / d).is_dir()}
+    across = pooled_lines(out, results)
+    (out / "results.json").write_text(json.dumps({"domains": results, "pooled": across}, indent=2))
     parts = ["# Real-data study: results (generated by `python -m benchmarks.real_study summarize`)", ""]
     for domain, result in results.items():
         parts += domain_markdown(domain, result)
-        groups = groups_of(out / domain)
-        if "sft" in groups:
-            runs = [r for g in groups.values() for r in g]
-            build_report(runs, out / domain / "report", baseline=groups["sft"][0])
-        if plot_runs(domain, result, out / f"{domain}_methods.png"):
-            parts += [f"![{domain}: differences from SFT]({domain}_methods.png)", ""]
+    parts += pooled_markdown(across)
     (out / "results.md").write_text("\n".join(parts) + "\n")
     return out / "results.md"
 
@@ -220,8 +241,10 @@ def fmt_ci(entry: dict[str, Any] | None, key: str = "mean", digits: int = 2) -> 
         return "—"
     lo, hi = entry["ci95"]
     sign = "+" if key == "mean" else ""
-    verdict = f" {entry['verdict']}" if "verdict" in entry else ""
-    return f"{entry[key]:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]{verdict}"
+    verdict = entry.get("verdict_text", entry.get("verdict"))
+    return f"{entry[key]:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]" + (
+        f" {verdict}" if verdict else ""
+    )
 
 
 def domain_markdown(domain: str, result: dict[str, Any]) -> list[str]:
@@ -230,6 +253,8 @@ def domain_markdown(domain: str, result: dict[str, Any]) -> list[str]:
     judges = result["judges"]
     lines = [
         f"## {domain}",
+        "",
+        *result["answer"],
         "",
         f"Judges on {judges['minilm']['n']} held-out human-rated snippets (fitted on {judges['fit_rows']}):",
         "",
@@ -240,16 +265,17 @@ def domain_markdown(domain: str, result: dict[str, Any]) -> list[str]:
             for j in JUDGES
         ),
         "",
-        "| model | seeds | gap | gap/token | pair acc. | Δgap vs SFT | Δgap/token vs SFT | Δacc. vs SFT | "
-        "win vs SFT (MiniLM) | win vs SFT (VADER) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | chosen | seeds | test gap | Δgap vs tuned SFT | Δgap/token | Δacc. | Δlog-lik./token | "
+        "Δgap vs its control | win vs SFT (MiniLM) | win vs SFT (VADER) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["rows"].items():
-        vs, win = row["vs_sft"], row["win_vs_sft"]
+        vs, win, ctl = row["vs_sft"], row["win_vs_sft"], row.get("vs_control", {})
         lines.append(
-            f"| {name} | {row['seeds']} | {row['gap']:.2f} | {row['gap_mean']:.3f} | {row['accuracy']:.3f} | "
+            f"| {name} | {row.get('chosen', '—')} | {row['seeds']} | {row['test']['gap']:.2f} | "
             f"{fmt_ci(vs.get('gap'))} | {fmt_ci(vs.get('gap_mean'), digits=3)} | "
-            f"{fmt_ci(vs.get('correct'), digits=3)} | {fmt_ci(win.get('minilm'), 'win_rate')} | "
+            f"{fmt_ci(vs.get('correct'), digits=3)} | {fmt_ci(vs.get('chosen_logp_mean'), digits=3)} | "
+            f"{fmt_ci(ctl.get('gap'))} | {fmt_ci(win.get('minilm'), 'win_rate')} | "
             f"{fmt_ci(win.get('vader'), 'win_rate')} |"
         )
     lines += ["", *health_table(result["rows"]), ""]
@@ -259,14 +285,13 @@ def domain_markdown(domain: str, result: dict[str, Any]) -> list[str]:
 def health_table(rows: dict[str, Any]) -> list[str]:
     lines = [
         "| model | mean tokens | identical to a demo | distinct-1 | distinct-2 | empty | truncated | MiniLM mean | "
-        "VADER mean | demos seen | generated tokens | training tokens | wall (min) |",
+        "VADER mean | demos seen | steps | generated tokens | wall (min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         h, c = row["health"], row.get("cost")
         costs = (
-            f"{c['demonstrations_seen']:.0f} | {c['generated_tokens']:.0f} | {c['train_tokens']:.0f} | "
-            f"{c['wall_s'] / 60:.1f}"
+            f"{c['demonstrations_seen']:.0f} | {c['steps']:.0f} | {c['generated_tokens']:.0f} | {c['wall_s'] / 60:.1f}"
             if c
             else "— | — | — | —"
         )
@@ -278,30 +303,19 @@ def health_table(rows: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot_runs(domain: str, result: dict[str, Any], path: Path) -> bool:
-    """Forest plot: paired Δgap/token vs SFT and MiniLM win rate − 0.5 vs SFT, one row per model."""
-    rows = {n: r for n, r in result.get("rows", {}).items() if n != "sft" and r["vs_sft"]}
-    if not rows:
-        return False
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.5), sharey=True)
-    names = list(rows)
-    panels = (
-        ("Δ gap per token vs SFT", lambda r: (r["vs_sft"]["gap_mean"]["mean"], r["vs_sft"]["gap_mean"]["ci95"])),
-        (
-            "MiniLM win rate vs SFT − 0.5",
-            lambda r: (
-                r["win_vs_sft"]["minilm"]["win_rate"] - 0.5,
-                [x - 0.5 for x in r["win_vs_sft"]["minilm"]["ci95"]],
-            ),
-        ),
-    )
-    for ax, (title, value) in zip(axes, panels, strict=True):
-        for y, name in enumerate(names):
-            mean, (lo, hi) = value(rows[name])
-            ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="o", color="C0")
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_title(f"{domain}: {title}")
-    axes[0].set_yticks(range(len(names)), names)
-    save_figure(fig, path)
-    return True
+def pooled_markdown(across: dict[str, Any]) -> list[str]:
+    if not across:
+        return ["## Across domains", "", "Fewer than two domains have finished.", ""]
+    lines = [
+        "## Across domains",
+        "",
+        "Held-out gap against tuned SFT: the verdict per domain, and the mean over domains of the mean per-pair "
+        "difference (95% interval resampling test pairs within each domain; seeds averaged per pair).",
+        "",
+        "| method | per domain | pooled Δgap (nats) |",
+        "|---|---|---|",
+    ]
+    for method, line in across.items():
+        per = ", ".join(f"{d}: {v}" for d, v in line["per_domain"].items())
+        lines.append(f"| {method} | {per} | {fmt_ci(line['pooled'])} |")
+    return [*lines, ""]

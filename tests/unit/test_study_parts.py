@@ -233,3 +233,36 @@ def test_few_seeds_and_edge_of_grid_are_said() -> None:
     study.chosen["spin"] = Trial(parse_method("spin"), 1e-4, 1, 0)
     text = "\n".join(plain_answer(study, found))
     assert "rest on 1 seed" in text and "spin (largest, 0.0001)" in text
+
+
+def test_a_run_stopped_and_resumed_costs_every_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rewardsft.studies import runner
+
+    demos = write(tmp_path / "demos.jsonl", [{"prompt": f"d{i}", "completion": "x"} for i in range(6)])
+    pairs = write(tmp_path / "pairs.jsonl", [canonical_row(p) for p in pairs_with_prompts(8, 1)])
+    settings = runner.StudySettings(model="m", data=DataSpec(demos, pairs), out=tmp_path / "study")
+    study = runner.Study(settings, make_split(settings.data, tmp_path / "study" / "split"), parse_methods(["spin"]), {})
+    trial = Trial(study.specs[1], 1e-5, 1, 0)
+    run = study.run_dir(trial)
+    outcomes = iter([False, True])
+
+    def fake_recipe(config: Any) -> Path:
+        # The first launch is stopped half-way (SIGTERM: Preempted), the rerun resumes and finishes.
+        assert config.resume == (run / "config.yaml").is_file()
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text("method: irft\n")
+        if not next(outcomes):
+            raise KeyboardInterrupt
+        (run / "final").mkdir()
+        return run / "final"
+
+    clock = iter([100.0, 130.0, 200.0, 245.0])
+    monkeypatch.setattr("rewardsft.recipes.run_recipe", fake_recipe)
+    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
+    with pytest.raises(KeyboardInterrupt):
+        study.train(trial)
+    study.train(trial)
+    record = json.loads((run / "wall_time.json").read_text())
+    assert record["seconds"] == 75.0  # 130 - 100 for the stopped launch, 245 - 200 for the resumed one
+    assert [x["resumed"] for x in record["launches"]] == [False, True]
+    assert [x["finished"] for x in record["launches"]] == [False, True]

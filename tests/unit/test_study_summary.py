@@ -1,5 +1,5 @@
 """The real-data study's summary (``benchmarks/study_summary.py``) on tiny hand-made run folders: win rates and
-their intervals, demonstrations seen and wall time against numbers worked by hand."""
+their intervals, demonstrations seen, wall time and the pooled line against numbers worked by hand."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from benchmarks import real_study
-from benchmarks.study_summary import base_win_rates, cost, win_rates
+from benchmarks.study_summary import base_win_rates, cost, pooled, win_rates
+
+from rewardsft.studies.runner import record_launch
 
 
 def with_samples(folder: Path, scores: Sequence[float]) -> Path:
@@ -76,36 +77,24 @@ def test_demonstrations_seen_by_hand(tmp_path: Path, method: str, sections: dict
     assert cost(run_folder(tmp_path, "run-s0", config))["demonstrations_seen"] == seen
 
 
-def test_wall_time_sums_every_launch_of_a_resumed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    domain = tmp_path / "tweets"
-    run = domain / "runs" / "spin-s0"
-    launches = iter([False, True])
-
-    def fake_cli(*args: str, log: Path) -> None:
-        # The first launch is stopped half-way (a failure the study reports), the rerun resumes and finishes.
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text("method: irft\n")
-        if not next(launches):
-            raise SystemExit("rewardsft train irft failed (exit 143)")
-        (run / "final").mkdir()
-
-    clock = iter([100.0, 130.0, 200.0, 245.0])
-    monkeypatch.setattr(real_study, "cli", fake_cli)
-    monkeypatch.setattr(real_study.time, "time", lambda: next(clock))
-    spec = real_study.MAIN[1]
-    with pytest.raises(SystemExit):
-        real_study.train(spec, real_study.QUICK, domain, tmp_path / "model", 0)
-    real_study.train(spec, real_study.QUICK, domain, tmp_path / "model", 0)
-    record = json.loads((run / "wall_time.json").read_text())
-    # 130 - 100 for the stopped launch, 245 - 200 for the resumed one.
-    assert record["seconds"] == 75.0
-    assert [x["seconds"] for x in record["launches"]] == [30.0, 45.0]
-    assert [x["resumed"] for x in record["launches"]] == [False, True]
-
-
 def test_wall_time_reads_and_extends_the_old_single_launch_format(tmp_path: Path) -> None:
     run = run_folder(tmp_path, "sft-s0", {"method": "sft", "data": {"max_rows": 4}, "train": {"epochs": 1}})
     (run / "wall_time.json").write_text(json.dumps({"seconds": 12.5, "resumed": False}))
     assert cost(run)["wall_s"] == 12.5
-    real_study.record_launch(run, {"start": 1000.0, "end": 1007.5, "resumed": True, "finished": True})
+    record_launch(run, {"start": 1000.0, "end": 1007.5, "resumed": True, "finished": True})
     assert cost(run)["wall_s"] == 20.0
+
+
+def test_pooled_line_weighs_domains_equally_and_resamples_within_each() -> None:
+    import torch
+
+    # Domain A: 4 pairs all +2; domain B: 100 pairs all -1. Equal weights: (2 - 1) / 2, and constant differences
+    # leave nothing to resample: the interval is the point.
+    a, b = torch.full((4,), 2.0, dtype=torch.float64), torch.full((100,), -1.0, dtype=torch.float64)
+    line = pooled([a, b])
+    assert line["mean"] == pytest.approx(0.5) and line["ci95"] == pytest.approx([0.5, 0.5])
+    assert line["verdict"] == "better" and line["domains"] == 2
+    # Spread within a domain widens it: pairs of +-1 around 0 in both domains straddle zero.
+    spread = torch.tensor([1.0, -1.0] * 50, dtype=torch.float64)
+    wide = pooled([spread, spread])
+    assert wide["ci95"][0] < 0 < wide["ci95"][1] and wide["verdict"] == "not resolved"
