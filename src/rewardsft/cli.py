@@ -173,6 +173,38 @@ def _eval_winrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_human_likeness(args: argparse.Namespace) -> int:
+    from rewardsft.api import human_likeness
+
+    summary = human_likeness(
+        args.model,
+        args.prompts,
+        args.references,
+        out=args.out,
+        encoder=args.encoder,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        mauve_seeds=args.mauve_seeds,
+        split=args.split,
+        **_render_flags(args),
+    )
+    m, acc, top = summary["mauve"], summary["discriminator_accuracy"], summary["ceiling"]
+    ceiling = (
+        f"; two halves of the references: MAUVE {top['mauve']['mean']:.3f}, accuracy {top['accuracy']['mean']:.3f}"
+        if "mauve" in top
+        else ""
+    )
+    print(
+        f"{summary['n_samples']} samples vs {summary['n_references']} references: MAUVE {m['mean']:.3f} "
+        f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}], discriminator accuracy {acc['mean']:.3f} "
+        f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (0.5: indistinguishable){ceiling}"
+        + (f" -> {args.out}" if args.out else "")
+    )
+    return 0
+
+
 def _eval_compare(args: argparse.Namespace) -> int:
     from rewardsft.eval.paired import compare_runs, differences_markdown, write_comparison
 
@@ -275,6 +307,7 @@ def _study(args: argparse.Namespace) -> int:
         passes=_listed(args.passes, int) or (1,),
         budget=args.budget,
         judge=args.judge,
+        encoder=args.human_likeness,
         overrides=args.overrides,
         config=args.config,
         quick=args.quick,
@@ -320,6 +353,11 @@ def _add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--passes", help="pass counts tried per method from the base, e.g. 1,2 [1]")
     p.add_argument("--budget", type=int, default=1, help="further passes of the from-SFT runs and controls [1]")
     p.add_argument("--judge", help="win rates against tuned SFT's samples: reward-model dir or module:function")
+    p.add_argument(
+        "--human-likeness",
+        metavar="ENCODER",
+        help="add MAUVE and a discriminator against the test part's human responses: minilm or a model folder",
+    )
     p.add_argument("--config", help="YAML settings for every run that reads them")
     p.add_argument("--quick", action="store_true", help="a smoke test: 16 demonstrations, tiny generations, 1 seed")
     p.add_argument("--overwrite", action="store_true", help="empty --out first")
@@ -357,7 +395,7 @@ def _add_reward_model_commands(sub: argparse._SubParsersAction) -> None:  # type
 
 
 def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    eval_p = sub.add_parser("eval", help="evaluate models: log-prob gap, win rate, lm-eval-harness")
+    eval_p = sub.add_parser("eval", help="evaluate models: log-prob gap, win rate, human-likeness, lm-eval-harness")
     eval_sub = eval_p.add_subparsers(dest="eval_command", required=True)
     gap_p = eval_sub.add_parser("gap", help="log p(chosen) - log p(rejected) on preference pairs")
     gap_p.add_argument("--model", required=True)
@@ -384,6 +422,22 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     win_p.add_argument("--seed", type=int, default=0)
     _render_args(win_p)
     win_p.set_defaults(func=_eval_winrate)
+    like_p = eval_sub.add_parser(
+        "human-likeness", help="how human the samples read: MAUVE and a discriminator against held-out demonstrations"
+    )
+    like_p.add_argument("--model", required=True)
+    like_p.add_argument("--prompts", required=True, help="rows with a prompt; one sample per row")
+    like_p.add_argument("--references", required=True, help="held-out human demonstrations (or pairs: chosen side)")
+    like_p.add_argument("--out", help="directory for summary.json and per_example.csv")
+    like_p.add_argument("--encoder", default="minilm", help="sentence encoder: minilm (the wheel) or a folder/hub id")
+    like_p.add_argument("--n", type=int, help="first N prompts (default all)")
+    like_p.add_argument("--split", default="train")
+    like_p.add_argument("--max-new-tokens", type=int, default=128)
+    like_p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    like_p.add_argument("--seed", type=int, default=0)
+    like_p.add_argument("--mauve-seeds", type=int, default=5, help="k-means seeds of MAUVE's quantisation [5]")
+    _render_args(like_p)
+    like_p.set_defaults(func=_eval_human_likeness)
     compare_p = eval_sub.add_parser(
         "compare", help="paired differences of several runs against a baseline run on the same pairs / prompts"
     )

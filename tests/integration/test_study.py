@@ -45,7 +45,8 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
 ) -> None:
     demos, pairs = study_data
     out = tmp_path / "study"
-    record = rewardsft.study(llama_dir, demos, out, pairs=pairs, quick=True, judge="tests.judge_fns:length")
+    run = {"pairs": pairs, "quick": True, "judge": "tests.judge_fns:length", "encoder": str(llama_dir)}
+    record = rewardsft.study(llama_dir, demos, out, **run)
     printed = capsys.readouterr().out
     assert "estimated time" in printed and printed.count("] training ") == 8  # 4 methods x 2 tries
 
@@ -82,6 +83,10 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     assert {r["group"] for r in record["vs_control"]} == {"spin-from-sft"}
     assert {r["metric"] for r in record["vs_sft"]} == {"gap", "gap_mean", "correct", "chosen_logp_mean"}
     assert record["winrate"] and {r["metric"] for r in record["winrate"]} == {"win_rate"}
+    # human-likeness of every test run's samples (and the base's), paired against tuned SFT's
+    assert [r["method"] for r in record["human_likeness"]] == ["base model", *tuning]
+    assert all(0 <= r["mauve"] <= 1 for r in record["human_likeness"])
+    assert {(r["group"], r["metric"]) for r in record["likeness"]} == {(g, "human_prob") for g in groups}
     assert record["answer"][0].startswith(("**Yes, on your test pairs", "**No reward-learning method"))
     assert any("rest on 1 seed" in line for line in record["answer"])
     markdown = (out / "study.md").read_text()
@@ -90,7 +95,7 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     # a rerun trains and evaluates nothing and writes the same verdict
     derived = {"study.md", "study.json", "tuning.json"}  # rewritten from the finished runs' evaluations
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in derived}
-    again = rewardsft.study(llama_dir, demos, out, pairs=pairs, quick=True, judge="tests.judge_fns:length")
+    again = rewardsft.study(llama_dir, demos, out, **run)
     rerun = capsys.readouterr().out
     assert "] training " not in rerun and "nothing left to train" in rerun
     assert again["answer"] == record["answer"] and json.loads((out / "tuning.json").read_text()) == tuning
@@ -99,7 +104,7 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     # a run that lost its final/ (killed after its last checkpoint) is resumed, not retrained
     chosen_spin = out / "runs" / (tuning["spin"]["chosen"].replace("lr=", "spin-lr").replace(" passes=", "-p") + "-s0")
     shutil.rmtree(chosen_spin / "final")
-    rewardsft.study(llama_dir, demos, out, pairs=pairs, quick=True, judge="tests.judge_fns:length")
+    rewardsft.study(llama_dir, demos, out, **run)
     assert "resuming" in capsys.readouterr().out and (chosen_spin / "final").is_dir()
 
     # a rerun with other settings does not reuse runs trained with the old ones

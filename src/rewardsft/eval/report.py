@@ -194,6 +194,7 @@ def _bar_plot(bars: list[tuple[str, dict[str, Any]]], path: Path, ylabel: str, t
 
 
 FOREST_METRICS = {
+    "human_prob": "P(human) of the samples",
     "gap": "log-prob gap (sum)",
     "gap_mean": "log-prob gap (per token)",
     "correct": "pair accuracy",
@@ -253,6 +254,12 @@ def eval_cells(run: RunSummary) -> list[str]:
             )
         elif s.get("kind") == "harness":
             cells.append(f"{name}: avg {fmt(s['average'])} (lm-eval {s.get('lm_eval_version')})")
+        elif s.get("kind") == "human_likeness":
+            m, acc = s["mauve"], s["discriminator_accuracy"]
+            cells.append(
+                f"{name}: MAUVE {fmt(m['mean'])} [{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}], "
+                f"discriminator {fmt(acc['mean'])}"
+            )
     return cells
 
 

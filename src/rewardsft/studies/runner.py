@@ -99,6 +99,9 @@ class StudySettings:
     """A YAML file of settings, layered under ``overrides``, for every run that reads them."""
     judge: str | Callable[..., list[float]] | None = None
     """A win-rate judge (as ``rewardsft eval winrate --judge``): each test run's samples against tuned SFT's."""
+    encoder: str | None = None
+    """A sentence encoder (``minilm`` or a model folder/hub id) for the human-likeness of each test run's samples
+    against the test part's human responses (``rewardsft eval human-likeness``); None: not measured."""
     quick: bool = False
     overwrite: bool = False
     eval_batch_size: int = 16
@@ -279,6 +282,20 @@ class Study:
     def base_gap(self, part: str) -> dict[str, Any]:
         return self.gap(self.settings.model, self.out / "base" / EVAL / f"{part}-gap", part, self.render)
 
+    def likeness(self, model: str, folder: Path, render: dict[str, Any]) -> None:
+        """Human-likeness of ``model``'s samples on the test prompts against the test part's human responses."""
+        from rewardsft.eval.human_likeness import LikenessSettings, human_likeness
+
+        if self.settings.encoder is None or (folder / SUMMARY_FILE).is_file():
+            return
+        test = self.pairs_file("test")
+        settings = LikenessSettings(seed=EVAL_SEED, encoder=self.settings.encoder)
+        with logged_to(self.out / EVAL_LOG):
+            human_likeness(model, test, test, folder, self.sampling(), settings, render)
+
+    def run_likeness(self, run: Path) -> None:
+        self.likeness(str(run / FINAL), run / EVAL / "test-likeness", {})
+
     def winrate(self, run: Path, sft_run: Path) -> None:
         """Test-prompt samples of ``run`` against tuned SFT's of the same seed, under the user's judge."""
         from rewardsft.eval.win_rate import WinRateSettings, win_rate
@@ -419,6 +436,7 @@ def run_study(settings: StudySettings) -> Path:
         pairs_against_base(study)
     for part in ("dev", "test"):
         study.base_gap(part)
+    study.likeness(settings.model, settings.out / "base" / EVAL / "test-likeness", study.render)
     study.clock = Progress(estimate(study))
     left = study.clock.estimates
     if left:
@@ -550,6 +568,7 @@ def train_seeds(study: Study) -> dict[str, list[Path]]:
         for spec in ordered:
             run = study.train(replace(study.chosen[spec.name], seed=seed))
             study.run_gap(run, "test")
+            study.run_likeness(run)
             finals[spec.name].append(run)
         sft_run = finals["sft"][-1]
         for spec in ordered:

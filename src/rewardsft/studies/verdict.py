@@ -60,7 +60,29 @@ def comparisons(study: Study, finals: Mapping[str, list[Path]]) -> dict[str, lis
             )
     judged = [g for name, g in groups.items() if name != "sft"]
     out["winrate"] = compare_groups([*judged, sft], sft, "test-winrate") if study.settings.judge is not None else []
+    measured = study.settings.encoder is not None
+    out["likeness"] = compare_groups(list(groups.values()), sft, "test-likeness") if measured else []
     return out
+
+
+def likeness_table(study: Study, finals: Mapping[str, list[Path]]) -> list[dict[str, Any]]:
+    """Per method (and the base): MAUVE and discriminator accuracy against the test part's human responses, seed
+    means, and the ceiling two halves of those responses reach."""
+    if study.settings.encoder is None:
+        return []
+    rows = []
+    named = [("base model", [study.out / "base"]), *((name, runs) for name, runs in finals.items())]
+    for name, folders in named:
+        summaries = [json.loads((f / EVAL / "test-likeness" / "summary.json").read_text()) for f in folders]
+        rows.append(
+            {
+                "method": name,
+                "mauve": statistics.fmean(s["mauve"]["mean"] for s in summaries),
+                "discriminator_accuracy": statistics.fmean(s["discriminator_accuracy"]["mean"] for s in summaries),
+                "ceiling": summaries[0]["ceiling"],
+            }
+        )
+    return rows
 
 
 def base_rows(study: Study, sft_runs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -131,6 +153,9 @@ def plain_answer(study: Study, found: Mapping[str, list[dict[str, Any]]]) -> lis
         against = f"vs tuned SFT {interval(o['vs_sft'])}"
         if o["from_sft"]:
             against += f"; vs SFT continued for its budget {interval(o['vs_control'])}"
+        human = row_of(found.get("likeness", []), o["method"], "human_prob")
+        if human is not None:
+            against += f"; P(human) of its samples vs tuned SFT's {interval(human, 3)}"
         lines.append(f"- {o['method']} ({study.chosen[o['method']].setting}): {against}")
     lines += ["", *edge_notes(study)]
     seeds = study.settings.seeds
@@ -203,10 +228,33 @@ def test_markdown(study: Study, found: Mapping[str, list[dict[str, Any]]], base:
     return lines
 
 
+def likeness_markdown(rows: list[dict[str, Any]], found: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+    if not rows:
+        return []
+    top = rows[0]["ceiling"]
+    lines = [
+        "## Human-likeness of the samples (test prompts, against the test part's human responses)",
+        "",
+        "MAUVE (1: the samples' distribution cannot be told from the human responses') and the out-of-fold accuracy "
+        "of a classifier telling samples from human responses (0.5: indistinguishable), seed means.",
+    ]
+    if "mauve" in top:
+        lines.append(
+            f"Two halves of the human responses reach MAUVE {top['mauve']['mean']:.3f} and accuracy "
+            f"{top['accuracy']['mean']:.3f}: the ceiling at this sample size."
+        )
+    lines += ["", "| model | MAUVE | discriminator accuracy | Δ P(human) vs tuned SFT |", "|---|---|---|---|"]
+    for r in rows:
+        diff = interval(row_of(found["likeness"], r["method"], "human_prob"), 3) if r["method"] != "sft" else ""
+        lines.append(f"| {r['method']} | {r['mauve']:.3f} | {r['discriminator_accuracy']:.3f} | {diff} |")
+    return [*lines, ""]
+
+
 def write_verdict(study: Study, finals: Mapping[str, list[Path]]) -> Path:
     """``study.json`` (everything) and ``study.md`` (the answer first); returns the Markdown file."""
     found = comparisons(study, finals)
     base = base_rows(study, finals["sft"])
+    likeness = likeness_table(study, finals)
     answer = plain_answer(study, found)
     record = {
         "answer": answer,
@@ -217,11 +265,13 @@ def write_verdict(study: Study, finals: Mapping[str, list[Path]]) -> Path:
         "tuning": study.tries,
         "runs": {name: [str(r) for r in runs] for name, runs in finals.items()},
         "base_vs_sft": base,
+        "human_likeness": likeness,
         **found,
     }
     (study.out / "study.json").write_text(json.dumps(record, indent=2))
     lines = ["# rewardsft study", "", *answer, "", *data_markdown(study), *tuning_markdown(study)]
     lines += test_markdown(study, found, base)
+    lines += likeness_markdown(likeness, found)
     path = study.out / "study.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(answer), flush=True)
