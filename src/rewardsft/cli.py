@@ -198,7 +198,7 @@ def _eval_human_likeness(args: argparse.Namespace) -> int:
     )
     print(
         f"{summary['n_samples']} samples vs {summary['n_references']} references: MAUVE {m['mean']:.3f} "
-        f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}], discriminator accuracy {acc['mean']:.3f} "
+        f"(seeds {m['seed_range'][0]:.3f}..{m['seed_range'][1]:.3f}), discriminator accuracy {acc['mean']:.3f} "
         f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (0.5: indistinguishable){ceiling}"
         + (f" -> {args.out}" if args.out else "")
     )

@@ -124,7 +124,9 @@ def test_study_without_pairs_measures_held_out_demonstrations_against_base_sampl
     tmp_path: Path, llama_dir: Path, study_data: tuple[str, str]
 ) -> None:
     demos, _ = study_data
-    record = rewardsft.study(llama_dir, demos, tmp_path / "s", methods=["spin-from-sft"], quick=True, lrs=[1e-3])
+    record = rewardsft.study(
+        llama_dir, demos, tmp_path / "s", methods=["spin-from-sft"], quick=True, lrs=[1e-3], holdout=0.4
+    )
     assert record["split"]["kind"] == "demonstrations"
     pairs, _ = load_examples(str(tmp_path / "s" / "split" / "test-pairs.jsonl"), "train", "chosen_rejected")
     held, _ = load_examples(str(tmp_path / "s" / "split" / "test-demonstrations.jsonl"), "train")

@@ -93,8 +93,8 @@ def test_split_files_are_disjoint_and_a_rerun_on_other_data_is_refused(tmp_path:
     rows = [canonical_row(p) for p in pairs_with_prompts(8, 2)]
     pairs = write(tmp_path / "pairs.jsonl", rows)
     split = make_split(DataSpec(demos, pairs), tmp_path / "study" / "split")
-    dev, _ = load_examples(split.dev, "train", "chosen_rejected")
-    test, _ = load_examples(split.test, "train", "chosen_rejected")
+    dev, _ = load_examples(split.file("dev"), "train", "chosen_rejected")
+    test, _ = load_examples(split.file("test"), "train", "chosen_rejected")
     assert len(dev) + len(test) == 16 and split.counts == {"train": 6, "dev": len(dev), "test": len(test)}
     assert not {prompt_key(e.prompt) for e in dev} & {prompt_key(e.prompt) for e in test}
     assert make_split(DataSpec(demos, pairs), tmp_path / "study" / "split") == split  # read back
@@ -106,7 +106,7 @@ def test_split_files_are_disjoint_and_a_rerun_on_other_data_is_refused(tmp_path:
 def test_without_pairs_demonstrations_are_held_out_by_prompt(tmp_path: Path) -> None:
     rows = [{"prompt": f"q{i // 2}", "completion": f"a{i}"} for i in range(40)]  # 20 prompts, 2 answers each
     split = make_split(DataSpec(write(tmp_path / "d.jsonl", rows)), tmp_path / "split")
-    parts = [load_examples(p, "train")[0] for p in (split.train, split.dev, split.test)]
+    parts = [load_examples(p, "train")[0] for p in (split.file("train"), split.file("dev"), split.file("test"))]
     prompts = [{prompt_key(e.prompt) for e in part} for part in parts]
     assert split.kind == "demonstrations" and sum(map(len, parts)) == 40
     assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
@@ -250,7 +250,7 @@ def test_a_run_stopped_and_resumed_costs_every_launch(tmp_path: Path, monkeypatc
         # The first launch is stopped half-way (SIGTERM: Preempted), the rerun resumes and finishes.
         assert config.resume == (run / "config.yaml").is_file()
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text("method: irft\n")
+        (run / "config.yaml").write_text(config.to_yaml())
         if not next(outcomes):
             raise KeyboardInterrupt
         (run / "final").mkdir()
@@ -266,3 +266,112 @@ def test_a_run_stopped_and_resumed_costs_every_launch(tmp_path: Path, monkeypatc
     assert record["seconds"] == 75.0  # 130 - 100 for the stopped launch, 245 - 200 for the resumed one
     assert [x["resumed"] for x in record["launches"]] == [False, True]
     assert [x["finished"] for x in record["launches"]] == [False, True]
+
+
+def test_uneven_prompt_groups_that_starve_a_part_are_refused(tmp_path: Path) -> None:
+    demos = write(tmp_path / "demos.jsonl", [{"prompt": "d", "completion": "x"}])
+    rows = [canonical_row(Example("A", f"good {k}", f"bad {k}")) for k in range(8)]
+    rows += [canonical_row(Example("B", f"good {k}", f"bad {k}")) for k in range(2)]
+    with pytest.raises(ConfigError, match=r"left .* for dev and .* for test; each needs at least 4"):
+        make_split(DataSpec(demos, write(tmp_path / "pairs.jsonl", rows)), tmp_path / "split")
+
+
+def test_held_out_demonstrations_of_one_prompt_are_split_by_row_and_said_so(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i // 50}", "completion": f"a{i}"} for i in range(100)]  # 2 prompts x 50
+    split = make_split(DataSpec(write(tmp_path / "d.jsonl", rows)), tmp_path / "split")
+    assert split.unit == "row" and split.counts["train"] == 50
+    assert any("split row by row" in n for n in split.notes) and any("50 of 100" in n for n in split.notes)
+
+
+def small_study(tmp_path: Path, methods: list[str], overrides: tuple[str, ...] = (), rows: int = 16) -> Any:
+    from rewardsft.studies import runner
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    demos = write(tmp_path / "demos.jsonl", [{"prompt": f"d{i}", "completion": "x"} for i in range(rows)])
+    pairs = write(tmp_path / "pairs.jsonl", [canonical_row(p) for p in pairs_with_prompts(8, 1)])
+    out = tmp_path / "study"
+    settings = runner.StudySettings(model="m", data=DataSpec(demos, pairs), out=out, overrides=overrides)
+    return runner.Study(settings, make_split(settings.data, out / "split"), parse_methods(methods), {}, list(overrides))
+
+
+def test_methods_with_the_same_budget_share_one_control_and_each_is_compared_with_it(tmp_path: Path) -> None:
+    from rewardsft.studies.runner import controls_of
+    from rewardsft.studies.verdict import control_of
+
+    study = small_study(tmp_path, ["spin-from-sft", "irft-t4-from-sft"], ("train.batch_size=4",))
+    controls = controls_of(study, study.specs)
+    assert [c.controls for c in controls] == [("spin-from-sft", "irft-t4-from-sft")]
+    study.specs = [*study.specs, *controls]
+    assert control_of(study, "spin-from-sft") is control_of(study, "irft-t4-from-sft") is controls[0]
+
+
+def test_the_control_matches_a_method_that_accumulates_gradients(tmp_path: Path) -> None:
+    from rewardsft.studies.runner import controls_of
+
+    study = small_study(tmp_path, ["spin-from-sft"], ("train.batch_size=4", "train.grad_accum=2"))
+    (control,) = controls_of(study, study.specs)
+    spin = Trial(replace_spec(study.specs[1]), 1e-5, 1, 0)
+    target = budget_of(study.config(spin), study.n_train)
+    assert target == Budget(16, 2) and "train.grad_accum=1" in control.overrides
+    assert budget_of(study.config(Trial(replace_spec(control), 1e-5, 1, 0)), study.n_train) == target
+
+
+def replace_spec(spec: Any) -> Any:
+    """The spec as if it started from the base (its config then needs no tuned SFT model)."""
+    from dataclasses import replace
+
+    return replace(spec, from_sft=False)
+
+
+def test_an_interrupted_run_resumes_only_with_its_own_settings(tmp_path: Path) -> None:
+    study = small_study(tmp_path, ["spin"])
+    trial = Trial(study.specs[1], 1e-5, 1, 0)
+    run = study.run_dir(trial)
+    run.mkdir(parents=True)
+    old = study.config(trial)
+    old.irft.beta = 0.5  # the first launch ran with another beta
+    (run / "config.yaml").write_text(old.to_yaml())
+    with pytest.raises(ConfigError, match=r"was trained with irft\.beta=0\.5, but this study now sets 0\.1"):
+        study.train(trial)
+
+
+def test_a_moved_study_folder_is_still_the_same_study(tmp_path: Path) -> None:
+    import shutil
+
+    from rewardsft.studies.runner import check_same_settings
+
+    study = small_study(tmp_path / "a", ["spin-from-sft"])
+    study.chosen["sft"] = Trial(study.specs[0], 1e-5, 1, 0)
+    trial = Trial(study.specs[1], 1e-5, 1, 0)
+    run = study.run_dir(trial)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(study.config(trial).to_yaml())
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    moved = small_study(tmp_path / "b", ["spin-from-sft"])
+    moved.chosen["sft"] = study.chosen["sft"]
+    check_same_settings(moved.run_dir(trial), moved.config(trial), moved.out)  # no error: only the root moved
+
+
+def test_an_evaluation_made_with_other_settings_is_redone(tmp_path: Path) -> None:
+    from rewardsft.studies.runner import finished
+
+    folder = tmp_path / "eval" / "test-likeness"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"settings": {"encoder": "minilm"}, "generation": {"a": 1}}))
+    assert finished(folder, {"settings.encoder": "minilm", "generation": {"a": 1}})
+    assert not finished(folder, {"settings.encoder": "other-encoder", "generation": {"a": 1}})
+    assert not folder.exists()
+    assert not finished(folder, {"settings.encoder": "minilm"})  # nothing there any more
+
+
+def test_the_plan_counts_every_seed_of_every_method(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from rewardsft.studies.runner import finite_or_worst, planned_trials
+
+    study = small_study(tmp_path, ["spin", "irft-t4"])
+    study.settings = replace(study.settings, seeds=3, lrs=(1e-6, 1e-5, 1e-4))
+    trials = planned_trials(study)
+    assert len(trials) == 3 * 3 + 3 * 2  # three tries and two further seeds of each of sft, spin, irft-t4
+    assert {t.spec.name for t in trials if t.seed == 2} == {"sft", "spin", "irft-t4"}
+    assert finite_or_worst(float("nan")) == float("-inf") and finite_or_worst(1.5) == 1.5

@@ -7,12 +7,13 @@ demonstrations (``rewardsft eval human-likeness``), neither of which needs a sen
   lowest and highest seed as its interval (the quantisation is its main source of variance at these sizes).
 - **Discriminator accuracy**: an L2-regularised logistic regression on the embeddings that tells the model's
   samples from the human demonstrations, scored out of fold (k folds, each point predicted by a classifier that
-  never saw it). 0.5 means indistinguishable; lower is better. Per sample, its out-of-fold probability of being
+  never saw it), as balanced accuracy (classes weighted equally in the fit and the score, so unequal set sizes
+  do not inflate it). 0.5 means indistinguishable; lower is better. Per sample, its out-of-fold probability of being
   human (``human_prob``, higher is better) is written per example, so ``eval compare`` pairs two models sample by
   sample on the same prompts.
 
-Both come with a **ceiling**: the same measures between two halves of the human demonstrations, the value a model
-indistinguishable from people would get at this sample size.
+Both come with a **ceiling**: the same measures between two halves of the human demonstrations, about the value a
+model indistinguishable from people would get (at half the reference count, so a little lower than at full size).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from rewardsft.data import load_examples, load_rows
 from rewardsft.data.formats import parse_prompts
 from rewardsft.errors import ConfigError
 from rewardsft.eval.embedding import MINILM, embed
-from rewardsft.eval.stats import bootstrap_ci
 from rewardsft.layout import SUMMARY_FILE, rendering_for
 
 PER_EXAMPLE_FILE = "per_example.csv"
@@ -56,7 +56,8 @@ class LikenessSettings:
 
 
 def mauve_scores(samples: torch.Tensor, references: torch.Tensor, seeds: int) -> dict[str, Any]:
-    """MAUVE of samples (P) against references (Q) for k-means seeds 1..``seeds``: mean, [lowest, highest]."""
+    """MAUVE of samples (P) against references (Q) for k-means seeds 1..``seeds``: the mean and the range over
+    seeds (``seed_range``; not a confidence interval: it shows the quantisation's spread, not the sampling's)."""
     try:
         import mauve
     except ImportError:
@@ -65,19 +66,26 @@ def mauve_scores(samples: torch.Tensor, references: torch.Tensor, seeds: int) ->
         float(mauve.compute_mauve(p_features=samples.numpy(), q_features=references.numpy(), seed=seed).mauve)
         for seed in range(1, seeds + 1)
     ]
-    return {"mean": sum(values) / len(values), "ci95": [min(values), max(values)], "per_seed": values}
+    return {"mean": sum(values) / len(values), "seed_range": [min(values), max(values)], "per_seed": values}
 
 
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, l2: float, steps: int = 100) -> torch.Tensor:
-    """Weights (bias last) minimising mean log-loss + ``l2``·‖w‖² (bias unpenalised), by L-BFGS."""
+def fit_logistic(
+    features: torch.Tensor, labels: torch.Tensor, l2: float, steps: int = 100, balanced: bool = False
+) -> torch.Tensor:
+    """Weights (bias last) minimising mean log-loss + ``l2``·‖w‖² (bias unpenalised), by L-BFGS. ``balanced``
+    weighs each class's points by the inverse of its share, so unequal set sizes do not move the 0.5 threshold."""
     x = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
     weights = torch.zeros(x.shape[1], dtype=features.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS([weights], max_iter=steps, line_search_fn="strong_wolfe")
+    positives = float(labels.sum())
+    share = (len(labels) - positives) / max(positives, 1.0) if balanced else 1.0
+    pos_weight = torch.tensor(share, dtype=features.dtype)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = x @ weights
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + l2 * (weights[:-1] ** 2).sum()
+        fit = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+        loss = fit + l2 * (weights[:-1] ** 2).sum()
         loss.backward()
         return loss
 
@@ -88,28 +96,53 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, l2: float, steps:
 def out_of_fold_human_prob(
     samples: torch.Tensor, references: torch.Tensor, folds: int, l2: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(human) of every sample and every reference, each from a classifier fitted on the other folds."""
+    """P(human) of every sample and every reference, each from a classifier fitted on the other folds.
+
+    Identical points (a sample that repeats a reference word for word, or a sample repeated) share a fold: a held
+    point whose twin with the other label was fitted would be pushed to the wrong side (identical sets scored
+    0.22 that way, not 0.5)."""
     features = torch.cat([samples, references])
     labels = torch.cat([torch.zeros(len(samples)), torch.ones(len(references))]).to(features.dtype)
-    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    fold_of = duplicate_folds(features, folds, seed)
     probs = torch.zeros(len(features), dtype=features.dtype)
     for fold in range(folds):
-        held = order[fold::folds]
+        held = torch.nonzero(fold_of == fold).flatten()
+        if len(held) == 0:
+            continue
         keep = torch.ones(len(features), dtype=torch.bool)
         keep[held] = False
-        weights = fit_logistic(features[keep], labels[keep], l2)
+        weights = fit_logistic(features[keep], labels[keep], l2, balanced=True)
         x = torch.cat([features[held], torch.ones(len(held), 1, dtype=features.dtype)], dim=1)
         probs[held] = torch.sigmoid(x @ weights)
     return probs[: len(samples)], probs[len(samples) :]
 
 
+def duplicate_folds(features: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """A fold per point: distinct points dealt round-robin in a seeded order, identical ones to the same fold."""
+    keys = [row.numpy().tobytes() for row in features]
+    distinct = list(dict.fromkeys(keys))
+    order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    fold_of_key = {distinct[i]: rank % folds for rank, i in enumerate(order)}
+    return torch.tensor([fold_of_key[k] for k in keys])
+
+
 def discriminate(samples: torch.Tensor, references: torch.Tensor, settings: LikenessSettings) -> dict[str, Any]:
-    """Out-of-fold accuracy of telling samples (0) from references (1), its interval, and each sample's P(human)."""
+    """Out-of-fold balanced accuracy (the mean of the two sets' accuracies, so a classifier that calls everything
+    human scores 0.5 whatever the set sizes) of telling samples from references, its 95% interval (each set
+    resampled on its own), and each sample's P(human)."""
     folds = min(settings.folds, len(samples) + len(references))
     gen_prob, ref_prob = out_of_fold_human_prob(samples, references, folds, settings.l2, settings.seed)
-    correct = torch.cat([(gen_prob < 0.5).double(), (ref_prob >= 0.5).double()])
-    lo, hi = bootstrap_ci(correct, settings.bootstrap, seed=settings.seed)
-    return {"accuracy": {"mean": float(correct.mean()), "ci95": [lo, hi]}, "human_prob": gen_prob.tolist()}
+    gen_right, ref_right = (gen_prob < 0.5).double(), (ref_prob >= 0.5).double()
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    def resampled(values: torch.Tensor) -> torch.Tensor:
+        picks = torch.randint(0, len(values), (settings.bootstrap, len(values)), generator=generator)
+        return values[picks].mean(dim=1)
+
+    draws = (resampled(gen_right) + resampled(ref_right)) / 2
+    lo, hi = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=draws.dtype)).tolist()
+    accuracy = float(gen_right.mean() + ref_right.mean()) / 2
+    return {"accuracy": {"mean": accuracy, "ci95": [lo, hi]}, "human_prob": gen_prob.tolist()}
 
 
 def measure(samples: torch.Tensor, references: torch.Tensor, settings: LikenessSettings) -> dict[str, Any]:
@@ -152,9 +185,18 @@ def human_likeness(
 
     settings = settings or LikenessSettings()
     generation = generation or GenerationConfig(max_new_tokens=128)
+    if settings.mauve_seeds < 1 or settings.folds < 2:
+        raise ConfigError("human-likeness needs --mauve-seeds of at least 1 (and at least 2 folds)")
     rows, source = load_rows(prompts_path, settings.split, settings.n)
     prompts = parse_prompts(rows, source)
     references = read_references(references_path, settings.split)
+    # Before any sampling: too few rows is the files' fault, named as such.
+    for name, count, path in (
+        ("prompts", len(prompts), prompts_path),
+        ("references", len(references), references_path),
+    ):
+        if count < MIN_SET:
+            raise ConfigError(f"{path}: {count} {name}; human-likeness needs at least {MIN_SET}")
     texts = sample_texts(rendering_for(model, **(render or {})), prompts, generation, settings.seed)
     sample_features = embed(texts, settings.encoder)
     reference_features = embed(references, settings.encoder)

@@ -257,7 +257,7 @@ def eval_cells(run: RunSummary) -> list[str]:
         elif s.get("kind") == "human_likeness":
             m, acc = s["mauve"], s["discriminator_accuracy"]
             cells.append(
-                f"{name}: MAUVE {fmt(m['mean'])} [{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}], "
+                f"{name}: MAUVE {fmt(m['mean'])} (seeds {fmt(m['seed_range'][0])}..{fmt(m['seed_range'][1])}), "
                 f"discriminator {fmt(acc['mean'])}"
             )
     return cells

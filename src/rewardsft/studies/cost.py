@@ -70,7 +70,7 @@ def decode_step(study: Study, model: Path) -> float:
     from rewardsft.generation import sample_responses
     from rewardsft.layout import rendering_for
 
-    examples, _ = load_examples(study.split.train, "train")
+    examples, _ = load_examples(study.split.file("train"), "train")
     prompts = [ex.prompt for ex in examples[:8]]
     began = time.time()
     responses = sample_responses(rendering_for(model), prompts, study.sampling(), seed=0)

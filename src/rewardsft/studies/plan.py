@@ -39,10 +39,15 @@ class MethodSpec:
     overrides: tuple[str, ...] = ()
     from_sft: bool = False
     """Starts from the tuned SFT model of the same seed (else from the base model)."""
-    controls: str | None = None
-    """For a budget-matched control: the method whose budget it matches."""
+    controls: tuple[str, ...] = ()
+    """For a budget-matched control: the from-SFT methods whose budget it matches (several when they spend the
+    same); empty for every other method."""
     matched: str = ""
     """For a control: how its budget compares with the method's (``exact``, or the closest it could get)."""
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.controls)
 
     @property
     def tuned_over_passes(self) -> bool:
@@ -144,11 +149,12 @@ def matched_control(target: Budget, n_examples: int, batch_size: int) -> Control
 
 
 def control_spec(of: MethodSpec, shape: ControlShape) -> MethodSpec:
-    """The budget-matched SFT control of a from-SFT method (one run folder per distinct shape)."""
+    """The budget-matched SFT control of a from-SFT method (one run folder per distinct shape). One micro-batch
+    per step (``train.grad_accum=1``), as :func:`matched_control` counted it."""
     name = f"{CONTROL}-b{shape.batch_size}-n{shape.max_steps}"
-    overrides = (f"train.batch_size={shape.batch_size}", f"train.max_steps={shape.max_steps}")
+    overrides = (f"train.batch_size={shape.batch_size}", "train.grad_accum=1", f"train.max_steps={shape.max_steps}")
     matched = "exact" if shape.exact else f"as close as SFT gets: {shape.budget} against {shape.target}"
-    return MethodSpec(name, "sft", overrides, from_sft=True, controls=of.name, matched=matched)
+    return MethodSpec(name, "sft", overrides, from_sft=True, controls=(of.name,), matched=matched)
 
 
 def rft_overrides(n_examples: int, batch_size: int, passes: int) -> tuple[str, ...]:

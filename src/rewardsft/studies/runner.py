@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,11 +206,11 @@ class Study:
         length = [f"train.epochs={trial.passes}"] if spec.method != "rft" else []
         if spec.method == "rft":
             length = list(rft_overrides(self.n_train, self.batch_size(), trial.passes))
-        if spec.controls is not None:
+        if spec.is_control:
             length = []  # the control's batch and steps are its overrides
         mine = [
             f"model.name_or_path={self.start_of(trial)}",
-            f"data.path={self.split.train}",
+            f"data.path={self.split.file('train')}",
             f"output_dir={self.run_dir(trial)}",
             f"seed={trial.seed}",
             f"optim.lr={trial.lr}",
@@ -230,7 +231,7 @@ class Study:
 
     def config_of_sft(self) -> RunConfig:
         user = routed(self.user, "sft")
-        return load_config("sft", overrides=[*STUDY_DEFAULTS, *user, f"data.path={self.split.train}"])
+        return load_config("sft", overrides=[*STUDY_DEFAULTS, *user, f"data.path={self.split.file('train')}"])
 
     def budget(self, trial: Trial) -> Budget:
         return budget_of(self.config(trial), self.n_train)
@@ -240,8 +241,10 @@ class Study:
         from rewardsft.recipes import run_recipe
 
         run = self.run_dir(trial)
+        if (run / "config.yaml").is_file():
+            # Finished or interrupted: either way it continues only with the settings it was started with.
+            check_same_settings(run, self.config(trial), self.out)
         if (run / FINAL).is_dir():
-            check_same_settings(run, self.config(trial))
             return run
         # Any trace of an earlier launch (a config, a checkpoint) is continued; with no checkpoint it starts over.
         resume = run.is_dir() and any(run.iterdir())
@@ -263,8 +266,8 @@ class Study:
 
     def pairs_file(self, part: str) -> str:
         if self.split.kind == "pairs":
-            return self.split.dev if part == "dev" else self.split.test
-        return str(Path(self.split.dev).parent / f"{part}-pairs.jsonl")
+            return self.split.file(part)
+        return str(Path(self.split.folder) / f"{part}-pairs.jsonl")
 
     def gap(self, model: str, folder: Path, part: str, render: dict[str, Any]) -> dict[str, Any]:
         """``eval gap`` of ``model`` on the dev or test pairs into ``folder`` (read back when it is there)."""
@@ -286,7 +289,10 @@ class Study:
         """Human-likeness of ``model``'s samples on the test prompts against the test part's human responses."""
         from rewardsft.eval.human_likeness import LikenessSettings, human_likeness
 
-        if self.settings.encoder is None or (folder / SUMMARY_FILE).is_file():
+        if self.settings.encoder is None:
+            return
+        wanted = {"settings.encoder": self.settings.encoder, "generation": asdict(self.sampling())}
+        if finished(folder, wanted):
             return
         test = self.pairs_file("test")
         settings = LikenessSettings(seed=EVAL_SEED, encoder=self.settings.encoder)
@@ -301,7 +307,11 @@ class Study:
         from rewardsft.eval.win_rate import WinRateSettings, win_rate
 
         folder = run / EVAL / "test-winrate"
-        if self.settings.judge is None or (folder / SUMMARY_FILE).is_file() or run == sft_run:
+        if self.settings.judge is None or run == sft_run:
+            return
+        judge = self.settings.judge
+        name = judge if isinstance(judge, str) else getattr(judge, "__name__", "callable")
+        if finished(folder, {"judge": name, "generation": asdict(self.sampling())}):
             return
         settings = WinRateSettings(seed=EVAL_SEED)
         with logged_to(self.out / EVAL_LOG):
@@ -318,21 +328,43 @@ class Study:
     def sampling(self) -> GenerationConfig:
         """The runs' own sampling settings (an IRFT config's ``generation`` section as the overrides set it)."""
         user = routed(self.user, "irft")
-        return load_config("irft", overrides=[*user, f"data.path={self.split.train}"]).generation
+        return load_config("irft", overrides=[*user, f"data.path={self.split.file('train')}"]).generation
 
 
 IGNORED_IN_RERUN = ("resume", "overwrite", "logging")
 
 
-def check_same_settings(run: Path, config: RunConfig) -> None:
-    """A finished run is reused only if it was trained with the settings this study would train it with now
-    (a rerun with other overrides must not mix runs of two settings under one name)."""
+def finished(folder: Path, wanted: dict[str, Any]) -> bool:
+    """Whether the evaluation in ``folder`` is complete and was made with the ``wanted`` settings (dotted keys of
+    its summary). One made with others (another judge or encoder, other sampling) is removed to be redone, so the
+    verdict never mixes evaluations of two settings."""
+    path = folder / SUMMARY_FILE
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    for key, value in wanted.items():
+        found: Any = summary
+        for part in key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if found != value:
+            print(f"  {folder} was made with {key}={found!r}, not {value!r}: redoing it", flush=True)
+            shutil.rmtree(folder)
+            return False
+    return True
+
+
+def check_same_settings(run: Path, config: RunConfig, root: Path) -> None:
+    """A run is reused (or resumed) only with the settings this study would train it with now, so a rerun with
+    other overrides never mixes runs of two settings under one name. Paths inside the study folder are compared
+    relative to it (the folder may have moved: the run's own ``output_dir`` says where it was)."""
     import yaml
 
     from rewardsft.config import config_from_dict, flatten
 
     done = flatten(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())).to_dict())
     wanted = flatten(config.to_dict())
+    old_root = Path(str(done["output_dir"])).parent.parent
+    done, wanted = portable(done, old_root), portable(wanted, root)
     differ = [k for k in wanted if k.split(".")[0] not in IGNORED_IN_RERUN and done.get(k) != wanted[k]]
     if differ:
         key = differ[0]
@@ -340,6 +372,14 @@ def check_same_settings(run: Path, config: RunConfig) -> None:
             f"{run} was trained with {key}={done.get(key)!r}, but this study now sets {wanted[key]!r}: rerun "
             "with the settings it was started with, or use another --out (or --overwrite)"
         )
+
+
+def portable(flat: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Setting values with the study folder ``root`` written as ``<study>`` (paths of runs and split files)."""
+    prefix = str(root)
+    return {
+        k: "<study>" + v[len(prefix) :] if isinstance(v, str) and v.startswith(prefix) else v for k, v in flat.items()
+    }
 
 
 @contextlib.contextmanager
@@ -414,6 +454,8 @@ def run_study(settings: StudySettings) -> Path:
     from rewardsft.studies.verdict import write_verdict
 
     check_grid(settings.lrs, settings.passes, settings.budget, settings.seeds)
+    # One spelling of the folder (runs record absolute paths; a rerun from elsewhere must find the same runs).
+    settings = replace(settings, out=settings.out.expanduser().resolve())
     specs = parse_methods(settings.methods)
     # --quick's tiny budgets first, so the user's own settings win.
     quick = list(QUICK_OVERRIDES) if settings.quick else []
@@ -458,14 +500,21 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def controls_of(study: Study, specs: Sequence[MethodSpec]) -> list[MethodSpec]:
-    """One budget-matched SFT control per distinct budget of the from-SFT methods."""
+    """One budget-matched SFT control per distinct budget of the from-SFT methods (shared by the methods that
+    spend the same), each checked to spend, by the recipe's own count, the budget it was matched to."""
     controls: dict[str, MethodSpec] = {}
     for spec in (s for s in specs if s.from_sft):
         probe = Trial(spec, study.settings.lrs[0], study.settings.budget, seed=0)
         target = budget_of(study.config(replace(probe, spec=replace(spec, from_sft=False))), study.n_train)
         shape = matched_control(target, study.n_train, study.batch_size())
         control = control_spec(spec, shape)
-        controls.setdefault(control.name, control)
+        known = controls.get(control.name)
+        controls[control.name] = replace(control, controls=(*known.controls, spec.name)) if known else control
+        spent = budget_of(
+            study.config(Trial(replace(control, from_sft=False), probe.lr, probe.passes, 0)), study.n_train
+        )
+        if spent != shape.budget:
+            raise AssertionError(f"{control.name} would spend {spent}, not the {shape.budget} it was matched to")
     return list(controls.values())
 
 
@@ -495,7 +544,7 @@ def pairs_against_base(study: Study) -> None:
     from rewardsft.generation import sample_texts
     from rewardsft.layout import rendering_for
 
-    for part, demos_file in (("dev", study.split.dev), ("test", study.split.test)):
+    for part, demos_file in (("dev", study.split.file("dev")), ("test", study.split.file("test"))):
         target = Path(study.pairs_file(part))
         if target.is_file():
             continue
@@ -519,11 +568,24 @@ def estimate(study: Study) -> dict[str, float]:
 
 
 def planned_trials(study: Study) -> list[Trial]:
-    """Every trial the study will train, unfinished ones only (seed-0 settings stand in for the chosen ones)."""
+    """Every trial the study will train, unfinished ones only: each method's dev tries, then its chosen setting
+    at the further seeds (the setting dev chose when ``tuning.json`` has it, else its first try stands in)."""
     s = study.settings
-    trials = [t for spec in study.specs for t in tuning_trials(spec, s.lrs, s.passes, s.budget)]
-    trials += [replace(t, seed=seed) for t in trials[: len(study.specs)] for seed in range(1, s.seeds)]
+    chosen = read_tuning(study)
+    trials = []
+    for spec in study.specs:
+        tries = tuning_trials(spec, s.lrs, s.passes, s.budget)
+        pick = next((t for t in tries if t.setting == chosen.get(spec.name)), tries[0])
+        trials += [*tries, *(replace(pick, seed=seed) for seed in range(1, s.seeds))]
     return [t for t in trials if not (study.run_dir(t) / FINAL).is_dir()]
+
+
+def read_tuning(study: Study) -> dict[str, str]:
+    """The setting chosen per method in an earlier launch (``tuning.json``), if any."""
+    path = study.out / TUNING_FILE
+    if not path.is_file():
+        return {}
+    return {name: entry["chosen"] for name, entry in json.loads(path.read_text()).items()}
 
 
 def tune(study: Study) -> None:
@@ -546,10 +608,15 @@ def tune(study: Study) -> None:
                     "budget": vars(budget_of(study.config(trial), study.n_train)),
                 }
             )
-        best = max(range(len(tries)), key=lambda i: tries[i]["dev_gap"])
+        # A diverged try (a non-finite dev gap) is never chosen; max() would keep a NaN in first place.
+        best = max(range(len(tries)), key=lambda i: finite_or_worst(tries[i]["dev_gap"]))
         study.chosen[spec.name] = tuning_trials(spec, s.lrs, s.passes, s.budget)[best]
         study.tries[spec.name] = tries
         write_tuning(study)
+
+
+def finite_or_worst(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
 
 
 def write_tuning(study: Study) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +26,9 @@ from rewardsft.data.formats import Prompt
 from rewardsft.errors import ConfigError
 
 SPLIT_FILE = "split.json"
-MIN_PART = 2
-"""Fewest pairs (or held-out demonstrations) a dev or a test part may hold."""
+MIN_PART = 4
+"""Fewest pairs (or held-out demonstrations) a dev or a test part may hold: below it a bootstrap interval over
+the pairs is all but meaningless (one pair gives a zero-width interval and a confident verdict)."""
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,27 @@ class Split:
     train: str
     dev: str
     test: str
+    """File names of the three parts, in the split folder (:meth:`file` gives their paths)."""
     unit: Literal["prompt", "row"]
     """``prompt``: no prompt is on two sides; ``row``: every row shares one prompt, so rows were split."""
     counts: dict[str, int]
     fingerprint: str
     """Of the inputs (parsed rows and split settings): a rerun on other data is refused, not silently mixed."""
     notes: list[str] = field(default_factory=list)
+    folder: str = field(default="", compare=False)
+    """Where the split folder is now (not written: a study folder may move)."""
+
+    def file(self, part: str) -> str:
+        """The path of the ``train``, ``dev`` or ``test`` part."""
+        return str(Path(self.folder) / getattr(self, part))
 
     def write(self, folder: Path) -> None:
-        (folder / SPLIT_FILE).write_text(json.dumps(asdict(self), indent=2))
+        record = {k: v for k, v in asdict(self).items() if k != "folder"}
+        (folder / SPLIT_FILE).write_text(json.dumps(record, indent=2))
 
     @classmethod
     def read(cls, folder: Path) -> Split:
-        return cls(**json.loads((folder / SPLIT_FILE).read_text()))
+        return cls(**json.loads((folder / SPLIT_FILE).read_text()), folder=str(folder))
 
 
 def prompt_key(prompt: Prompt) -> str:
@@ -161,7 +170,7 @@ def make_split(spec: DataSpec, folder: Path) -> Split:
     else:
         split = hold_out(demos, source, spec, folder, stamp)
     split.write(folder)
-    return split
+    return replace(split, folder=str(folder))
 
 
 def split_pairs(
@@ -170,6 +179,7 @@ def split_pairs(
     if len(pairs) < 2 * MIN_PART:
         raise ConfigError(f"{source}: {len(pairs)} pairs; a dev and a test part need at least {2 * MIN_PART}")
     dev, test, unit = split_by_prompt(pairs, spec.dev_share, spec.seed)
+    check_parts(source, "pairs", dev, test)
     notes = leakage_notes(demos, [pairs[i] for i in test])
     if unit == "row":
         notes.append("every pair has the same prompt, so dev and test are split pair by pair (they share it)")
@@ -186,19 +196,38 @@ def hold_out(demos: list[Example], source: str, spec: DataSpec, folder: Path, st
         )
     held, train, unit = split_by_prompt(demos, spec.holdout, spec.seed)
     held_rows = [demos[i] for i in held]
-    dev, test, _ = split_by_prompt(held_rows, spec.dev_share, spec.seed + 1)
+    dev, test, inner = split_by_prompt(held_rows, spec.dev_share, spec.seed + 1)
+    check_parts(source, "held-out demonstrations", dev, test)
     notes = [
         "no held-out pairs were given: dev and test hold out demonstrations, paired with the base model's own "
         "sample for their prompt; the measures are their log-likelihood and their gap over that sample"
     ]
     if unit == "row":
         notes.append("every demonstration has the same prompt, so rows were held out one by one")
+    elif inner == "row":
+        unit = "row"
+        notes.append("the held-out demonstrations share one prompt, so dev and test were split row by row")
+    if len(held) > 1.5 * spec.holdout * len(demos):
+        notes.append(
+            f"{len(held)} of {len(demos)} demonstrations were held out ({len(held) / len(demos):.0%}, asked "
+            f"{spec.holdout:.0%}): prompts are held out whole, and their groups are large"
+        )
     parts = {
         "train": [demos[i] for i in train],
         "dev": [held_rows[i] for i in dev],
         "test": [held_rows[i] for i in test],
     }
     return written("demonstrations", folder, parts, unit, stamp, notes)
+
+
+def check_parts(source: str, what: str, dev: Sequence[int], test: Sequence[int]) -> None:
+    """Refuse a dev or test part below :data:`MIN_PART` rows (whole prompts can make the parts uneven)."""
+    small = min(len(dev), len(test))
+    if small < MIN_PART:
+        raise ConfigError(
+            f"{source}: splitting by whole prompts left {len(dev)} {what} for dev and {len(test)} for test; each "
+            f"needs at least {MIN_PART} (give more held-out rows, more distinct prompts, or change --dev-share)"
+        )
 
 
 def written(
@@ -211,12 +240,11 @@ def written(
 ) -> Split:
     """Write the train, dev and test parts (held-out demonstrations as ``dev-demonstrations.jsonl``, ...)."""
     suffix = "" if kind == "pairs" else "-demonstrations"
-    paths = {
-        name: write_rows(folder / f"{name}{'' if name == 'train' else suffix}.jsonl", rows)
-        for name, rows in parts.items()
-    }
+    names = {name: f"{name}{'' if name == 'train' else suffix}.jsonl" for name in parts}
+    for name, rows in parts.items():
+        write_rows(folder / names[name], rows)
     counts = {name: len(rows) for name, rows in parts.items()}
-    return Split(kind, paths["train"], paths["dev"], paths["test"], unit, counts, stamp, notes)
+    return Split(kind, names["train"], names["dev"], names["test"], unit, counts, stamp, notes, str(folder))
 
 
 def leakage_notes(demos: Sequence[Example], test: Sequence[Example]) -> list[str]:

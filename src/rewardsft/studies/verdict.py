@@ -53,7 +53,7 @@ def comparisons(study: Study, finals: Mapping[str, list[Path]]) -> dict[str, lis
     out: dict[str, list[dict[str, Any]]] = {"vs_sft": compare_groups(list(groups.values()), sft, "test-gap")}
     out["vs_control"] = []
     for spec in study.specs:
-        control = next((c for c in study.specs if c.controls == spec.name), None)
+        control = control_of(study, spec.name)
         if control is not None:
             out["vs_control"] += compare_groups(
                 [groups[spec.name], groups[control.name]], groups[control.name], "test-gap"
@@ -83,6 +83,11 @@ def likeness_table(study: Study, finals: Mapping[str, list[Path]]) -> list[dict[
             }
         )
     return rows
+
+
+def control_of(study: Study, name: str) -> MethodSpec | None:
+    """The budget-matched control of the from-SFT method ``name`` (None for any other method)."""
+    return next((c for c in study.specs if name in c.controls), None)
 
 
 def base_rows(study: Study, sft_runs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -127,7 +132,7 @@ def outcome(study: Study, found: Mapping[str, list[dict[str, Any]]], name: str) 
 
 def plain_answer(study: Study, found: Mapping[str, list[dict[str, Any]]]) -> list[str]:
     """The short answer in words, most important first."""
-    methods = [s.name for s in study.specs if s.name != "sft" and s.controls is None]
+    methods = [s.name for s in study.specs if s.name != "sft" and not s.is_control]
     outcomes = [outcome(study, found, name) for name in methods]
     winners = sorted((o for o in outcomes if o["wins"]), key=lambda o: -o["vs_sft"]["mean"])
     sft_setting = study.chosen["sft"].setting
@@ -213,7 +218,7 @@ def test_markdown(study: Study, found: Mapping[str, list[dict[str, Any]]], base:
         if spec.name == "sft":
             continue
         cells = [interval(row_of(found["vs_sft"], spec.name, m), 3) for m in STUDY_METRICS]
-        control = interval(row_of(found["vs_control"], spec.name)) if spec.from_sft and spec.controls is None else ""
+        control = interval(row_of(found["vs_control"], spec.name)) if spec.from_sft and not spec.is_control else ""
         seeds = study.settings.seeds
         lines.append(f"| {spec.name} | {seeds} | " + " | ".join(cells) + f" | {control} |")
     cells = [interval(row_of(base, "base model", m), 3) for m in STUDY_METRICS]
@@ -261,7 +266,7 @@ def write_verdict(study: Study, finals: Mapping[str, list[Path]]) -> Path:
         "split": {"kind": study.split.kind, "unit": study.split.unit, "counts": study.split.counts},
         "notes": study.split.notes,
         "chosen": {name: trial.setting for name, trial in study.chosen.items()},
-        "controls": {s.name: s.controls for s in study.specs if s.controls is not None},
+        "controls": {s.name: list(s.controls) for s in study.specs if s.is_control},
         "tuning": study.tries,
         "runs": {name: [str(r) for r in runs] for name, runs in finals.items()},
         "base_vs_sft": base,
@@ -283,7 +288,7 @@ def control_text(study: Study, control: MethodSpec) -> str:
     """``sft-continued-b8-n32 for spin-from-sft (64 demonstrations, 32 steps; exact)``."""
     budget = next(t["budget"] for t in study.tries.get(control.name, [])) if study.tries.get(control.name) else None
     spent = f"{budget['demonstrations']} demonstrations, {budget['steps']} steps; " if budget else ""
-    return f"{control.name} for {control.controls} ({spent}{control.matched})"
+    return f"{control.name} for {', '.join(control.controls)} ({spent}{control.matched})"
 
 
 def data_markdown(study: Study) -> list[str]:
@@ -300,7 +305,7 @@ def data_markdown(study: Study) -> list[str]:
         f"test {held}, no {split.unit} on both sides",
         *(f"- note: {note}" for note in split.notes),
         "- budget-matched controls: "
-        + (", ".join(control_text(study, c) for c in study.specs if c.controls) or "none"),
+        + (", ".join(control_text(study, c) for c in study.specs if c.is_control) or "none"),
         "",
     ]
     return lines
