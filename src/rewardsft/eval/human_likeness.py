@@ -94,16 +94,23 @@ def fit_logistic(
 
 
 def out_of_fold_human_prob(
-    samples: torch.Tensor, references: torch.Tensor, folds: int, l2: float, seed: int
+    samples: torch.Tensor,
+    references: torch.Tensor,
+    folds: int,
+    l2: float,
+    seed: int,
+    groups: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P(human) of every sample and every reference, each from a classifier fitted on the other folds.
 
-    Identical points (a sample that repeats a reference word for word, or a sample repeated) share a fold: a held
-    point whose twin with the other label was fitted would be pushed to the wrong side (identical sets scored
-    0.22 that way, not 0.5)."""
+    Points of one group (``groups``: one key per sample, then per reference, e.g. their prompt) share a fold, and
+    so do identical points when no groups are given: a held point whose (near-)twin with the other label was
+    fitted is pushed to the wrong side. Identical sets scored 0.22 that way, not 0.5; on the demo's reversal
+    task, where a sample and its prompt's reference are the same letters, the base scored 0.37."""
     features = torch.cat([samples, references])
     labels = torch.cat([torch.zeros(len(samples)), torch.ones(len(references))]).to(features.dtype)
-    fold_of = duplicate_folds(features, folds, seed)
+    keys = list(groups) if groups is not None else [row.numpy().tobytes() for row in features]
+    fold_of = grouped_folds(keys, folds, seed)
     probs = torch.zeros(len(features), dtype=features.dtype)
     for fold in range(folds):
         held = torch.nonzero(fold_of == fold).flatten()
@@ -117,21 +124,25 @@ def out_of_fold_human_prob(
     return probs[: len(samples)], probs[len(samples) :]
 
 
-def duplicate_folds(features: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """A fold per point: distinct points dealt round-robin in a seeded order, identical ones to the same fold."""
-    keys = [row.numpy().tobytes() for row in features]
+def grouped_folds(keys: Sequence[Any], folds: int, seed: int) -> torch.Tensor:
+    """A fold per point: distinct keys dealt round-robin in a seeded order, points with one key to one fold."""
     distinct = list(dict.fromkeys(keys))
     order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
     fold_of_key = {distinct[i]: rank % folds for rank, i in enumerate(order)}
     return torch.tensor([fold_of_key[k] for k in keys])
 
 
-def discriminate(samples: torch.Tensor, references: torch.Tensor, settings: LikenessSettings) -> dict[str, Any]:
+def discriminate(
+    samples: torch.Tensor,
+    references: torch.Tensor,
+    settings: LikenessSettings,
+    groups: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Out-of-fold balanced accuracy (the mean of the two sets' accuracies, so a classifier that calls everything
     human scores 0.5 whatever the set sizes) of telling samples from references, its 95% interval (each set
     resampled on its own), and each sample's P(human)."""
     folds = min(settings.folds, len(samples) + len(references))
-    gen_prob, ref_prob = out_of_fold_human_prob(samples, references, folds, settings.l2, settings.seed)
+    gen_prob, ref_prob = out_of_fold_human_prob(samples, references, folds, settings.l2, settings.seed, groups)
     gen_right, ref_right = (gen_prob < 0.5).double(), (ref_prob >= 0.5).double()
     generator = torch.Generator().manual_seed(settings.seed)
 
@@ -145,12 +156,18 @@ def discriminate(samples: torch.Tensor, references: torch.Tensor, settings: Like
     return {"accuracy": {"mean": accuracy, "ci95": [lo, hi]}, "human_prob": gen_prob.tolist()}
 
 
-def measure(samples: torch.Tensor, references: torch.Tensor, settings: LikenessSettings) -> dict[str, Any]:
-    """Both read-outs of one set of sample embeddings against the references'."""
+def measure(
+    samples: torch.Tensor,
+    references: torch.Tensor,
+    settings: LikenessSettings,
+    groups: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Both read-outs of one set of sample embeddings against the references' (``groups``: fold keys, see
+    :func:`out_of_fold_human_prob`)."""
     for name, part in (("samples", samples), ("references", references)):
         if len(part) < MIN_SET:
             raise ConfigError(f"human-likeness needs at least {MIN_SET} {name}, got {len(part)}")
-    found = discriminate(samples, references, settings)
+    found = discriminate(samples, references, settings, groups)
     return {"mauve": mauve_scores(samples, references, settings.mauve_seeds), **found}
 
 
@@ -164,10 +181,18 @@ def ceiling(references: torch.Tensor, settings: LikenessSettings) -> dict[str, A
     return {"mauve": found["mauve"], "accuracy": found["accuracy"]}
 
 
-def read_references(path: str, split: str) -> list[str]:
-    """The held-out human responses: a demonstration file's responses, or a pair file's chosen side."""
+def read_references(path: str, split: str) -> tuple[list[str], list[Any]]:
+    """The held-out human responses (a demonstration file's responses, or a pair file's chosen side) and their
+    prompts."""
     examples, _ = load_examples(path, split)
-    return [ex.response for ex in examples]
+    return [ex.response for ex in examples], [ex.prompt for ex in examples]
+
+
+def prompt_groups(prompts: Sequence[Any], reference_prompts: Sequence[Any], folds: int) -> list[str] | None:
+    """Fold keys by prompt, so a sample and the reference of its own prompt are never on two sides of a fold;
+    None (identical points grouped instead) when there are too few distinct prompts to fill the folds."""
+    keys = [json.dumps(p, sort_keys=True) for p in [*prompts, *reference_prompts]]
+    return keys if len(set(keys)) >= 2 * folds else None
 
 
 def human_likeness(
@@ -189,7 +214,7 @@ def human_likeness(
         raise ConfigError("human-likeness needs --mauve-seeds of at least 1 (and at least 2 folds)")
     rows, source = load_rows(prompts_path, settings.split, settings.n)
     prompts = parse_prompts(rows, source)
-    references = read_references(references_path, settings.split)
+    references, reference_prompts = read_references(references_path, settings.split)
     # Before any sampling: too few rows is the files' fault, named as such.
     for name, count, path in (
         ("prompts", len(prompts), prompts_path),
@@ -200,7 +225,8 @@ def human_likeness(
     texts = sample_texts(rendering_for(model, **(render or {})), prompts, generation, settings.seed)
     sample_features = embed(texts, settings.encoder)
     reference_features = embed(references, settings.encoder)
-    found = measure(sample_features, reference_features, settings)
+    groups = prompt_groups(prompts, reference_prompts, settings.folds)
+    found = measure(sample_features, reference_features, settings, groups)
     summary = {
         "kind": "human_likeness",
         "model": model,
@@ -212,6 +238,7 @@ def human_likeness(
         "discriminator_accuracy": found["accuracy"],
         "human_prob": {"mean": sum(found["human_prob"]) / len(texts)},
         "ceiling": ceiling(reference_features, settings),
+        "folds_by": "prompt" if groups is not None else "identical text",
         "paired_metrics": ["human_prob"],
         "generation": asdict(generation),
         "settings": asdict(settings),
