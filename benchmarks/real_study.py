@@ -26,6 +26,7 @@ what is specific to these domains: the samples of every chosen run judged by :mo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import random
@@ -154,11 +155,24 @@ def download_sdist(folder: Path) -> Path:
     return next(folder.glob("vaderSentiment-3.3.2.tar.gz"))
 
 
-def prepare(out: Path, source: Path | None, sizes: Sizes, seed: int) -> dict[str, dict[str, int]]:
+CHITCHAT = "chitchat"
+"""The third domain (:mod:`benchmarks.chitchat_data`): conversation prompts and first turns, rated 1-10."""
+THRESHOLDS = {"tweets": (POSITIVE, NEGATIVE), "amazon": (POSITIVE, NEGATIVE), CHITCHAT: (8.0, 4.0)}
+"""Per domain, the ratings that make a text preferred (≥) and dispreferred (≤) in pairs and judge checks."""
+
+
+def prepare(
+    out: Path, source: Path | None, sizes: Sizes, seed: int, chitchat: Path | None = None
+) -> dict[str, dict[str, int]]:
+    """Both vader domains, and chitchat when its package is installed (or ``chitchat`` names its dataset.json)."""
+    from benchmarks.chitchat_data import prepare_chitchat
+
     with tempfile.TemporaryDirectory() as tmp:
         sdist = source or download_sdist(Path(tmp))
         domains = read_domains(sdist)
     counts = {d: write_domain(out / d, d, split_domain(snippets, sizes, seed)) for d, snippets in domains.items()}
+    if chitchat is not None or importlib.util.find_spec("chitchat_dataset") is not None:
+        counts[CHITCHAT] = prepare_chitchat(out / CHITCHAT, sizes.demonstrations, sizes.pairs, seed, chitchat)
     (out / "prepare.json").write_text(json.dumps({"seed": seed, "sizes": vars(sizes), "counts": counts}, indent=2))
     return counts
 
@@ -177,7 +191,7 @@ class Grid:
     max_new_tokens: int = 48
     eval_samples: int = 64
     batch_size: int = 8
-    domains: tuple[str, ...] = ("tweets", "amazon")
+    domains: tuple[str, ...] = ("tweets", "amazon", CHITCHAT)
 
 
 QUICK = Grid(
@@ -220,6 +234,7 @@ def study_domain(out: Path, data: Path, model: Path, grid: Grid) -> dict[str, An
         methods=grid.methods,
         seeds=grid.seeds,
         lrs=grid.lrs,
+        encoder="minilm",  # the human-likeness of every test run's samples (MAUVE, discriminator)
         overrides=overrides(grid),
     )
 
@@ -242,9 +257,10 @@ def write_samples(model: Path, folder: Path, data: Path, grid: Grid, judges: Any
     if (folder / "health.json").is_file():
         return
     flags = {"text_prompts": "user_turn", "max_length": 128, "max_prompt_length": 64} if render else {}
-    prompt = DOMAINS[data.name][1]
+    prompts: list[Any] = domain_prompts(data, grid)
     gen = GenerationConfig(max_new_tokens=grid.max_new_tokens, batch_size=64)
-    responses = sample_responses(rendering_for(model, **flags), [prompt], gen, seed=EVAL_SEED, n=grid.eval_samples)
+    per_prompt = -(-grid.eval_samples // len(prompts))
+    responses = sample_responses(rendering_for(model, **flags), prompts, gen, seed=EVAL_SEED, n=per_prompt)
     scores = judges.score([r.text for r in responses])
     rows = [{**vars(r), **{k: v[i] for k, v in scores.items()}} for i, r in enumerate(responses)]
     folder.mkdir(parents=True, exist_ok=True)
@@ -252,6 +268,12 @@ def write_samples(model: Path, folder: Path, data: Path, grid: Grid, judges: Any
     demos = demonstration_texts(data, grid)
     health = sample_health(rows, demos, grid.max_new_tokens)
     (folder / "health.json").write_text(json.dumps(health, indent=2))  # last: the samples are complete
+
+
+def domain_prompts(data: Path, grid: Grid) -> list[str]:
+    """The distinct prompts of the demonstrations the runs train on (one for the vader domains, ~30 for chitchat)."""
+    lines = (data / "demonstrations.jsonl").read_text().splitlines()[: grid.demonstrations]
+    return list(dict.fromkeys(json.loads(line)["prompt"] for line in lines))
 
 
 def demonstration_texts(data: Path, grid: Grid) -> set[str]:
@@ -266,7 +288,8 @@ def domain_judges(out: Path, data: Path, grid: Grid) -> Any:
     judge_file = out / "judges.pt"
     if not judge_file.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        quality = fit_judges(data / "judge.jsonl", judge_file, 200 if grid is QUICK else None)
+        positive, negative = THRESHOLDS.get(data.name, (POSITIVE, NEGATIVE))
+        quality = fit_judges(data / "judge.jsonl", judge_file, 200 if grid is QUICK else None, positive, negative)
         (out / "judges.json").write_text(json.dumps(quality, indent=2))
     return Judges.load(judge_file)
 
@@ -314,11 +337,11 @@ def main() -> None:
         run_p.add_argument("--model", help="base model folder or hub id (default: SmolLM2-135M-Instruct, offline)")
         run_p.add_argument("--source", help="the vaderSentiment-3.3.2 sdist (default: pip download it)")
         run_p.add_argument("--quick", action="store_true", help="a smoke test: 16 demonstrations, one seed")
-        run_p.add_argument("--domains", help="comma-separated (default: tweets,amazon)")
+        run_p.add_argument("--domains", help="comma-separated (default: tweets,amazon,chitchat)")
     summ = sub.add_parser("summarize", help="results.json and results.md from the finished studies")
     summ.add_argument("--out", default="runs/study")
     summ.add_argument("--quick", action="store_true")
-    summ.add_argument("--domains", help="comma-separated (default: tweets,amazon)")
+    summ.add_argument("--domains", help="comma-separated (default: tweets,amazon,chitchat)")
     args = parser.parse_args()
     if args.command == "prepare":
         source = Path(args.source) if args.source else None

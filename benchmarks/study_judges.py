@@ -84,11 +84,13 @@ def split_judge_rows(rows: list[dict[str, Any]], seed: int = 0) -> tuple[list[di
     return shuffled[:cut], shuffled[cut:]
 
 
-def agreement(scores: Sequence[float], ratings: Sequence[float]) -> dict[str, float]:
-    """Pearson and Spearman correlation with the human ratings, and pair accuracy: over every (rated ≥ 2, rated
-    ≤ −2) pair, how often the judge scores the positive one higher (ties half)."""
-    pos = [s for s, r in zip(scores, ratings, strict=True) if r >= 2]
-    neg = [s for s, r in zip(scores, ratings, strict=True) if r <= -2]
+def agreement(
+    scores: Sequence[float], ratings: Sequence[float], positive: float = 2.0, negative: float = -2.0
+) -> dict[str, float]:
+    """Pearson and Spearman correlation with the human ratings, and pair accuracy: over every (rated ≥
+    ``positive``, rated ≤ ``negative``) pair, how often the judge scores the positive one higher (ties half)."""
+    pos = [s for s, r in zip(scores, ratings, strict=True) if r >= positive]
+    neg = [s for s, r in zip(scores, ratings, strict=True) if r <= negative]
     return {
         "pearson": _correlation(scores, ratings),
         "spearman": _correlation(_ranks(scores), _ranks(ratings)),
@@ -119,7 +121,9 @@ def _ranks(values: Sequence[float]) -> list[float]:
     return ranks
 
 
-def fit_judges(judge_file: Path, out: Path, max_rows: int | None = None) -> dict[str, Any]:
+def fit_judges(
+    judge_file: Path, out: Path, max_rows: int | None = None, positive: float = 2.0, negative: float = -2.0
+) -> dict[str, Any]:
     """Fit the MiniLM head on 80 % of the judge split; measure both judges on the other 20 %; save both."""
     rows = [json.loads(line) for line in judge_file.read_text().splitlines() if line.strip()]
     fit_rows, held_out = split_judge_rows(rows[:max_rows] if max_rows else rows)
@@ -130,7 +134,8 @@ def fit_judges(judge_file: Path, out: Path, max_rows: int | None = None) -> dict
     judges.save(out)
     held_scores = judges.score([r["response"] for r in held_out])
     ratings = [float(r["rating"]) for r in held_out]
-    return {"fit_rows": len(fit_rows), **{name: agreement(s, ratings) for name, s in held_scores.items()}}
+    found = {name: agreement(s, ratings, positive, negative) for name, s in held_scores.items()}
+    return {"fit_rows": len(fit_rows), "thresholds": [positive, negative], **found}
 
 
 def win_rate(a: Sequence[float], b: Sequence[float]) -> float:

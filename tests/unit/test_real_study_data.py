@@ -75,3 +75,44 @@ def test_prepare_writes_disjoint_splits_from_the_allowed_subsets_only(tmp_path: 
 def test_malformed_line_names_file_and_line() -> None:
     with pytest.raises(ValueError, match=r"tweets_GroundTruth.txt: line 2: rating 'x' is not a number"):
         study().parse_ground_truth("1\t2.0\tok\n2\tx\tbad\n", "tweets_GroundTruth.txt")
+
+
+def fake_chitchat(path: Path) -> Path:
+    """Conversations over three prompts, rated high (9), low (3) or middling (6); one unrated, one unprompted."""
+    conversations: dict[str, Any] = {}
+    for i in range(90):
+        rating = (9, 3, 6)[i % 3]
+        turn = [{"text": f"my answer number {i} is"}, {"text": "this one"}]
+        conversations[f"c{i:03d}"] = {
+            "prompt": f"Question {(i // 3) % 3}?",
+            "ratings": {"witty": rating, "upbeat": rating, "interesting": rating},
+            "messages": [turn, [{"text": "a reply"}]],
+        }
+    conversations["unrated"] = {"prompt": "Question 0?", "messages": [[{"text": "no ratings given here"}]]}
+    conversations["short"] = {"prompt": "Question 0?", "ratings": {"w": 9}, "messages": [[{"text": "hi"}]]}
+    path.write_text(json.dumps(conversations))
+    return path
+
+
+def test_chitchat_pairs_share_a_prompt_and_never_reuse_a_demonstration(tmp_path: Path) -> None:
+    from benchmarks.chitchat_data import prepare_chitchat
+
+    counts = prepare_chitchat(tmp_path / "chitchat", 10, 8, seed=0, source=fake_chitchat(tmp_path / "d.json"))
+    assert counts == {"demonstrations.jsonl": 10, "pairs.jsonl": 8, "judge.jsonl": 90 - 10 - 16}
+    read = lambda name: [json.loads(x) for x in (tmp_path / "chitchat" / name).read_text().splitlines()]  # noqa: E731
+    demos, pairs, judge = read("demonstrations.jsonl"), read("pairs.jsonl"), read("judge.jsonl")
+    assert all(p["chosen"].startswith("my answer") and p["rejected"] != p["chosen"] for p in pairs)
+    number = lambda text: int(text.split()[3])  # noqa: E731
+    # chosen from conversations rated 9, rejected from 3, of the same prompt; demonstrations rated 9 and unused
+    assert all(number(p["chosen"]) % 3 == 0 and number(p["rejected"]) % 3 == 1 for p in pairs)
+    for p in pairs:
+        assert (
+            p["prompt"]
+            == f"Question {(number(p['chosen']) // 3) % 3}?"
+            == f"Question {(number(p['rejected']) // 3) % 3}?"
+        )
+    assert all(number(d["completion"]) % 3 == 0 for d in demos)
+    assert not {d["completion"] for d in demos} & {p["chosen"] for p in pairs}
+    texts = [j["response"] for j in judge]
+    assert "no ratings given here" not in texts and "hi" not in texts
+    assert {j["rating"] for j in judge} <= {9.0, 3.0, 6.0}
