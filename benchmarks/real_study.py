@@ -162,17 +162,19 @@ THRESHOLDS = {"tweets": (POSITIVE, NEGATIVE), "amazon": (POSITIVE, NEGATIVE), CH
 
 
 def prepare(
-    out: Path, source: Path | None, sizes: Sizes, seed: int, chitchat: Path | None = None
+    out: Path, source: Path | None, sizes: Sizes, seed: int, chitchat: Path | bool = False
 ) -> dict[str, dict[str, int]]:
-    """Both vader domains, and chitchat when its package is installed (or ``chitchat`` names its dataset.json)."""
+    """Both vader domains, and chitchat when asked (``True``: the installed package's data; a path: that
+    dataset.json)."""
     from benchmarks.chitchat_data import prepare_chitchat
 
     with tempfile.TemporaryDirectory() as tmp:
         sdist = source or download_sdist(Path(tmp))
         domains = read_domains(sdist)
     counts = {d: write_domain(out / d, d, split_domain(snippets, sizes, seed)) for d, snippets in domains.items()}
-    if chitchat is not None or importlib.util.find_spec("chitchat_dataset") is not None:
-        counts[CHITCHAT] = prepare_chitchat(out / CHITCHAT, sizes.demonstrations, sizes.pairs, seed, chitchat)
+    if chitchat is not False:
+        path = chitchat if isinstance(chitchat, Path) else None
+        counts[CHITCHAT] = prepare_chitchat(out / CHITCHAT, sizes.demonstrations, sizes.pairs, seed, path)
     (out / "prepare.json").write_text(json.dumps({"seed": seed, "sizes": vars(sizes), "counts": counts}, indent=2))
     return counts
 
@@ -306,11 +308,15 @@ def run_grid(out: Path, data_root: Path, model: Path, grid: Grid) -> None:
         judge_samples(out / domain, data_root / domain, model, record, grid)
 
 
+def chitchat_installed() -> bool:
+    return importlib.util.find_spec("chitchat_dataset") is not None
+
+
 def ensure_inputs(out: Path, data_root: Path, model: str | None, source: Path | None, quick: bool) -> Path:
     """Data under ``data_root`` (prepared once) and the model: ``--model`` or SmolLM2 converted into ``out``."""
     if not (data_root / "prepare.json").is_file():
         sizes = Sizes(demonstrations=QUICK.demonstrations, pairs=8) if quick else Sizes()
-        prepare(data_root, source, sizes, seed=0)
+        prepare(data_root, source, sizes, seed=0, chitchat=chitchat_installed())
     if model:
         return Path(model)
     from rewardsft.offline import write_smollm2
@@ -345,7 +351,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "prepare":
         source = Path(args.source) if args.source else None
-        counts = prepare(Path(args.out), source, Sizes(args.demonstrations, args.pairs), args.seed)
+        sizes = Sizes(args.demonstrations, args.pairs)
+        counts = prepare(Path(args.out), source, sizes, args.seed, chitchat=chitchat_installed())
         print(json.dumps(counts, indent=2))
         return
     out = Path(args.out)
