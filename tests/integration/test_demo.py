@@ -11,6 +11,7 @@ import pytest
 
 from rewardsft.cli import main
 from rewardsft.demo.task import correct_answer, habitual_answer, is_habit, prompt_text, true_reward, word_of
+from rewardsft.training.metrics import read_metrics
 
 
 def test_task_reward_and_habit() -> None:
@@ -52,13 +53,27 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         line.split("|")[2].strip() for line in claims
     }
     # One number, one verdict: the demo's habit-share verdicts are the report's difference table's.
-    demo_habit = {c.split("|")[1].strip(): c.split("|")[5].strip() for c in claims if "habit share" in c}
+    main_claims = [c for c in claims if not c.startswith("| SFT")]  # the protocol's rows have their own table
+    demo_habit = {c.split("|")[1].strip(): c.split("|")[5].strip() for c in main_claims if "habit share" in c}
     table_habit = {
         line.split("|")[1].strip(): line.split("|")[6].strip()
         for line in report.splitlines()
         if line.startswith("| ") and "| sample_habit ↓ |" in line
     }
     assert demo_habit and demo_habit == table_habit
+    # The paper's protocol: SPIN from each SFT model against SFT continued for exactly the same budget.
+    protocol = [c for c in claims if c.startswith("| SFT")]
+    assert {c.split("|")[1].strip() for c in protocol} == {
+        "SFT → SPIN",
+        "SFT → SPIN vs SFT",
+        "SFT continued (same budget) vs SFT",
+    }
+    for seed in (1, 2):
+        spin, continued = runs / f"spin-from-sft-s{seed}", runs / f"sft-continued-s{seed}"
+        steps = [max(r["step"] for r in read_metrics(run / "metrics.jsonl")) for run in (spin, continued)]
+        assert steps[0] == steps[1] > 0
+        assert (spin / "eval" / "accuracy" / "summary.json").is_file()
+    assert "The paper's protocol: SPIN from the SFT model" in report
     for png in ("demo-accuracy.png", "demo-robustness.png", "differences.png"):
         assert (out / "report" / png).is_file()
     assert "demo-robustness.png" in (out / "report" / "report.html").read_text()

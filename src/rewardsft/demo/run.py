@@ -62,6 +62,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 LABELS = {"sft": "SFT", "spin": "SPIN (IRFT T=1)", "irft": "IRFT (T=4)", "rft": "RFT"}
+FROM_SFT = ("irft", ["train.epochs=1", "irft.stages=1", "optim.name=adamw", "optim.lr=1e-3", *GENERATION])
+"""SPIN from the SFT model for one further pass, at the main runs' optimiser settings (the paper's protocol)."""
+PROTOCOL_LABELS = {"spin-from-sft": "SFT → SPIN", "sft-continued": "SFT continued (same budget)"}
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,11 @@ def _run(out: Path, settings: DemoSettings) -> Path:
     rows = compare_runs(main_runs, main_runs[0])
     verdicts = verdict_table(rows)
     print(verdicts)
+    print("  the paper's protocol: SPIN from each SFT model against SFT continued for the same budget")
+    protocol = protocol_verdicts(train_protocol(runs, base, data, settings, start), main_runs)
+    print(protocol)
     print("[5/5] report")
-    section = demo_section(out / "report", main_runs, base_eval, sweep, verdicts, settings)
+    section = demo_section(out / "report", main_runs, base_eval, sweep, verdicts, settings, protocol)
     report = build_report(main_runs, out / "report", baseline=main_runs[0], extra=section)
     print(f"demo done in {time.time() - start:.0f}s: {report} (and report.html beside it)")
     return report
@@ -234,6 +240,49 @@ def evaluate_run(run: Path, base: Path, sft: Path, data: TaskData, seed: int) ->
     )
 
 
+def train_protocol(
+    runs: Path, base: Path, data: TaskData, settings: DemoSettings, start: float
+) -> dict[str, list[Path]]:
+    """Per seed: SPIN from that seed's SFT model, and SFT continued from it for exactly the demonstrations and
+    steps SPIN spends (``studies.plan.matched_control``), both evaluated like the main runs."""
+    from rewardsft.studies.plan import budget_of, control_spec, matched_control, parse_method
+
+    out: dict[str, list[Path]] = {name: [] for name in PROTOCOL_LABELS}
+    n = count_rows(data.demonstrations)
+    for seed in settings.seeds:
+        sft = runs / f"sft-s{seed}"
+        common = [f"model.name_or_path={sft / FINAL}", f"data.path={data.demonstrations}", f"seed={seed}"]
+        common += run_overrides(settings)
+        # A real model keeps its own learning rate and passes (real_model_overrides), as its main runs do.
+        spin_settings = [*FROM_SFT[1], *real_model_overrides(settings, "irft")]
+        spin = load_config("irft", overrides=[*common, *spin_settings, f"output_dir={runs / f'spin-from-sft-s{seed}'}"])
+        target = budget_of(spin, n)
+        shape = matched_control(target, n, spin.train.batch_size)
+        control = [f"optim.lr={spin.optim.lr}", *control_spec(parse_method("spin-from-sft"), shape).overrides]
+        continued = load_config("sft", overrides=[*common, *control, f"output_dir={runs / f'sft-continued-s{seed}'}"])
+        for name, config in (("spin-from-sft", spin), ("sft-continued", continued)):
+            (train_irft if config.method == "irft" else train_sft)(config)
+            run = Path(config.output_dir)
+            evaluate_run(run, base, sft, data, seed)
+            out[name].append(run)
+            print(f"  {name}-s{seed}: {summary_line(run)}  ({time.time() - start:.0f}s; budget {target})")
+    return out
+
+
+def protocol_verdicts(protocol: dict[str, list[Path]], main_runs: list[Path]) -> str:
+    """SFT → SPIN against SFT continued (the fair comparison), and both against SFT (what the extra pass buys)."""
+    from rewardsft.eval.paired import Group, compare_groups
+
+    spin = Group(PROTOCOL_LABELS["spin-from-sft"], protocol["spin-from-sft"])
+    continued = Group(PROTOCOL_LABELS["sft-continued"], protocol["sft-continued"])
+    sft = Group("SFT", [r for r in main_runs if r.name.startswith("sft-s")])
+    rows = compare_groups([spin, continued], continued, "accuracy")
+    against_sft = compare_groups([spin, continued, sft], sft, "accuracy")
+    for row in against_sft:
+        row["group"] = f"{row['group']} vs SFT"
+    return verdict_table([*rows, *against_sft]).replace("difference vs SFT", "difference")
+
+
 def summary_line(run: Path) -> str:
     acc = json.loads((run / EVAL / "accuracy" / "summary.json").read_text())
     gap = json.loads((run / EVAL / "gap" / "summary.json").read_text())
@@ -330,6 +379,7 @@ def demo_section(
     sweep: dict[str, Any],
     verdicts: str,
     settings: DemoSettings,
+    protocol: str = "",
 ) -> ExtraSection:
     """The demo's own table (per method: accuracy over seeds and budgets), verdicts and plots for the report."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -357,6 +407,17 @@ def demo_section(
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "Mean ± sd over seeds. Verdicts from paired intervals (prompts resampled, seeds averaged):", ""]
     lines.append(verdicts)
+    if protocol:
+        lines += [
+            "",
+            "### The paper's protocol: SPIN from the SFT model, against SFT continued for the same budget",
+            "",
+            "Each seed's SFT model trained one pass further, by SPIN or by SFT with the batch size and steps that see "
+            "exactly the same demonstrations (first rows: SFT → SPIN against SFT continued; then each against SFT "
+            "itself):",
+            "",
+            protocol,
+        ]
     images = tuple(name for name in (plot_accuracy(by_method, folder), plot_sweep(sweep, folder)) if name)
     return ExtraSection("\n".join(lines), images)
 
