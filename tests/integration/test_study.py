@@ -92,6 +92,9 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     markdown = (out / "study.md").read_text()
     assert record["answer"][0] in markdown and "## Tuning on the dev part" in markdown
 
+    # finished runs keep final/ and drop their checkpoints (never resumed again; they fill disks)
+    assert not list((out / "runs").glob("*/checkpoints"))
+
     # a rerun trains and evaluates nothing and writes the same verdict
     derived = {"study.md", "study.json", "tuning.json"}  # rewritten from the finished runs' evaluations
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in derived}
@@ -101,7 +104,7 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     assert again["answer"] == record["answer"] and json.loads((out / "tuning.json").read_text()) == tuning
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    # a run that lost its final/ (killed after its last checkpoint) is resumed, not retrained
+    # a run that lost its final/ (killed while saving it) is taken up again under its own settings
     chosen_spin = out / "runs" / (tuning["spin"]["chosen"].replace("lr=", "spin-lr").replace(" passes=", "-p") + "-s0")
     shutil.rmtree(chosen_spin / "final")
     rewardsft.study(llama_dir, demos, out, **run)
