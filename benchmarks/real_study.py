@@ -207,15 +207,15 @@ QUICK = Grid(
     domains=("tweets",),
 )
 EVAL_SEED = 1234
+RENDER: dict[str, Any] = {"text_prompts": "user_turn", "max_length": 128, "max_prompt_length": 64}
+"""How every run renders the snippets (and the base, which is not a run, is rendered the same way)."""
 
 
 def overrides(grid: Grid) -> list[str]:
     """Every run's settings: the prompt as a user turn of SmolLM2's chat template, short snippets, and a constant
     learning rate after warm-up (a decaying one left the README's SFT barely moved from the base on new data)."""
     return [
-        "data.text_prompts=user_turn",
-        "data.max_length=128",
-        "data.max_prompt_length=64",
+        *(f"data.{key}={value}" for key, value in RENDER.items()),
         f"data.max_rows={grid.demonstrations}",
         f"train.batch_size={grid.batch_size}",
         f"generation.max_new_tokens={grid.max_new_tokens}",
@@ -258,7 +258,7 @@ def write_samples(model: Path, folder: Path, data: Path, grid: Grid, judges: Any
 
     if (folder / "health.json").is_file():
         return
-    flags = {"text_prompts": "user_turn", "max_length": 128, "max_prompt_length": 64} if render else {}
+    flags = RENDER if render else {}
     prompts: list[Any] = domain_prompts(data, grid)
     gen = GenerationConfig(max_new_tokens=grid.max_new_tokens, batch_size=64)
     per_prompt = -(-grid.eval_samples // len(prompts))

@@ -24,15 +24,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from rewardsft.config import UNUSED_BY_METHOD, GenerationConfig, RunConfig, load_config
+from rewardsft.data.tokenize import RenderSettings
 from rewardsft.errors import ConfigError
-from rewardsft.layout import CHECKPOINTS, EVAL, FINAL, METRICS_FILE, SUMMARY_FILE
+from rewardsft.layout import CHECKPOINTS, EVAL, FINAL, SUMMARY_FILE
 from rewardsft.studies.plan import (
-    Budget,
     MethodSpec,
     Trial,
     budget_of,
@@ -187,6 +187,7 @@ class Study:
     """Per method, the setting dev chose (seed 0)."""
     tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     clock: Progress | None = None
+    _resolved: dict[str, RunConfig] = field(default_factory=dict, repr=False)
 
     @property
     def out(self) -> Path:
@@ -223,18 +224,20 @@ class Study:
     @property
     def n_train(self) -> int:
         """Demonstrations each run trains on: the training part, or its first ``data.max_rows``."""
-        cap = self.config_of_sft().data.max_rows
+        cap = self.recipe_settings("sft").data.max_rows
         return min(self.split.counts["train"], cap if cap is not None else self.split.counts["train"])
 
     def batch_size(self) -> int:
-        return self.config_of_sft().train.batch_size
+        return self.recipe_settings("sft").train.batch_size
 
-    def config_of_sft(self) -> RunConfig:
-        user = routed(self.user, "sft")
-        return load_config("sft", overrides=[*STUDY_DEFAULTS, *user, f"data.path={self.split.file('train')}"])
-
-    def budget(self, trial: Trial) -> Budget:
-        return budget_of(self.config(trial), self.n_train)
+    def recipe_settings(self, method: str) -> RunConfig:
+        """What every run of ``method`` shares: the study's defaults and the user's settings that recipe reads
+        (resolved once per method; a run's own model, data, lr and length come on top in :meth:`config`)."""
+        if method not in self._resolved:
+            user = routed(self.user, method)
+            overrides = [*STUDY_DEFAULTS, *user, f"data.path={self.split.file('train')}"]
+            self._resolved[method] = load_config(method, overrides=overrides)
+        return self._resolved[method]
 
     def train(self, trial: Trial) -> Path:
         """The trial's run folder, trained (or resumed) unless it has ``final/`` already."""
@@ -330,8 +333,7 @@ class Study:
 
     def sampling(self) -> GenerationConfig:
         """The runs' own sampling settings (an IRFT config's ``generation`` section as the overrides set it)."""
-        user = routed(self.user, "irft")
-        return load_config("irft", overrides=[*user, f"data.path={self.split.file('train')}"]).generation
+        return self.recipe_settings("irft").generation
 
 
 IGNORED_IN_RERUN = ("resume", "overwrite", "logging")
@@ -415,10 +417,6 @@ def launches(path: Path) -> list[dict[str, Any]]:
     return list(record["launches"]) if "launches" in record else [record]
 
 
-def wall_seconds(run: Path) -> float:
-    return float(sum(x["seconds"] for x in launches(run / WALL_TIME)))
-
-
 # ---------------------------------------------------------------- progress
 
 
@@ -467,14 +465,8 @@ def run_study(settings: StudySettings) -> Path:
     prepare_out(settings.out, settings.overwrite)
     split = make_split(settings.data, settings.out / "split")
     study = Study(settings, split, specs, {}, user)
-    sft_data = study.config_of_sft().data
-    study.render = {
-        "system_prompt": sft_data.system_prompt,
-        "fallback_template": sft_data.fallback_template,
-        "text_prompts": sft_data.text_prompts,
-        "max_length": sft_data.max_length,
-        "max_prompt_length": sft_data.max_prompt_length,
-    }
+    sft_data = study.recipe_settings("sft").data
+    study.render = {f.name: getattr(sft_data, f.name) for f in fields(RenderSettings)}
     study.specs = [*specs, *controls_of(study, specs)]
     print(describe(study), flush=True)
     if split.kind == "demonstrations":
@@ -597,7 +589,8 @@ def tune(study: Study) -> None:
     ordered = sorted(study.specs, key=lambda spec: spec.from_sft)
     for spec in ordered:
         tries = []
-        for trial in tuning_trials(spec, s.lrs, s.passes, s.budget):
+        trials = tuning_trials(spec, s.lrs, s.passes, s.budget)
+        for trial in trials:
             run = study.train(trial)
             dev = study.run_gap(run, "dev")
             tries.append(
@@ -613,7 +606,7 @@ def tune(study: Study) -> None:
             )
         # A diverged try (a non-finite dev gap) is never chosen; max() would keep a NaN in first place.
         best = max(range(len(tries)), key=lambda i: finite_or_worst(tries[i]["dev_gap"]))
-        study.chosen[spec.name] = tuning_trials(spec, s.lrs, s.passes, s.budget)[best]
+        study.chosen[spec.name] = trials[best]
         study.tries[spec.name] = tries
         write_tuning(study)
 
@@ -644,11 +637,3 @@ def train_seeds(study: Study) -> dict[str, list[Path]]:
         for spec in ordered:
             study.winrate(finals[spec.name][-1], sft_run)
     return finals
-
-
-def last_metrics(run: Path) -> dict[str, float]:
-    values: dict[str, float] = {}
-    path = run / METRICS_FILE
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        values |= {k: v for k, v in json.loads(line).items() if isinstance(v, int | float)}
-    return values
