@@ -2,7 +2,8 @@
 
 Every method runs in its own process (so peak memory is its own) on the same model, the same pairs and the
 same batch size. IRFT and DPO process two sequences per example (demonstration + generation); SFT one.
-``irft_cached`` / ``irft_copy`` use the default split pair forward; ``irft_cached_joint`` the joint one.
+``irft_cached`` / ``irft_copy`` use the default split pair forward; ``irft_cached_joint`` the joint one;
+``irft_shared`` the shared-prefix one (one row per pair, the prompt computed once for both responses).
 ``rft_round`` is one whole RFT round (sampling 2 responses per prompt, a reward step, a policy step), timed per
 phase; the paper puts RFT at about two SFTs plus generation.
 
@@ -31,7 +32,9 @@ from typing import Any
 
 import torch
 
-METHODS = ("sft", "irft_cached", "irft_cached_joint", "irft_copy", "trl_dpo", "rft_round")
+METHODS = ("sft", "irft_cached", "irft_cached_joint", "irft_shared", "irft_copy", "trl_dpo", "rft_round")
+PAIR_FORWARD = {"irft_cached_joint": "joint", "irft_shared": "shared"}
+"""The pair forward of each IRFT method (the others: split, the CPU default)."""
 SIZES = {
     # SmolLM2-135M's shape (134.5M parameters): weights matter at this size.
     "smollm2": {
@@ -118,7 +121,7 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     from rewardsft.data import collate
     from rewardsft.logprobs import model_token_logps
     from rewardsft.losses import sft_nll
-    from rewardsft.recipes.irft import PairLossSpec, StepSize, joint_pair_backward, split_pair_backward
+    from rewardsft.recipes.irft import PAIR_BACKWARDS, PairLossSpec, StepSize
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps
 
     model = build(args.size, device, args.gradient_checkpointing, getattr(torch, getattr(args, "dtype", "float32")))
@@ -128,9 +131,9 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     spec = PairLossSpec.from_config(load_config("irft"))
     accelerator = Accelerator(cpu=device.type == "cpu")
     size = StepSize(pairs=args.batch_size, tokens=args.batch_size * args.response_len, processes=1)
-    backward = joint_pair_backward if method == "irft_cached_joint" else split_pair_backward
+    backward = PAIR_BACKWARDS[PAIR_FORWARD.get(method, "split")]
     snapshot: Any = None
-    if method.startswith("irft_cached"):
+    if method.startswith("irft_cached") or method == "irft_shared":
         snapshot = CachedSnapshot(compute_ref_logps(model, pairs, args.batch_size, pad_id=0))
     elif method == "irft_copy":
         snapshot = CopySnapshot(model)
@@ -341,6 +344,9 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "irft_cached_vs_sft_time": ("irft_cached", "sft", "median_step_s"),
         "irft_cached_joint_vs_sft_time": ("irft_cached_joint", "sft", "median_step_s"),
         "irft_cached_joint_vs_sft_memory": ("irft_cached_joint", "sft", "peak_mb"),
+        "irft_shared_vs_sft_time": ("irft_shared", "sft", "median_step_s"),
+        "irft_shared_vs_sft_memory": ("irft_shared", "sft", "peak_mb"),
+        "irft_shared_vs_trl_dpo_time": ("irft_shared", "trl_dpo", "median_step_s"),
         "irft_cached_vs_trl_dpo_time": ("irft_cached", "trl_dpo", "median_step_s"),
         "irft_copy_vs_sft_time": ("irft_copy", "sft", "median_step_s"),
         "irft_cached_vs_sft_memory": ("irft_cached", "sft", "peak_mb"),

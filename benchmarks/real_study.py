@@ -187,7 +187,7 @@ class Grid:
     """What the study runs per domain (docs/results.md, "Evidence")."""
 
     methods: tuple[str, ...] = ("spin", "irft-t4", "spin-from-sft", "irft-t2-from-sft", "irft-t4-from-sft")
-    lrs: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
+    lrs: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
     seeds: int = 3
     demonstrations: int = 128
     max_new_tokens: int = 48

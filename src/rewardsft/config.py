@@ -201,11 +201,12 @@ class IRFTConfig:
     """Adds this times the demonstrations' token-mean NLL: an anchor against overfitting the snapshot."""
     snapshot: Literal["cached", "copy", "lora"] = "cached"
     """How π_ref = θ_t is held: cached log-probs (SFT memory), a frozen copy, or the LoRA base."""
-    pair_forward: Literal["auto", "split", "joint"] = "auto"
+    pair_forward: Literal["auto", "split", "joint", "shared"] = "auto"
     """``split``: demonstrations and generations backpropagate one after the other (one half's activations at a
-    time, one extra no-grad forward); ``joint``: one forward of both (same gradient); ``auto``: joint with
-    gradient checkpointing (activations are small, joint is faster and leaner), split without
-    (docs/performance.md)."""
+    time, one extra no-grad forward); ``joint``: one forward of both (same gradient); ``shared``: one row per pair,
+    prompt then demonstration then generation, the prompt computed once for both (same gradient; sdpa or eager
+    attention, no sliding window); ``auto``: joint with gradient checkpointing (activations are small, joint is
+    faster and leaner), split without (docs/performance.md)."""
     epochs_per_stage: int = 1
     """Passes over the stage's chunk; the paper's K (optimiser steps per stage) is this times the chunk's steps
     per pass (ceil(chunk / global batch)). The paper's pythia-1.4b runs used 2 epochs per stage."""

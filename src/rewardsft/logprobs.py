@@ -37,6 +37,19 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogps:
     return TokenLogps(logps, mask)
 
 
+def indexed_token_logps(logits: torch.Tensor, source: torch.Tensor, labels: torch.Tensor) -> TokenLogps:
+    """Log-probabilities of ``labels`` (B, L) under the logits at positions ``source`` (B, L) of each row: the
+    reading of a row in which a token is not always predicted from the position before it (a shared prefix,
+    :func:`rewardsft.data.collate.collate_shared`). Same contract as :func:`token_logps`: float32, 0 off the mask."""
+    if source.shape != labels.shape or source.shape[0] != logits.shape[0]:
+        raise ValueError(f"source {tuple(source.shape)}, labels {tuple(labels.shape)}, logits {tuple(logits.shape)}")
+    # Only the L rows that predict a token are gathered (and upcast), not the whole (B, T, V) tensor.
+    rows = logits.gather(1, source.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).float()
+    mask = labels != IGNORE_INDEX
+    picked = rows.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    return TokenLogps((picked - rows.logsumexp(dim=-1)).masked_fill(~mask, 0.0), mask)
+
+
 def sequence_logps(tokens: TokenLogps, reduction: Reduction = "sum") -> torch.Tensor:
     """(B,) log p(response | prompt): the sum over response tokens, or their mean (0 for an empty row)."""
     total = tokens.logps.sum(dim=-1)

@@ -49,7 +49,7 @@ def test_sft_fp16(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, monkeypa
     assert off_schedule and off_schedule == [r["step"] for r in rows if r["step"] % 4 and r["train/nonfinite_skipped"]]
 
 
-@pytest.mark.parametrize("pair_forward", ["split", "joint"])
+@pytest.mark.parametrize("pair_forward", ["split", "joint", "shared"])
 def test_irft_fp16(
     pair_forward: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -333,3 +333,20 @@ def test_gradient_accumulation_does_not_change_the_irft_step(
     assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-5)
     a, b = weights(whole / "final"), weights(split / "final")
     assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-5
+
+
+def test_shared_pair_forward_trains_as_split_does(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
+    """irft.pair_forward=shared through the whole recipe: the same generations, losses and final weights as the
+    split backward (the default on CPU), with the SFT anchor on."""
+    common = ["irft.stages=2", "irft.sft_weight=0.5", "data.max_rows=16", "train.max_steps=4"]
+    outs = {mode: tmp_path / mode for mode in ("split", "shared")}
+    for mode, out in outs.items():
+        assert main(irft_args(llama_dir, builtin_jsonl, out, *common, f"irft.pair_forward={mode}")) == 0
+    losses = [
+        [r["irft/loss"] for r in read_metrics(out / "metrics.jsonl") if "irft/loss" in r] for out in outs.values()
+    ]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    a, b, initial = (weights(path) for path in (outs["split"] / "final", outs["shared"] / "final", llama_dir))
+    gap = max(float((a[n] - b[n]).abs().max()) for n in a)  # 2.8e-6 when written
+    moved = min(float((a[n] - initial[n]).abs().max()) for n in a)  # every tensor moved (5e-3 at the least)
+    assert gap < 1e-4 < moved

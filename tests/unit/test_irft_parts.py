@@ -178,7 +178,7 @@ def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
 def pair_gradients(
     base: Any, pairs: list[Pair], spec: Any, pad_id: int, loss_scale: float | None = None
 ) -> tuple[list[Any], list[Any]]:
-    """Gradients and outputs of the joint and the split pair backward from copies of ``base`` (train mode).
+    """Gradients and outputs of the joint, split and shared pair backward from copies of ``base`` (train mode).
 
     ``loss_scale``: backward through a real fp16 ``GradScaler`` at that scale, installed as accelerate installs it
     on a GPU; the gradients returned are then unscaled (divided by the scale) as the optimiser step would see them.
@@ -187,7 +187,7 @@ def pair_gradients(
 
     from accelerate import Accelerator
 
-    from rewardsft.recipes.irft import StepSize, joint_pair_backward, split_pair_backward
+    from rewardsft.recipes.irft import PAIR_BACKWARDS, StepSize
     from tests.amp import install_scaler
 
     accelerator = Accelerator(cpu=True)
@@ -195,7 +195,7 @@ def pair_gradients(
         install_scaler(accelerator, loss_scale)
     ref_demo, ref_gen = torch.tensor([-40.0, -30.0, -35.0]), torch.tensor([-20.0, -25.0, -10.0])
     grads, outs = [], []
-    for backward in (joint_pair_backward, split_pair_backward):
+    for backward in (PAIR_BACKWARDS[mode] for mode in ("joint", "split", "shared")):
         model = copy.deepcopy(base).train()
         torch.manual_seed(0)
         size = StepSize(pairs=2 * len(pairs), tokens=40.0, processes=1)  # this chunk as half of a step
@@ -205,11 +205,13 @@ def pair_gradients(
 
 
 def same_gradients(grads: list[Any]) -> bool:
-    return all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4) for n in grads[0])
+    return all(torch.allclose(grads[0][n], other[n], atol=1e-6, rtol=1e-4) for other in grads[1:] for n in grads[0])
 
 
 @pytest.mark.parametrize(("loss", "sft_weight"), [("sigmoid", 0.0), ("hinge", 0.5), ("linear", 0.0)])
-def test_split_and_joint_pair_backward_give_the_same_gradient(tokenizer: Any, loss: str, sft_weight: float) -> None:
+def test_split_joint_and_shared_pair_backward_give_the_same_gradient(
+    tokenizer: Any, loss: str, sft_weight: float
+) -> None:
     from rewardsft.config import load_config
     from rewardsft.recipes.irft import PairLossSpec
 
@@ -220,9 +222,10 @@ def test_split_and_joint_pair_backward_give_the_same_gradient(tokenizer: Any, lo
     )
     assert same_gradients(grads)
     assert any(g.abs().sum() > 0 for g in grads[0].values())
-    for joint, split in zip(outs[0], outs[1], strict=True):
-        values = (joint, split) if isinstance(joint, torch.Tensor) else (joint.margin, split.margin)
-        assert torch.allclose(*values, atol=1e-5)
+    for other in outs[1:]:
+        for joint, got in zip(outs[0], other, strict=True):
+            values = (joint, got) if isinstance(joint, torch.Tensor) else (joint.margin, got.margin)
+            assert torch.allclose(*values, atol=1e-5)
 
 
 @pytest.mark.parametrize("sft_weight", [0.0, 1.0])
@@ -238,7 +241,7 @@ def test_split_and_joint_agree_under_an_fp16_loss_scaler(tokenizer: Any, sft_wei
     spec, pad_id = PairLossSpec.from_config(config), tokenizer.pad_token_id
     scaled, _ = pair_gradients(base, make_pairs(tokenizer), spec, pad_id, loss_scale=1024.0)
     plain, _ = pair_gradients(base, make_pairs(tokenizer), spec, pad_id)
-    assert same_gradients(scaled)  # split = joint under the scaler
+    assert same_gradients(scaled)  # split = joint = shared under the scaler
     assert same_gradients([scaled[1], plain[1]])  # and both equal the unscaled gradient
 
 

@@ -41,3 +41,59 @@ def collate_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, 
 def batch_on(examples: Sequence[TokenizedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """:func:`collate` (right padding, labels masked) and move to ``device``."""
     return {key: value.to(device) for key, value in collate(examples, pad_id).items()}
+
+
+def collate_shared(
+    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_id: int, left_pad: bool = False
+) -> dict[str, torch.Tensor]:
+    """(prompt, first response, second response) triples as one row each: ``[prompt | first | second]``.
+
+    The second response must be computed as if it followed the prompt alone, so the row carries its own
+    ``position_ids`` (the second response restarts where the first began) and ``visible`` (B, T, T) bool, True
+    where query position q may attend to key position k: causal, and never from the second response into the
+    first. Every position sees itself, padding included, so no attention row is empty (an all-masked softmax is
+    NaN, and a NaN in a padded row still reaches the gradients through the backward's zeros).
+
+    ``first_source``/``second_source`` (B, L) hold the position whose logits predict each response token, and
+    ``first_labels``/``second_labels`` (B, L) that token (``IGNORE_INDEX`` past a response's end): a response's
+    first token is predicted from the prompt's last position, which both responses share.
+    """
+    lengths = [len(p) + len(a) + len(b) for p, a, b in triples]
+    width = max(lengths)
+    batch = len(triples)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, width), dtype=torch.long)
+    # Segment of every position: 0 prompt, 1 first response, 2 second response, -1 padding.
+    segment = torch.full((batch, width), -1, dtype=torch.long)
+    sources = [torch.zeros((batch, max(len(t[i]) for t in triples)), dtype=torch.long) for i in (1, 2)]
+    labels = [torch.full(s.shape, IGNORE_INDEX, dtype=torch.long) for s in sources]
+    for row, ((prompt, first, second), n) in enumerate(zip(triples, lengths, strict=True)):
+        if not prompt:
+            raise ValueError("a shared-prefix row needs a prompt of at least one token")
+        start = width - n if left_pad else 0
+        p, a = len(prompt), len(first)
+        ids = [*prompt, *first, *second]
+        input_ids[row, start : start + n] = torch.tensor(ids)
+        position_ids[row, start : start + n] = torch.tensor([*range(p + a), *range(p, p + len(second))])
+        segment[row, start : start + n] = torch.tensor([0] * p + [1] * a + [2] * len(second))
+        last_prompt = start + p - 1
+        for k, (response, offset) in enumerate(((first, start + p), (second, start + p + a))):
+            # Token j of a response sits at offset + j and is predicted from the position before it; for j = 0
+            # that is the prompt's last token, whichever response it is.
+            positions = [last_prompt, *range(offset, offset + len(response) - 1)][: len(response)]
+            sources[k][row, : len(response)] = torch.tensor(positions, dtype=torch.long)
+            labels[k][row, : len(response)] = torch.tensor(list(response), dtype=torch.long)
+    query, key = segment.unsqueeze(2), segment.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_branch = (key == 0) | (key == query)
+    visible = causal & same_branch & (query >= 0) & (key >= 0)
+    visible |= torch.eye(width, dtype=torch.bool)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "visible": visible,
+        "first_source": sources[0],
+        "first_labels": labels[0],
+        "second_source": sources[1],
+        "second_labels": labels[1],
+    }

@@ -36,9 +36,12 @@ from rewardsft.reference import (
     LoraBaseSnapshot,
     Pair,
     Snapshot,
+    check_shared_prefix,
     compute_ref_logps,
     merge_lora_into_base,
     pair_batch,
+    shared_pair_batch,
+    shared_split_logps,
 )
 from rewardsft.training.batches import epoch_permutation, plan_steps, steps_per_epoch
 from rewardsft.training.checkpoint import Optimizers
@@ -79,6 +82,8 @@ def train_irft(config: RunConfig) -> Path:
     state = run.resume_state()
     model = run.prepare(model)
     spec = PairLossSpec.from_config(config)
+    if spec.pair_forward == "shared":
+        check_shared_prefix(model)
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
     stop_ids = end_of_turn_ids(renderer, run.accelerator.unwrap_model(model))
@@ -322,7 +327,7 @@ class PairLossSpec:
     loss: IRFTLoss
     sft_weight: float
     pair_forward: str
-    """``split`` or ``joint`` (``auto`` already resolved)."""
+    """``split``, ``joint`` or ``shared`` (``auto`` already resolved)."""
 
     @classmethod
     def from_config(cls, config: RunConfig) -> PairLossSpec:
@@ -369,7 +374,7 @@ def accumulate_irft_step(
     counts = reduce_metrics(accelerator, local, reduction="sum")
     size = StepSize(counts["pairs"], counts["tokens"], accelerator.num_processes)
     totals = torch.zeros(len(IRFT_METRICS), dtype=torch.float64)
-    backward = split_pair_backward if spec.pair_forward == "split" else joint_pair_backward
+    backward = PAIR_BACKWARDS[spec.pair_forward]
     for k, ids in enumerate(micro_batches):
         chunk = [pairs[i] for i in ids]
         ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, accelerator.device)
@@ -478,6 +483,30 @@ def split_pair_backward(
         gen_logps = sequence_logps(model_token_logps(model, **gen_batch), "sum")
         accelerator.backward((coef.detach() * gen_logps).sum())
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
+
+
+def shared_pair_backward(
+    accelerator: Any,
+    model: Any,
+    chunk: list[Pair],
+    ref_demo: torch.Tensor,
+    ref_gen: torch.Tensor,
+    spec: PairLossSpec,
+    pad_id: int,
+    size: StepSize,
+    last: bool,
+) -> PairBackward:
+    """The same gradient from one row per pair, ``[prompt | demonstration | generation]``, with a mask that hides
+    the demonstration from the generation: the prompt's forward (and its activations) is shared by both."""
+    with micro_batch_context(accelerator, model, last):
+        demo_tokens, gen_tokens = shared_split_logps(model, shared_pair_batch(chunk, pad_id, accelerator.device))
+        demo_logps, gen_logps = sequence_logps(demo_tokens, "sum"), sequence_logps(gen_tokens, "sum")
+        terms, loss = pair_loss(demo_logps, gen_logps, ref_demo, ref_gen, demo_tokens, spec, size)
+        accelerator.backward(loss * size.processes)
+    return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
+
+
+PAIR_BACKWARDS = {"split": split_pair_backward, "joint": joint_pair_backward, "shared": shared_pair_backward}
 
 
 def overfit_warning(stage: Stage, step: int, logratio_per_token: float) -> str:

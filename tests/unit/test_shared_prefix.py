@@ -1,0 +1,130 @@
+"""The shared-prefix pair row ([prompt | demonstration | generation], irft.pair_forward=shared): its layout worked
+by hand, and its log-probs equal two separate forwards on both tiny architectures and both mask-taking kernels."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from rewardsft.data import IGNORE_INDEX, Example, Renderer, TokenizedExample, tokenize_examples
+from rewardsft.data.collate import batch_on, collate_shared
+from rewardsft.errors import ConfigError
+from rewardsft.logprobs import indexed_token_logps, model_token_logps, sequence_logps
+from rewardsft.reference import Pair, check_shared_prefix, shared_pair_batch, shared_split_logps
+from rewardsft.tiny import tiny_model
+
+
+def test_layout_of_one_row_worked_by_hand() -> None:
+    # prompt [11, 12], first response [21, 22, 23], second [31]; one pad on the right (width 6 set by row 2).
+    batch = collate_shared([([11, 12], [21, 22, 23], [31]), ([11], [21, 22], [31, 32, 33])], pad_id=0)
+    assert batch["input_ids"][0].tolist() == [11, 12, 21, 22, 23, 31]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 2]  # the second response restarts at 2
+    assert batch["input_ids"][1].tolist() == [11, 21, 22, 31, 32, 33]
+    assert batch["position_ids"][1].tolist() == [0, 1, 2, 1, 2, 3]
+    # Row 0: token 21 is predicted from position 1 (the prompt's end); 31 too, not from 23 before it.
+    assert batch["first_source"][0].tolist() == [1, 2, 3]
+    assert batch["first_labels"][0].tolist() == [21, 22, 23]
+    assert batch["second_source"][0].tolist() == [1, 0, 0]
+    assert batch["second_labels"][0].tolist() == [31, IGNORE_INDEX, IGNORE_INDEX]
+    assert batch["second_source"][1].tolist() == [0, 3, 4]
+    visible = batch["visible"][1].int().tolist()
+    assert visible == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 0, 0, 1, 0, 0],  # the generation sees the prompt and itself, not the demonstration
+        [1, 0, 0, 1, 1, 0],
+        [1, 0, 0, 1, 1, 1],
+    ]
+
+
+def test_padding_rows_see_only_themselves_and_left_padding_shifts_everything() -> None:
+    right = collate_shared([([5], [6], [7]), ([5, 5], [6, 6], [7, 7])], pad_id=0)
+    assert right["visible"][0, 3:].int().tolist() == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
+    left = collate_shared([([5], [6], [7]), ([5, 5], [6, 6], [7, 7])], pad_id=0, left_pad=True)
+    assert left["input_ids"][0].tolist() == [0, 0, 0, 5, 6, 7]
+    assert left["position_ids"][0, 3:].tolist() == [0, 1, 1]
+    assert left["first_source"][0, 0] == 3 and left["second_source"][0, 0] == 3
+    with pytest.raises(ValueError, match="prompt"):
+        collate_shared([([], [6], [7])], pad_id=0)
+
+
+def test_indexed_logps_match_a_naive_loop() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 9)
+    source = torch.tensor([[1, 4, 2], [0, 5, 0]])
+    labels = torch.tensor([[3, 8, IGNORE_INDEX], [0, 2, IGNORE_INDEX]])
+    tokens = indexed_token_logps(logits, source, labels)
+    for row in range(2):
+        want = sum(
+            math.log(float(torch.softmax(logits[row, int(s)].double(), -1)[int(y)]))
+            for s, y in zip(source[row], labels[row], strict=True)
+            if y != IGNORE_INDEX
+        )
+        assert float(sequence_logps(tokens)[row]) == pytest.approx(want, abs=1e-5)
+    assert tokens.mask.tolist() == [[True, True, False], [True, True, False]]
+    assert (tokens.logps[~tokens.mask] == 0).all()
+    with pytest.raises(ValueError):
+        indexed_token_logps(logits, source[:, :2], labels)
+
+
+def pairs_of(tokenizer: Any, max_prompt_length: int = 32) -> list[Pair]:
+    demos = [
+        Example("What is the capital of Peru, the country in South America?", " The capital of Peru is Lima."),
+        Example("Hi", " Hello! How can I help you today?"),
+        Example("What is one plus two?", ""),
+    ]
+    gens = [" Lima is big.", " What is the opposite of hot? It is cold, I think.", " three"]
+    tokenized, stats = tokenize_examples(demos, Renderer(tokenizer), 64, max_prompt_length)
+    assert (stats.prompt_truncated > 0) == (max_prompt_length < 10)
+    return [
+        Pair(d, TokenizedExample(d.prompt_ids, tokenizer(g, add_special_tokens=False)["input_ids"], d.index))
+        for d, g in zip(tokenized, gens, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize(("max_prompt_length", "left_pad"), [(32, False), (4, False), (32, True)])
+def test_shared_row_gives_the_logps_of_two_separate_rows(
+    tokenizer: Any, arch: str, attention: str, max_prompt_length: int, left_pad: bool
+) -> None:
+    """max_prompt_length=4 cuts the first prompt (truncated prompts share the prefix just the same); the third
+    demonstration is empty."""
+    model = tiny_model(tokenizer, arch=arch, hidden_size=32, seed=3).eval()  # type: ignore[arg-type]
+    model.config._attn_implementation = attention
+    pairs = pairs_of(tokenizer, max_prompt_length)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        triples = [(p.demo.prompt_ids, p.demo.response_ids, p.gen.response_ids) for p in pairs]
+        batch = collate_shared(triples, tokenizer.pad_token_id, left_pad=left_pad)
+        if not left_pad:  # what the recipe builds
+            assert all(
+                torch.equal(v, shared_pair_batch(pairs, tokenizer.pad_token_id, cpu)[k]) for k, v in batch.items()
+            )
+        demo, gen = shared_split_logps(model, batch)
+        for tokens, side in ((demo, "demo"), (gen, "gen")):
+            separate = model_token_logps(
+                model, **batch_on([getattr(p, side) for p in pairs], tokenizer.pad_token_id, cpu)
+            )
+            assert torch.allclose(sequence_logps(tokens), sequence_logps(separate), atol=1e-5), side
+            assert tokens.mask.sum(-1).tolist() == separate.mask.sum(-1).tolist()
+
+
+def test_shared_prefix_refuses_pairs_and_models_it_would_get_wrong(tokenizer: Any) -> None:
+    pairs = pairs_of(tokenizer)
+    odd = Pair(pairs[0].demo, TokenizedExample(pairs[1].demo.prompt_ids, [5], 0))
+    with pytest.raises(ValueError, match="pair 0"):
+        shared_pair_batch([odd], tokenizer.pad_token_id, torch.device("cpu"))
+    model = tiny_model(tokenizer, hidden_size=32)
+    check_shared_prefix(model)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ConfigError, match="pair_forward=joint or split"):
+        check_shared_prefix(model)
+    model.config._attn_implementation = "sdpa"
+    model.config.sliding_window = 16
+    with pytest.raises(ConfigError, match="sliding window"):
+        check_shared_prefix(model)
