@@ -113,6 +113,10 @@ class TrainConfig:
     scoring); None: ``batch_size``."""
     grad_accum: int = 1
     """Micro-batches accumulated into one optimiser step (SFT and IRFT)."""
+    packing: bool = False
+    """SFT: pack the examples of each micro-batch into as few rows as fit its longest example, each example
+    attending only to itself with its own positions: no padding is computed and the loss is unchanged
+    (docs/performance.md). Needs sdpa or eager attention and no sliding window."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient L2 norm to this before each optimiser step; None: no clipping."""
     save_every: int = 500
@@ -315,9 +319,11 @@ UNUSED_BY_METHOD: dict[str, dict[str, str]] = {
     "irft": {
         "rft": "the rft section is read by `rewardsft train rft` only",
         "reward_model": "IRFT's reward is implicit, β·log(π_θ/π_ref) (irft.beta); `rewardsft train rft` trains one",
+        "train.packing": "IRFT's rows are pairs; irft.pair_forward=shared computes each pair's prompt once",
     },
     "rft": {
         "irft": "the irft section is read by `rewardsft train irft` only",
+        "train.packing": "packing is SFT's; RFT's rollouts are not packed",
         "train.epochs": "RFT runs rft.iterations rounds of rft.prompts_per_iteration prompts; set rft.iterations",
         "train.max_steps": "RFT runs rft.iterations rounds; set rft.iterations",
         "train.grad_accum": (

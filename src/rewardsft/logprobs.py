@@ -64,3 +64,19 @@ def model_token_logps(
     """Run ``model`` (a causal LM) and return the per-token log-probs of ``labels``."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return token_logps(logits, labels)
+
+
+def block_mask_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
+    """Logits of rows laid out with their own attention pattern (``visible`` (B, T, T) bool, from
+    :func:`rewardsft.data.collate.block_visibility`) and positions: shared prefixes, packed examples. The model's
+    attention must take a 4-D mask (:func:`rewardsft.models.check_block_mask`)."""
+    config = getattr(model, "module", model).config
+    mask = visible.unsqueeze(1)
+    if getattr(config, "_attn_implementation", None) != "sdpa":  # sdpa takes a boolean mask in any dtype
+        # eager adds the mask to the scores; float32 promotes a half-precision score without overflow
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min
+        )
+    return model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits

@@ -259,3 +259,19 @@ def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[name] = tensor.clone() if ptr in seen else tensor
         seen.add(ptr)
     return out
+
+
+BLOCK_MASK_ATTENTION = ("sdpa", "eager")
+"""The attention kernels that take an arbitrary (B, 1, T, T) mask; flash attention takes none."""
+
+
+def check_block_mask(model: Any, setting: str, instead: str) -> None:
+    """Refuse a model whose attention would not apply a 4-D mask as given (``setting`` needs one)."""
+    config = getattr(model, "module", model).config
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in BLOCK_MASK_ATTENTION:
+        raise ConfigError(f"{setting} needs sdpa or eager attention, not {impl}: {instead}")
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True):
+        # A custom 4-D mask replaces the model's own, sliding window included: the model would see too far.
+        raise ConfigError(f"{setting} cannot keep this model's sliding window ({window}): {instead}")

@@ -19,8 +19,13 @@ import torch
 
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_shared
-from rewardsft.errors import ConfigError
-from rewardsft.logprobs import TokenLogps, indexed_token_logps, model_token_logps, sequence_logps
+from rewardsft.logprobs import (
+    TokenLogps,
+    block_mask_logits,
+    indexed_token_logps,
+    model_token_logps,
+    sequence_logps,
+)
 from rewardsft.models import eval_mode
 from rewardsft.sharding import lockstep
 
@@ -55,36 +60,9 @@ def shared_pair_batch(pairs: Sequence[Pair], pad_id: int, device: torch.device) 
     return {key: value.to(device) for key, value in collate_shared(triples, pad_id).items()}
 
 
-SHARED_ATTENTION = ("sdpa", "eager")
-"""The attention kernels that take an arbitrary (B, 1, T, T) mask; flash attention takes none."""
-
-
-def check_shared_prefix(model: Any) -> None:
-    """Refuse a model whose attention would not apply the shared-prefix mask as given."""
-    config = getattr(model, "module", model).config
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    fix = "use irft.pair_forward=joint or split"
-    if impl not in SHARED_ATTENTION:
-        raise ConfigError(f"irft.pair_forward=shared needs sdpa or eager attention, not {impl}: {fix}")
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True):
-        # A custom 4-D mask replaces the model's own, sliding window included: the model would see too far.
-        raise ConfigError(f"irft.pair_forward=shared cannot keep this model's sliding window ({window}): {fix}")
-
-
 def shared_split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[TokenLogps, TokenLogps]:
     """Per-token log-probs (demonstrations, generations) of a :func:`shared_pair_batch` from one forward."""
-    config = getattr(model, "module", model).config
-    visible = batch["visible"].unsqueeze(1)
-    if getattr(config, "_attn_implementation", None) == "sdpa":
-        mask = visible  # sdpa takes a boolean mask in any compute dtype
-    else:
-        # eager adds the mask to the scores; float32 promotes a half-precision score without overflow
-        mask = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device)
-        mask = mask.masked_fill(~visible, torch.finfo(torch.float32).min)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
-    ).logits
+    logits = block_mask_logits(model, batch["input_ids"], batch["position_ids"], batch["visible"])
     demo = indexed_token_logps(logits, batch["first_source"], batch["first_labels"])
     gen = indexed_token_logps(logits, batch["second_source"], batch["second_labels"])
     return demo, gen

@@ -226,3 +226,25 @@ def test_tensorboard_tracker_and_bad_tracker(
     assert list(out.rglob("events.out.tfevents.*"))
     assert main(sft_args(llama_dir, builtin_jsonl, tmp_path / "x", "logging.report_to=[neptune]")) == 2
     assert "unknown tracker 'neptune'" in capsys.readouterr().err
+
+
+def test_packing_trains_the_same_model(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any) -> None:
+    """train.packing=true through the recipe: the same losses and final weights as padded rows, fewer rows; the
+    IRFT recipe refuses the setting, naming what it does instead."""
+    outs = {packing: tmp_path / f"packing-{packing}" for packing in ("false", "true")}
+    for packing, out in outs.items():
+        args = sft_args(
+            llama_dir, builtin_jsonl, out, "train.max_steps=3", "data.max_rows=24", f"train.packing={packing}"
+        )
+        assert main(args) == 0
+    losses = [
+        [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r] for out in outs.values()
+    ]
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    padded, packed, initial = (weights(p) for p in (outs["false"] / "final", outs["true"] / "final", llama_dir))
+    assert max(float((padded[n] - packed[n]).abs().max()) for n in padded) < 1e-5
+    assert all(not torch.equal(padded[n], initial[n]) for n in padded)
+    irft = sft_args(llama_dir, builtin_jsonl, tmp_path / "irft", "train.packing=true")
+    irft[1] = "irft"
+    assert main(irft) == 2
+    assert "pair_forward=shared" in capsys.readouterr().err

@@ -13,7 +13,8 @@ from rewardsft.data import IGNORE_INDEX, Example, Renderer, TokenizedExample, to
 from rewardsft.data.collate import batch_on, collate_shared
 from rewardsft.errors import ConfigError
 from rewardsft.logprobs import indexed_token_logps, model_token_logps, sequence_logps
-from rewardsft.reference import Pair, check_shared_prefix, shared_pair_batch, shared_split_logps
+from rewardsft.models import check_block_mask
+from rewardsft.reference import Pair, shared_pair_batch, shared_split_logps
 from rewardsft.tiny import tiny_model
 
 
@@ -120,11 +121,57 @@ def test_shared_prefix_refuses_pairs_and_models_it_would_get_wrong(tokenizer: An
     with pytest.raises(ValueError, match="pair 0"):
         shared_pair_batch([odd], tokenizer.pad_token_id, torch.device("cpu"))
     model = tiny_model(tokenizer, hidden_size=32)
-    check_shared_prefix(model)
+    check_block_mask(model, "irft.pair_forward=shared", "use joint")
     model.config._attn_implementation = "flash_attention_2"
-    with pytest.raises(ConfigError, match="pair_forward=joint or split"):
-        check_shared_prefix(model)
+    with pytest.raises(ConfigError, match=r"pair_forward=shared needs sdpa or eager attention.*use joint"):
+        check_block_mask(model, "irft.pair_forward=shared", "use joint")
     model.config._attn_implementation = "sdpa"
     model.config.sliding_window = 16
     with pytest.raises(ConfigError, match="sliding window"):
-        check_shared_prefix(model)
+        check_block_mask(model, "train.packing", "unpacked")
+
+
+def test_pack_rows_first_fit_decreasing() -> None:
+    from rewardsft.data.collate import pack_rows
+
+    assert pack_rows([5, 3, 4, 2, 1], width=5) == [[0], [2, 4], [1, 3]]
+    assert pack_rows([7, 2], width=5) == [[0], [1]]  # too long for the width: a row of its own
+
+
+def test_packed_layout_worked_by_hand() -> None:
+    from rewardsft.data.collate import collate_packed
+
+    examples = [
+        TokenizedExample([11], [12, 13], 0),
+        TokenizedExample([21, 22], [23, 24], 1),
+        TokenizedExample([31], [], 2),
+    ]
+    batch = collate_packed(examples, pad_id=0)
+    # width 4 (the longest); rows: [example 1], [example 0 | example 2]
+    assert batch["input_ids"].tolist() == [[21, 22, 23, 24], [11, 12, 13, 31]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 23, 24], [IGNORE_INDEX, 12, 13, IGNORE_INDEX]]
+    assert batch["visible"][1].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_sft_gives_the_loss_and_gradient_of_unpacked(tokenizer: Any, arch: str, attention: str) -> None:
+    import copy
+
+    from rewardsft.losses import sft_nll
+    from rewardsft.recipes.sft import packed_token_logps, padded_token_logps
+
+    examples = [p.demo for p in pairs_of(tokenizer)] + [p.gen for p in pairs_of(tokenizer)]
+    base = tiny_model(tokenizer, arch=arch, hidden_size=32, seed=4)  # type: ignore[arg-type]
+    base.config._attn_implementation = attention
+    losses, grads = [], []
+    for read in (padded_token_logps, packed_token_logps):
+        model = copy.deepcopy(base).train()
+        loss = sft_nll(read(model, examples, tokenizer.pad_token_id, torch.device("cpu")))
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4) for n in grads[0])
+    assert all(g.abs().sum() > 0 for g in grads[0].values())

@@ -43,16 +43,30 @@ def batch_on(examples: Sequence[TokenizedExample], pad_id: int, device: torch.de
     return {key: value.to(device) for key, value in collate(examples, pad_id).items()}
 
 
+def block_visibility(document: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool, True where query position q may attend to key position k, from two (B, T) labels per
+    position: ``document`` (several per row when rows are packed; -1 on padding) and ``branch`` (0 for the part
+    every later position of its document sees, 1, 2, ... for parts that see branch 0 and themselves only).
+
+    Causal, within one document, and never from one branch into another. Every position sees itself, padding
+    included, so no attention row is empty (an all-masked softmax is NaN, and a NaN in a padded row still reaches
+    the gradients through the backward's zeros)."""
+    width = document.shape[1]
+    q_doc, k_doc = document.unsqueeze(2), document.unsqueeze(1)
+    q_branch, k_branch = branch.unsqueeze(2), branch.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=document.device).tril()
+    visible = causal & (q_doc == k_doc) & (k_doc >= 0) & ((k_branch == 0) | (k_branch == q_branch))
+    return visible | torch.eye(width, dtype=torch.bool, device=document.device)
+
+
 def collate_shared(
     triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_id: int, left_pad: bool = False
 ) -> dict[str, torch.Tensor]:
     """(prompt, first response, second response) triples as one row each: ``[prompt | first | second]``.
 
     The second response must be computed as if it followed the prompt alone, so the row carries its own
-    ``position_ids`` (the second response restarts where the first began) and ``visible`` (B, T, T) bool, True
-    where query position q may attend to key position k: causal, and never from the second response into the
-    first. Every position sees itself, padding included, so no attention row is empty (an all-masked softmax is
-    NaN, and a NaN in a padded row still reaches the gradients through the backward's zeros).
+    ``position_ids`` (the second response restarts where the first began) and ``visible`` (B, T, T)
+    (:func:`block_visibility`: the second response never sees the first).
 
     ``first_source``/``second_source`` (B, L) hold the position whose logits predict each response token, and
     ``first_labels``/``second_labels`` (B, L) that token (``IGNORE_INDEX`` past a response's end): a response's
@@ -63,8 +77,8 @@ def collate_shared(
     batch = len(triples)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((batch, width), dtype=torch.long)
-    # Segment of every position: 0 prompt, 1 first response, 2 second response, -1 padding.
-    segment = torch.full((batch, width), -1, dtype=torch.long)
+    document = torch.full((batch, width), -1, dtype=torch.long)
+    branch = torch.zeros((batch, width), dtype=torch.long)
     sources = [torch.zeros((batch, max(len(t[i]) for t in triples)), dtype=torch.long) for i in (1, 2)]
     labels = [torch.full(s.shape, IGNORE_INDEX, dtype=torch.long) for s in sources]
     for row, ((prompt, first, second), n) in enumerate(zip(triples, lengths, strict=True)):
@@ -72,10 +86,10 @@ def collate_shared(
             raise ValueError("a shared-prefix row needs a prompt of at least one token")
         start = width - n if left_pad else 0
         p, a = len(prompt), len(first)
-        ids = [*prompt, *first, *second]
-        input_ids[row, start : start + n] = torch.tensor(ids)
+        input_ids[row, start : start + n] = torch.tensor([*prompt, *first, *second])
         position_ids[row, start : start + n] = torch.tensor([*range(p + a), *range(p, p + len(second))])
-        segment[row, start : start + n] = torch.tensor([0] * p + [1] * a + [2] * len(second))
+        document[row, start : start + n] = 0
+        branch[row, start : start + n] = torch.tensor([0] * p + [1] * a + [2] * len(second))
         last_prompt = start + p - 1
         for k, (response, offset) in enumerate(((first, start + p), (second, start + p + a))):
             # Token j of a response sits at offset + j and is predicted from the position before it; for j = 0
@@ -83,17 +97,55 @@ def collate_shared(
             positions = [last_prompt, *range(offset, offset + len(response) - 1)][: len(response)]
             sources[k][row, : len(response)] = torch.tensor(positions, dtype=torch.long)
             labels[k][row, : len(response)] = torch.tensor(list(response), dtype=torch.long)
-    query, key = segment.unsqueeze(2), segment.unsqueeze(1)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_branch = (key == 0) | (key == query)
-    visible = causal & same_branch & (query >= 0) & (key >= 0)
-    visible |= torch.eye(width, dtype=torch.bool)
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "visible": visible,
+        "visible": block_visibility(document, branch),
         "first_source": sources[0],
         "first_labels": labels[0],
         "second_source": sources[1],
         "second_labels": labels[1],
     }
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: the indices of ``lengths`` grouped into rows of at most ``width`` tokens (a longer
+    item gets a row of its own). Deterministic: ties keep their input order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        target = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if target is None:
+            rows.append([i])
+            room.append(width - lengths[i])
+        else:
+            rows[target].append(i)
+            room[target] -= lengths[i]
+    return rows
+
+
+def collate_packed(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Several examples per row, no wider than the longest example (so a batch never grows; it only loses
+    padding): ``input_ids``, ``position_ids`` restarting at each example, ``labels`` in :func:`collate`'s shifted
+    layout and ``visible`` (B, T, T), each example seeing only itself (:func:`block_visibility`).
+
+    An example's first token gets ``IGNORE_INDEX``: unpacked, nothing predicts it, and packed, the position before
+    it belongs to another example."""
+    width = max(len(ex.input_ids) for ex in examples)
+    groups = pack_rows([len(ex.input_ids) for ex in examples], width)
+    input_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(groups), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(groups), width), dtype=torch.long)
+    document = torch.full((len(groups), width), -1, dtype=torch.long)
+    for row, group in enumerate(groups):
+        at = 0
+        for doc, i in enumerate(group):
+            ex = examples[i]
+            n = len(ex.input_ids)
+            input_ids[row, at : at + n] = torch.tensor(ex.input_ids)
+            labels[row, at + 1 : at + n] = torch.tensor(ex.labels[1:], dtype=torch.long)
+            position_ids[row, at : at + n] = torch.arange(n)
+            document[row, at : at + n] = doc
+            at += n
+    visible = block_visibility(document, torch.zeros_like(document))
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "visible": visible}

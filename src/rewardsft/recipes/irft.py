@@ -29,6 +29,7 @@ from rewardsft.generation import (
 from rewardsft.layout import GENERATIONS_FILE, stage_dir
 from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
+from rewardsft.models import check_block_mask
 from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.reference import (
     CachedSnapshot,
@@ -36,7 +37,6 @@ from rewardsft.reference import (
     LoraBaseSnapshot,
     Pair,
     Snapshot,
-    check_shared_prefix,
     compute_ref_logps,
     merge_lora_into_base,
     pair_batch,
@@ -83,7 +83,7 @@ def train_irft(config: RunConfig) -> Path:
     model = run.prepare(model)
     spec = PairLossSpec.from_config(config)
     if spec.pair_forward == "shared":
-        check_shared_prefix(model)
+        check_block_mask(model, "irft.pair_forward=shared", "use irft.pair_forward=joint or split")
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
     stop_ids = end_of_turn_ids(renderer, run.accelerator.unwrap_model(model))

@@ -7,9 +7,10 @@ from typing import Any
 
 from rewardsft.config import RunConfig
 from rewardsft.data import TokenizedExample
-from rewardsft.data.collate import batch_on
-from rewardsft.logprobs import model_token_logps
+from rewardsft.data.collate import batch_on, collate_packed
+from rewardsft.logprobs import TokenLogps, block_mask_logits, model_token_logps, token_logps
 from rewardsft.losses import sft_nll
+from rewardsft.models import check_block_mask
 from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
@@ -23,6 +24,8 @@ def train_sft(config: RunConfig) -> Path:
     run, tokenizer, model = start.run, start.tokenizer, start.model
     train_data, eval_data = start.train_data, start.eval_data
     model = run.prepare(model)
+    if config.train.packing:
+        check_block_mask(model, "train.packing", "set train.packing=false")
     optimizer = build_optimizer(model.parameters(), config.optim)
     tc = config.train
     n_steps = total_steps(
@@ -46,7 +49,7 @@ def train_sft(config: RunConfig) -> Path:
     timer = StepTimer()
     for batches in run.progress(plan, total=n_steps, initial=start_step, desc="sft"):
         micro = [[train_data.tokenized[i] for i in idx] for idx in batches.micro_batches]
-        metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id)
+        metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id, tc.packing)
         stats = optimizer_step(
             run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
         )
@@ -70,7 +73,7 @@ def train_sft(config: RunConfig) -> Path:
 
 
 def accumulate_sft_step(
-    accelerator: Any, model: Any, micro_batches: list[list[TokenizedExample]], pad_id: int
+    accelerator: Any, model: Any, micro_batches: list[list[TokenizedExample]], pad_id: int, packing: bool = False
 ) -> dict[str, float]:
     """Forward/backward every micro-batch of one optimiser step; returns ``train/loss`` and ``train/tokens``.
 
@@ -80,12 +83,25 @@ def accumulate_sft_step(
     """
     local_tokens = sum(sum(len(ex.response_ids) for ex in examples) for examples in micro_batches)
     step_tokens = reduce_metrics(accelerator, {"tokens": local_tokens}, reduction="sum")["tokens"]
+    read = packed_token_logps if packing else padded_token_logps
     loss = 0.0
     for k, examples in enumerate(micro_batches):
         with micro_batch_context(accelerator, model, last=k == len(micro_batches) - 1):
-            tokens = model_token_logps(model, **batch_on(examples, pad_id, accelerator.device))
+            tokens = read(model, examples, pad_id, accelerator.device)
             part = sft_nll(tokens, n_tokens=step_tokens)
             accelerator.backward(part * accelerator.num_processes)
         loss += float(part.detach())
     total = reduce_metrics(accelerator, {"loss": loss}, reduction="sum")["loss"]
     return {"train/loss": total, "train/tokens": step_tokens}
+
+
+def padded_token_logps(model: Any, examples: list[TokenizedExample], pad_id: int, device: Any) -> TokenLogps:
+    """One right-padded row per example (:func:`collate`)."""
+    return model_token_logps(model, **batch_on(examples, pad_id, device))
+
+
+def packed_token_logps(model: Any, examples: list[TokenizedExample], pad_id: int, device: Any) -> TokenLogps:
+    """The same tokens' log-probs from packed rows (:func:`collate_packed`, ``train.packing``)."""
+    batch = {key: value.to(device) for key, value in collate_packed(examples, pad_id).items()}
+    logits = block_mask_logits(model, batch["input_ids"], batch["position_ids"], batch["visible"])
+    return token_logps(logits, batch["labels"])
