@@ -114,9 +114,9 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches accumulated into one optimiser step (SFT and IRFT)."""
     packing: bool = False
-    """SFT: pack the examples of each micro-batch into as few rows as fit its longest example, each example
-    attending only to itself with its own positions: no padding is computed and the loss is unchanged
-    (docs/performance.md). Needs sdpa or eager attention and no sliding window."""
+    """SFT: pack the examples of each micro-batch into rows of up to ``data.max_length`` tokens, each example
+    attending only to itself with its own positions: less padding is computed, and the step (its examples, its
+    loss) is unchanged (docs/performance.md). Needs sdpa or eager attention and no sliding window."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient L2 norm to this before each optimiser step; None: no clipping."""
     save_every: int = 500

@@ -80,3 +80,12 @@ def test_cost_curves_of_rft_and_two_processes_through_the_cli(tmp_path: Path) ->
     one, two = report["d_processes"]["one_process_omp2_batch8"], report["d_processes"]["two_processes_omp1_batch4"]
     assert len(two["peak_rss_mb"]["trainer"]) == 2 and all(positive(mb) for mb in two["peak_rss_mb"]["trainer"])
     assert positive(one["peak_rss_mb"]["trainer"][0]) and positive(one["wall_s"]) and positive(two["wall_s"])
+
+
+def test_packing_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
+    report = run_module("packing", tmp_path / "packing.json", "--steps", "2")
+    result = report["results"]["builtin"]
+    padded, packed = result["padded"], result["packed"]
+    assert padded["tokens"] == packed["tokens"] and packed["rows"] <= padded["rows"]
+    assert 0 <= packed["padding_share"] <= padded["padding_share"] < 1
+    assert all(positive(r[k]) for r in (padded, packed) for k in ("median_step_s", "tokens_per_s"))

@@ -152,6 +152,20 @@ def test_packed_layout_worked_by_hand() -> None:
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 23, 24], [IGNORE_INDEX, 12, 13, IGNORE_INDEX]]
     assert batch["visible"][1].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]
+    wide = collate_packed([*examples, TokenizedExample([41], [42, 43, 44, 45], 3)], pad_id=0, width=9)
+    # lengths 3, 4, 1, 5: padded 4 x 5 = 20 positions; rows of width 5 (the longest) take 3 x 5 = 15; an even split
+    # into two rows (width 7) takes 2 x 7 = 14: [5 | 1] and [4 | 3]
+    assert wide["input_ids"].tolist() == [[41, 42, 43, 44, 45, 31, 0], [21, 22, 23, 24, 11, 12, 13]]
+    assert wide["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 0], [0, 1, 2, 3, 0, 1, 2]]
+
+
+def test_tightest_packing_never_computes_more_than_padding() -> None:
+    from rewardsft.data.collate import tightest_packing
+
+    # Six of 25 packed to 128 blindly: rows of 125 and 25, 2 x 125 = 250 positions against 150 padded. Equal
+    # lengths have no padding to remove, and a tie keeps the narrower rows (less attention per token).
+    assert tightest_packing([25] * 6, 128) == [[i] for i in range(6)]
+    assert tightest_packing([40, 10, 30, 20], 50) == [[0, 1], [2, 3]]  # two rows of 50 instead of 4 x 40
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
@@ -160,15 +174,15 @@ def test_packed_sft_gives_the_loss_and_gradient_of_unpacked(tokenizer: Any, arch
     import copy
 
     from rewardsft.losses import sft_nll
-    from rewardsft.recipes.sft import packed_token_logps, padded_token_logps
+    from rewardsft.recipes.sft import micro_batch_logps
 
     examples = [p.demo for p in pairs_of(tokenizer)] + [p.gen for p in pairs_of(tokenizer)]
     base = tiny_model(tokenizer, arch=arch, hidden_size=32, seed=4)  # type: ignore[arg-type]
     base.config._attn_implementation = attention
     losses, grads = [], []
-    for read in (padded_token_logps, packed_token_logps):
+    for width in (None, 64):
         model = copy.deepcopy(base).train()
-        loss = sft_nll(read(model, examples, tokenizer.pad_token_id, torch.device("cpu")))
+        loss = sft_nll(micro_batch_logps(model, examples, tokenizer.pad_token_id, torch.device("cpu"), width))
         loss.backward()
         losses.append(float(loss.detach()))
         grads.append({n: p.grad for n, p in model.named_parameters()})

@@ -124,15 +124,36 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Several examples per row, no wider than the longest example (so a batch never grows; it only loses
-    padding): ``input_ids``, ``position_ids`` restarting at each example, ``labels`` in :func:`collate`'s shifted
-    layout and ``visible`` (B, T, T), each example seeing only itself (:func:`block_visibility`).
+def tightest_packing(lengths: Sequence[int], max_width: int) -> list[list[int]]:
+    """The :func:`pack_rows` grouping with the fewest positions (rows × fullest row) over the row widths worth
+    trying: the longest item (never more positions than one row per item) and an even split of the tokens into
+    1, 2, ... rows, up to ``max_width``. Packing to ``max_width`` alone can cost more than padding: a last row
+    left nearly empty still has the full width."""
+    longest, total = max(lengths), sum(lengths)
+    widths = {longest} | {-(-total // rows) for rows in range(1, len(lengths) + 1)}
+    best: list[list[int]] | None = None
+    best_cost = 0
+    for width in sorted(w for w in widths if longest <= w <= max(max_width, longest)):
+        groups = pack_rows(lengths, width)
+        cost = len(groups) * max(sum(lengths[i] for i in group) for group in groups)
+        if best is None or cost < best_cost:
+            best, best_cost = groups, cost
+    assert best is not None  # the longest item's width is always tried
+    return best
+
+
+def collate_packed(
+    examples: Sequence[TokenizedExample], pad_id: int, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Several examples per row: ``input_ids``, ``position_ids`` restarting at each example, ``labels`` in
+    :func:`collate`'s shifted layout and ``visible`` (B, T, T), each example seeing only itself
+    (:func:`block_visibility`). Rows hold up to ``width`` tokens (default, and at least: the longest example), in
+    the grouping that computes the fewest positions (:func:`tightest_packing`), cut to the fullest row.
 
     An example's first token gets ``IGNORE_INDEX``: unpacked, nothing predicts it, and packed, the position before
     it belongs to another example."""
-    width = max(len(ex.input_ids) for ex in examples)
-    groups = pack_rows([len(ex.input_ids) for ex in examples], width)
+    groups = tightest_packing([len(ex.input_ids) for ex in examples], width or 0)
+    width = max(sum(len(examples[i].input_ids) for i in group) for group in groups)
     input_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     labels = torch.full((len(groups), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(groups), width), dtype=torch.long)

@@ -49,7 +49,8 @@ def train_sft(config: RunConfig) -> Path:
     timer = StepTimer()
     for batches in run.progress(plan, total=n_steps, initial=start_step, desc="sft"):
         micro = [[train_data.tokenized[i] for i in idx] for idx in batches.micro_batches]
-        metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id, tc.packing)
+        width = config.data.max_length if tc.packing else None
+        metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id, width)
         stats = optimizer_step(
             run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
         )
@@ -73,7 +74,11 @@ def train_sft(config: RunConfig) -> Path:
 
 
 def accumulate_sft_step(
-    accelerator: Any, model: Any, micro_batches: list[list[TokenizedExample]], pad_id: int, packing: bool = False
+    accelerator: Any,
+    model: Any,
+    micro_batches: list[list[TokenizedExample]],
+    pad_id: int,
+    packing_width: int | None = None,
 ) -> dict[str, float]:
     """Forward/backward every micro-batch of one optimiser step; returns ``train/loss`` and ``train/tokens``.
 
@@ -83,11 +88,10 @@ def accumulate_sft_step(
     """
     local_tokens = sum(sum(len(ex.response_ids) for ex in examples) for examples in micro_batches)
     step_tokens = reduce_metrics(accelerator, {"tokens": local_tokens}, reduction="sum")["tokens"]
-    read = packed_token_logps if packing else padded_token_logps
     loss = 0.0
     for k, examples in enumerate(micro_batches):
         with micro_batch_context(accelerator, model, last=k == len(micro_batches) - 1):
-            tokens = read(model, examples, pad_id, accelerator.device)
+            tokens = micro_batch_logps(model, examples, pad_id, accelerator.device, packing_width)
             part = sft_nll(tokens, n_tokens=step_tokens)
             accelerator.backward(part * accelerator.num_processes)
         loss += float(part.detach())
@@ -95,13 +99,13 @@ def accumulate_sft_step(
     return {"train/loss": total, "train/tokens": step_tokens}
 
 
-def padded_token_logps(model: Any, examples: list[TokenizedExample], pad_id: int, device: Any) -> TokenLogps:
-    """One right-padded row per example (:func:`collate`)."""
-    return model_token_logps(model, **batch_on(examples, pad_id, device))
-
-
-def packed_token_logps(model: Any, examples: list[TokenizedExample], pad_id: int, device: Any) -> TokenLogps:
-    """The same tokens' log-probs from packed rows (:func:`collate_packed`, ``train.packing``)."""
-    batch = {key: value.to(device) for key, value in collate_packed(examples, pad_id).items()}
+def micro_batch_logps(
+    model: Any, examples: list[TokenizedExample], pad_id: int, device: Any, packing_width: int | None = None
+) -> TokenLogps:
+    """The examples' per-token log-probs: one right-padded row each (:func:`collate`), or packed into rows of up to
+    ``packing_width`` tokens (:func:`collate_packed`, ``train.packing``); the same tokens either way."""
+    if packing_width is None:
+        return model_token_logps(model, **batch_on(examples, pad_id, device))
+    batch = {key: value.to(device) for key, value in collate_packed(examples, pad_id, packing_width).items()}
     logits = block_mask_logits(model, batch["input_ids"], batch["position_ids"], batch["visible"])
     return token_logps(logits, batch["labels"])
