@@ -60,6 +60,17 @@ def shared_pair_batch(pairs: Sequence[Pair], pad_id: int, device: torch.device) 
     return {key: value.to(device) for key, value in collate_shared(triples, pad_id).items()}
 
 
+def pair_logps(
+    model: Any, pairs: Sequence[Pair], pad_id: int, device: torch.device, shared: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs (demo (B,), gen (B,)) of ``pairs``: from a :func:`pair_batch` of 2B rows, or
+    with ``shared`` from one row per pair (:func:`shared_pair_batch`, ``irft.pair_forward=shared``)."""
+    if not shared:
+        return split_logps(model, pair_batch(pairs, pad_id, device))
+    demo, gen = shared_split_logps(model, shared_pair_batch(pairs, pad_id, device))
+    return sequence_logps(demo, "sum"), sequence_logps(gen, "sum")
+
+
 def shared_split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[TokenLogps, TokenLogps]:
     """Per-token log-probs (demonstrations, generations) of a :func:`shared_pair_batch` from one forward."""
     logits = block_mask_logits(model, batch["input_ids"], batch["position_ids"], batch["visible"])
@@ -81,7 +92,12 @@ class Snapshot(Protocol):
 
 @torch.no_grad()
 def compute_ref_logps(
-    model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int, dummy: Sequence[Pair] | None = None
+    model: Any,
+    pairs: Sequence[Pair],
+    batch_size: int,
+    pad_id: int,
+    dummy: Sequence[Pair] | None = None,
+    shared: bool = False,
 ) -> torch.Tensor:
     """(N, 2) snapshot log-probs [demo, gen] of every pair, with the model in eval mode.
 
@@ -93,7 +109,7 @@ def compute_ref_logps(
     rows = []
     with eval_mode(model):
         for chunk, real in lockstep(chunks, model, dummy=list(pairs[:1] if dummy is None else dummy)):
-            demo, gen = split_logps(model, pair_batch(chunk, pad_id, device))
+            demo, gen = pair_logps(model, chunk, pad_id, device, shared)
             if real:
                 rows.append(torch.stack([demo, gen], dim=-1).float().cpu())
     return torch.cat(rows) if rows else torch.zeros(0, 2)
@@ -111,29 +127,31 @@ class CachedSnapshot:
 
 
 class CopySnapshot:
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, shared: bool = False):
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
+        self.shared = shared
 
     @torch.no_grad()
     def logps(
         self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return split_logps(self.model, pair_batch(pairs, pad_id, device))
+        return pair_logps(self.model, pairs, pad_id, device, self.shared)
 
 
 class LoraBaseSnapshot:
     """The adapter-disabled model; build it with :func:`merge_lora_into_base` at the stage start."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, shared: bool = False):
         self.model = model
+        self.shared = shared
 
     @torch.no_grad()
     def logps(
         self, pair_ids: Sequence[int], pairs: Sequence[Pair], pad_id: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with eval_mode(self.model), self.model.disable_adapter():
-            return split_logps(self.model, pair_batch(pairs, pad_id, device))
+            return pair_logps(self.model, pairs, pad_id, device, self.shared)
 
 
 @torch.no_grad()

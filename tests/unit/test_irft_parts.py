@@ -144,7 +144,9 @@ def trained_lora_model(tokenizer: Any, pairs: list[Pair]) -> Any:
     return model
 
 
-def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_three_snapshot_modes_agree(tokenizer: Any, shared: bool) -> None:
+    """``shared``: every snapshot reads its pairs through the shared-prefix row (irft.pair_forward=shared)."""
     pairs = make_pairs(tokenizer)
     batch = pair_batch(pairs, tokenizer.pad_token_id, torch.device("cpu"))
     ids = list(range(len(pairs)))
@@ -153,10 +155,10 @@ def test_three_snapshot_modes_agree(tokenizer: Any) -> None:
         policy_before = split_logps(model.eval(), batch)
     model.train()
 
-    cached = CachedSnapshot(compute_ref_logps(model, pairs, batch_size=2, pad_id=tokenizer.pad_token_id))
-    copied = CopySnapshot(model)
+    cached = CachedSnapshot(compute_ref_logps(model, pairs, 2, tokenizer.pad_token_id, shared=shared))
+    copied = CopySnapshot(model, shared)
     assert merge_lora_into_base(model) == 2 * 3  # 2 layers x (q, v, up)
-    lora = LoraBaseSnapshot(model)
+    lora = LoraBaseSnapshot(model, shared)
     results = {
         name: snap.logps(ids, pairs, tokenizer.pad_token_id, torch.device("cpu"))
         for name, snap in {"cached": cached, "copy": copied, "lora": lora}.items()

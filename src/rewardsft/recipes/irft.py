@@ -295,24 +295,27 @@ def take_snapshot(
     policy = run.accelerator.unwrap_model(model)
     if config.irft.snapshot == "lora":
         merge_lora_into_base(policy)
-    cache = shared_ref_logps(run, policy, pairs, eval_batch(config), pad_id)
+    shared = pair_forward(config) == "shared"  # the snapshot reads its pairs as the training step does
+    cache = gathered_ref_logps(run, policy, pairs, eval_batch(config), pad_id, shared)
     if run.is_main:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(cache, cache_path)
     if config.irft.snapshot == "copy":
-        return CopySnapshot(policy)
+        return CopySnapshot(policy, shared)
     if config.irft.snapshot == "lora":
-        return LoraBaseSnapshot(policy)
+        return LoraBaseSnapshot(policy, shared)
     return CachedSnapshot(cache)
 
 
-def shared_ref_logps(run: Run, policy: Any, pairs: list[Pair], batch_size: int, pad_id: int) -> torch.Tensor:
+def gathered_ref_logps(
+    run: Run, policy: Any, pairs: list[Pair], batch_size: int, pad_id: int, shared: bool
+) -> torch.Tensor:
     """The snapshot log-probs of all the stage's pairs on every process, each process computing its share (every
     world_size-th pair) and the shares gathered: the snapshot pass then scales with the number of processes."""
     mine = list(range(run.rank, len(pairs), run.world_size))
     # The dummy batch comes from the stage: a process's own share is empty when the stage has fewer pairs than
     # processes, and it must still run the collective forwards the others run.
-    local = compute_ref_logps(policy, [pairs[i] for i in mine], batch_size, pad_id, dummy=pairs[:1])
+    local = compute_ref_logps(policy, [pairs[i] for i in mine], batch_size, pad_id, dummy=pairs[:1], shared=shared)
     if run.world_size == 1:
         return local
     rows = dict(run.gather(list(zip(mine, local.tolist(), strict=True))))
