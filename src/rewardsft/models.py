@@ -265,13 +265,23 @@ BLOCK_MASK_ATTENTION = ("sdpa", "eager")
 """The attention kernels that take an arbitrary (B, 1, T, T) mask; flash attention takes none."""
 
 
-def check_block_mask(model: Any, setting: str, instead: str) -> None:
-    """Refuse a model whose attention would not apply a 4-D mask as given (``setting`` needs one)."""
-    config = getattr(model, "module", model).config
+def block_mask_refusal(model: Any) -> str | None:
+    """Why ``model``'s attention would not apply a 4-D mask as given, or None when it would."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    if config is None:
+        return "needs a transformers model (its config names the attention kernel)"
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in BLOCK_MASK_ATTENTION:
-        raise ConfigError(f"{setting} needs sdpa or eager attention, not {impl}: {instead}")
+        return f"needs sdpa or eager attention, not {impl}"
     window = getattr(config, "sliding_window", None)
     if window is not None and getattr(config, "use_sliding_window", True):
         # A custom 4-D mask replaces the model's own, sliding window included: the model would see too far.
-        raise ConfigError(f"{setting} cannot keep this model's sliding window ({window}): {instead}")
+        return f"cannot keep this model's sliding window ({window})"
+    return None
+
+
+def check_block_mask(model: Any, setting: str, instead: str) -> None:
+    """Refuse a model whose attention would not apply a 4-D mask as given (``setting`` needs one)."""
+    refusal = block_mask_refusal(model)
+    if refusal is not None:
+        raise ConfigError(f"{setting} {refusal}: {instead}")

@@ -56,9 +56,9 @@ def test_gap_evaluation_of_a_run_uses_the_training_prompt_ids(
 
     out, data, run_args = system_run
     seen: list[Any] = []
-    original = logprob_gap.sequence_logp_table
+    original = logprob_gap.pair_logp_table
     monkeypatch.setattr(
-        logprob_gap, "sequence_logp_table", lambda m, ex, b, p: seen.append(list(ex)) or original(m, ex, b, p)
+        logprob_gap, "pair_logp_table", lambda m, c, r, b, p: seen.append(list(c)) or original(m, c, r, b, p)
     )
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     logprob_gap.logprob_gap(str(out / "final"), str(pairs))

@@ -11,7 +11,7 @@ import torch
 
 from rewardsft.errors import ConfigError
 from rewardsft.eval.judges import load_judge
-from rewardsft.eval.logprob_gap import GapSettings, per_example_rows, sequence_logp_table, summarise
+from rewardsft.eval.logprob_gap import GapSettings, pair_logp_table, per_example_rows, sequence_logp_table, summarise
 from rewardsft.eval.stats import bootstrap_ci
 from rewardsft.eval.win_rate import WinRateSettings, outcome
 from rewardsft.eval.win_rate import summarise as summarise_wins
@@ -55,6 +55,31 @@ def test_gap_on_a_hand_built_model() -> None:
     # Row 1's implicit margin is exactly 0: not counted as correct.
     assert summary["accuracy"]["mean"] == 1.0 and summary["implicit_accuracy"]["mean"] == 0.5
     assert summary["gap"]["ci95"][0] <= summary["gap"]["mean"] <= summary["gap"]["ci95"][1]
+
+
+def test_pair_table_reads_shared_rows_as_two_separate_ones(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gap evaluation's shared-prefix rows give sequence_logp_table's numbers; a model whose attention takes
+    no block mask (flash attention, or no transformers config at all) is read from separate rows."""
+    import rewardsft.eval.logprob_gap as gap
+    from rewardsft.data import Example, Renderer, tokenize_examples
+    from rewardsft.tiny import tiny_model
+
+    def tokenized(responses: list[str]) -> list[Any]:
+        prompts = ["What is the capital of Peru?", "Hi", "Name a colour.", "Count to three."]
+        examples = [Example(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return tokenize_examples(examples, Renderer(tokenizer), 64, 32)[0]
+
+    chosen, rejected = tokenized([" Lima.", " Hello!", " Red", " 1 2 3"]), tokenized([" Paris?", " No", " 7", " 3"])
+    pad = tokenizer.pad_token_id
+    model = tiny_model(tokenizer, hidden_size=32, seed=2)
+    separate = sequence_logp_table(model, chosen + rejected, batch_size=3, pad_id=pad)
+    assert torch.allclose(pair_logp_table(model, chosen, rejected, batch_size=3, pad_id=pad), separate, atol=1e-5)
+    calls: list[int] = []
+    monkeypatch.setattr(gap, "sequence_logp_table", lambda *args: calls.append(1) or separate)
+    model.config._attn_implementation = "flash_attention_2"
+    assert torch.equal(pair_logp_table(model, chosen, rejected, 3, pad), separate) and len(calls) == 1
+    pair_logp_table(BigramModel(torch.zeros(4, 4)), chosen, rejected, 3, pad)
+    assert len(calls) == 2
 
 
 def test_bootstrap_interval_on_a_fixed_sample() -> None:

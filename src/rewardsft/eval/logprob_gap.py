@@ -3,7 +3,9 @@
 For each preference pair: log p(chosen | prompt) and log p(rejected | prompt) under the model (sum and
 per-token mean, prompt masked, rendered exactly as in training), their gap, and whether chosen is above
 rejected. With a reference model also the implicit-reward margin β·[(log π(c) − log π(r)) − (log π_ref(c) −
-log π_ref(r))]. Batched: rows are sorted by length so padding stays small.
+log π_ref(r))]. Batched: rows are sorted by length so padding stays small, and where the model's attention takes
+a block mask each pair is one row, ``[prompt | chosen | rejected]``, the prompt computed once for both
+(:func:`rewardsft.reference.shared_split_logps`; the same log-probs).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from rewardsft.eval.stats import bootstrap_ci
 from rewardsft.layout import SUMMARY_FILE, rendering_for
 from rewardsft.logprobs import model_token_logps, sequence_logps
 from rewardsft.losses import irft_loss
-from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
+from rewardsft.models import block_mask_refusal, eval_mode, load_causal_lm, load_tokenizer
+from rewardsft.reference import Pair, shared_pair_batch, shared_split_logps
 
 
 @dataclass
@@ -52,6 +55,31 @@ def sequence_logp_table(model: Any, examples: Sequence[TokenizedExample], batch_
             tokens = model_token_logps(model, **batch_on([examples[i] for i in idx], pad_id, device))
             out[idx, 0] = sequence_logps(tokens, "sum").double().cpu()
             out[idx, 1] = sequence_logps(tokens, "mean").double().cpu()
+    return out
+
+
+@torch.no_grad()
+def pair_logp_table(
+    model: Any, chosen: Sequence[TokenizedExample], rejected: Sequence[TokenizedExample], batch_size: int, pad_id: int
+) -> torch.Tensor:
+    """:func:`sequence_logp_table` of ``chosen + rejected`` ((2N, 2), chosen first), read from one shared-prefix
+    row per pair (``batch_size // 2`` pairs per forward) when the model's attention takes the mask and every pair
+    shares its prompt; else from two rows per pair."""
+    pairs = [Pair(c, r) for c, r in zip(chosen, rejected, strict=True)]
+    if block_mask_refusal(model) is not None or any(p.demo.prompt_ids != p.gen.prompt_ids for p in pairs):
+        return sequence_logp_table(model, [*chosen, *rejected], batch_size, pad_id)
+    device = next(model.parameters()).device
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].demo.input_ids) + len(pairs[i].gen.response_ids))
+    out = torch.zeros(2 * len(pairs), 2, dtype=torch.float64)
+    step = max(batch_size // 2, 1)
+    with eval_mode(model):
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
+            both = shared_split_logps(model, shared_pair_batch([pairs[i] for i in idx], pad_id, device))
+            for offset, tokens in zip((0, len(pairs)), both, strict=True):
+                rows = [offset + i for i in idx]
+                out[rows, 0] = sequence_logps(tokens, "sum").double().cpu()
+                out[rows, 1] = sequence_logps(tokens, "mean").double().cpu()
     return out
 
 
@@ -85,13 +113,12 @@ def logprob_gap(
     chosen, source, skipped = pairs.chosen, pairs.source, pairs.skipped
     pad = tokenizer.pad_token_id
     model = load_causal_lm(cfg, device)
-    both = pairs.chosen + pairs.rejected
-    table = sequence_logp_table(model, both, settings.batch_size, pad)
+    table = pair_logp_table(model, pairs.chosen, pairs.rejected, settings.batch_size, pad)
     del model
     ref_table = None
     if ref_model is not None:
         ref = load_causal_lm(ModelConfig(name_or_path=rendering_for(ref_model).path), device)
-        ref_table = sequence_logp_table(ref, both, settings.batch_size, pad)
+        ref_table = pair_logp_table(ref, pairs.chosen, pairs.rejected, settings.batch_size, pad)
     rows = per_example_rows(table, ref_table, len(chosen), settings.beta, [c.index for c in chosen], pairs.pair_ids)
     summary = summarise(rows, settings, ref_table is not None)
     summary.update(
