@@ -11,7 +11,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from rewardsft.data.tokenize import IGNORE_INDEX
+from rewardsft.data.collate import block_visibility, collate, collate_shared
+from rewardsft.data.tokenize import IGNORE_INDEX, TokenizedExample
+from rewardsft.errors import ConfigError
+from rewardsft.models import block_attention_mask, block_mask_refusal, eval_mode, hf_config
 
 Reduction = Literal["sum", "mean"]
 
@@ -66,17 +69,68 @@ def model_token_logps(
     return token_logps(logits, labels)
 
 
+BLOCK_MASK_KEYS = ("input_ids", "position_ids", "document", "branch")
+"""The fields of a shared-prefix or packed batch that :func:`block_mask_logits` takes, in order."""
+
+
 def block_mask_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    document: torch.Tensor,
+    branch: torch.Tensor,
 ) -> torch.Tensor:
-    """Logits of rows laid out with their own attention pattern (``visible`` (B, T, T) bool, from
-    :func:`rewardsft.data.collate.block_visibility`) and positions: shared prefixes, packed examples. The model's
-    attention must take a 4-D mask (:func:`rewardsft.models.check_block_mask`)."""
-    config = getattr(model, "module", model).config
-    mask = visible.unsqueeze(1)
-    if getattr(config, "_attn_implementation", None) != "sdpa":  # sdpa takes a boolean mask in any dtype
-        # eager adds the mask to the scores; float32 promotes a half-precision score without overflow
-        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
-            ~mask, torch.finfo(torch.float32).min
-        )
+    """Logits of rows laid out with their own attention pattern and positions (shared prefixes, packed
+    examples): the (B, T) ``document``/``branch`` labels of :func:`block_visibility` become the (B, T, T) mask
+    on the model's device. The model must take it (:func:`check_block_mask`)."""
+    mask = block_attention_mask(model, block_visibility(document, branch))
     return model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+
+
+PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+"""Largest per-token log-prob difference the probe accepts (half precision: 0.05)."""
+
+
+@torch.no_grad()
+def block_mask_probe(model: torch.nn.Module) -> float:
+    """Largest per-token |log-prob| difference between a synthetic [prompt | first | second] row and the two
+    sequences run on their own: ~0 when the model applies the mask and positions as given, large when it builds
+    positions or biases from its own mask (ALiBi models) or drops the mask. Every process runs the same forwards
+    (a sharded model's forward is collective)."""
+    config = hf_config(model)
+    vocab = (config.get_text_config() if hasattr(config, "get_text_config") else config).vocab_size
+    ids = (torch.randint(1, vocab, (15,), generator=torch.Generator().manual_seed(0))).tolist()
+    prompt, first, second = ids[:6], ids[6:11], ids[11:]
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate_shared([(prompt, first, second)], 0).items()}
+    with eval_mode(model):
+        logits = block_mask_logits(model, *(batch[k] for k in BLOCK_MASK_KEYS))
+        diffs = []
+        for key, response in (("first", first), ("second", second)):
+            shared = indexed_token_logps(logits, batch[f"{key}_source"], batch[f"{key}_labels"]).logps
+            alone = collate([TokenizedExample(prompt, response)], 0)
+            separate = model_token_logps(model, **{k: v.to(device) for k, v in alone.items()})
+            diffs.append(float((shared.sum() - separate.logps.sum()).abs()) / len(response))
+    return max(diffs)
+
+
+def block_mask_problem(model: torch.nn.Module) -> str | None:
+    """Why ``model`` would not apply a 4-D mask and positions as given (by what its config says, then by
+    :func:`block_mask_probe`), or None when it does."""
+    refusal = block_mask_refusal(model)
+    if refusal is not None:
+        return refusal
+    gap = block_mask_probe(model)
+    if gap > PROBE_TOLERANCE.get(next(model.parameters()).dtype, 0.05):
+        return (
+            f"needs a model that applies a custom attention mask and positions as given (a probe row differs from "
+            f"its separate sequences by {gap:.3g} nats per token)"
+        )
+    return None
+
+
+def check_block_mask(model: torch.nn.Module, setting: str, instead: str) -> None:
+    """Refuse ``setting``, which needs a 4-D mask, for a model with a :func:`block_mask_problem`."""
+    problem = block_mask_problem(model)
+    if problem is not None:
+        raise ConfigError(f"{setting} {problem}: {instead}")

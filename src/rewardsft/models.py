@@ -265,23 +265,35 @@ BLOCK_MASK_ATTENTION = ("sdpa", "eager")
 """The attention kernels that take an arbitrary (B, 1, T, T) mask; flash attention takes none."""
 
 
+def hf_config(model: Any) -> Any:
+    """The transformers config of ``model`` (unwrapping DDP), or None for a model without one."""
+    return getattr(getattr(model, "module", model), "config", None)
+
+
 def block_mask_refusal(model: Any) -> str | None:
-    """Why ``model``'s attention would not apply a 4-D mask as given, or None when it would."""
-    config = getattr(getattr(model, "module", model), "config", None)
+    """Why ``model``'s attention would not apply a 4-D mask as given, or None when it should (what the config
+    says; :func:`rewardsft.logprobs.check_block_mask` also runs the model once to be sure)."""
+    config = hf_config(model)
     if config is None:
         return "needs a transformers model (its config names the attention kernel)"
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in BLOCK_MASK_ATTENTION:
         return f"needs sdpa or eager attention, not {impl}"
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True):
+    # Multimodal wrappers (Gemma 3) keep the language model's sliding window in the text config.
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    if window is not None and getattr(text, "use_sliding_window", True):
         # A custom 4-D mask replaces the model's own, sliding window included: the model would see too far.
         return f"cannot keep this model's sliding window ({window})"
     return None
 
 
-def check_block_mask(model: Any, setting: str, instead: str) -> None:
-    """Refuse a model whose attention would not apply a 4-D mask as given (``setting`` needs one)."""
-    refusal = block_mask_refusal(model)
-    if refusal is not None:
-        raise ConfigError(f"{setting} {refusal}: {instead}")
+def block_attention_mask(model: Any, visible: torch.Tensor) -> torch.Tensor:
+    """The (B, 1, T, T) mask ``model``'s attention kernel takes for ``visible`` (B, T, T) bool: boolean for
+    sdpa (any compute dtype), additive in the weights' dtype for eager (which adds it to the scores)."""
+    mask = visible.unsqueeze(1)
+    if getattr(hf_config(model), "_attn_implementation", None) == "sdpa":
+        return mask
+    dtype = next(model.parameters()).dtype
+    # Every row sees itself, so a score plus finfo.min overflowing to -inf in half precision is harmless.
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

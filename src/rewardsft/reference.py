@@ -20,6 +20,7 @@ import torch
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_shared
 from rewardsft.logprobs import (
+    BLOCK_MASK_KEYS,
     TokenLogps,
     block_mask_logits,
     indexed_token_logps,
@@ -73,7 +74,7 @@ def pair_logps(
 
 def shared_split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[TokenLogps, TokenLogps]:
     """Per-token log-probs (demonstrations, generations) of a :func:`shared_pair_batch` from one forward."""
-    logits = block_mask_logits(model, batch["input_ids"], batch["position_ids"], batch["visible"])
+    logits = block_mask_logits(model, *(batch[k] for k in BLOCK_MASK_KEYS))
     demo = indexed_token_logps(logits, batch["first_source"], batch["first_labels"])
     gen = indexed_token_logps(logits, batch["second_source"], batch["second_labels"])
     return demo, gen

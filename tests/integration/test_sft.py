@@ -228,19 +228,31 @@ def test_tensorboard_tracker_and_bad_tracker(
     assert "unknown tracker 'neptune'" in capsys.readouterr().err
 
 
-def test_packing_trains_the_same_model(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any) -> None:
+def test_packing_trains_the_same_model(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """train.packing=true through the recipe: the same losses and final weights as padded rows, fewer rows; the
     IRFT recipe refuses the setting, naming what it does instead."""
+    from rewardsft.recipes import sft
+
+    rows: list[tuple[int, int]] = []
+    original = sft.collate_packed
+    monkeypatch.setattr(
+        sft,
+        "collate_packed",
+        lambda ex, *a: rows.append((len(ex), len(original(ex, *a)["input_ids"]))) or original(ex, *a),
+    )
     outs = {packing: tmp_path / f"packing-{packing}" for packing in ("false", "true")}
     for packing, out in outs.items():
-        args = sft_args(
-            llama_dir, builtin_jsonl, out, "train.max_steps=3", "data.max_rows=24", f"train.packing={packing}"
-        )
-        assert main(args) == 0
+        # data.max_length=128: rows of the built-in data are 20-40 tokens, so two or more fit in a packed row
+        args = sft_args(llama_dir, builtin_jsonl, out, "train.max_steps=3", "data.max_rows=24", "data.max_length=128")
+        assert main([*args, f"train.packing={packing}"]) == 0
     losses = [
         [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r] for out in outs.values()
     ]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    # The packed run packed (a micro-batch whose rows would not shrink keeps one example per row).
+    assert len(rows) == 3 and sum(packed for _, packed in rows) < sum(examples for examples, _ in rows)
     padded, packed, initial = (weights(p) for p in (outs["false"] / "final", outs["true"] / "final", llama_dir))
     assert max(float((padded[n] - packed[n]).abs().max()) for n in padded) < 1e-5
     assert all(not torch.equal(padded[n], initial[n]) for n in padded)

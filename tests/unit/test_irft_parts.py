@@ -166,8 +166,10 @@ def test_three_snapshot_modes_agree(tokenizer: Any, shared: bool) -> None:
     for name in ("copy", "lora"):
         for got, want in zip(results[name], results["cached"], strict=True):
             assert torch.allclose(got, want, atol=1e-4), name
-    # The snapshot is the current policy, not the initial model, and merging did not move the policy.
+    # The snapshot is the current policy, not the initial model, and merging did not move the policy; the
+    # generations' side is the one a shared-prefix mask error would move.
     assert torch.allclose(policy_before[0], results["cached"][0], atol=1e-4)
+    assert torch.allclose(policy_before[1], results["cached"][1], atol=1e-4)
     with torch.no_grad():
         policy_after = split_logps(model.train(), batch)  # train mode, as the training step sees the policy
     assert torch.allclose(policy_after[0], policy_before[0], atol=1e-4)

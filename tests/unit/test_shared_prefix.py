@@ -3,6 +3,7 @@ by hand, and its log-probs equal two separate forwards on both tiny architecture
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -10,12 +11,41 @@ import pytest
 import torch
 
 from rewardsft.data import IGNORE_INDEX, Example, Renderer, TokenizedExample, tokenize_examples
-from rewardsft.data.collate import batch_on, collate_shared
+from rewardsft.data.collate import (
+    batch_on,
+    block_visibility,
+    collate_packed,
+    collate_shared,
+    pack_rows,
+    tightest_packing,
+)
 from rewardsft.errors import ConfigError
-from rewardsft.logprobs import indexed_token_logps, model_token_logps, sequence_logps
-from rewardsft.models import check_block_mask
+from rewardsft.logprobs import (
+    block_mask_probe,
+    check_block_mask,
+    indexed_token_logps,
+    model_token_logps,
+    sequence_logps,
+)
+from rewardsft.losses import sft_nll
+from rewardsft.recipes.sft import micro_batch_logps
 from rewardsft.reference import Pair, shared_pair_batch, shared_split_logps
 from rewardsft.tiny import tiny_model
+
+
+def sharpened(model: Any, factor: float = 8.0) -> Any:
+    """A random tiny model barely notices positions (a probe of one without positions differs by 6e-5 nats per
+    token); scaling the query and key projections sharpens its attention until a position or mask error shows
+    (5e-3 to 0.1 nats per token), so the exactness checks below can fail."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and any(key in name for key in ("q_proj", "k_proj", "query_key_value")):
+                param.mul_(factor)
+    return model
+
+
+def visible(batch: dict[str, torch.Tensor], row: int) -> list[list[int]]:
+    return block_visibility(batch["document"], batch["branch"])[row].int().tolist()
 
 
 def test_layout_of_one_row_worked_by_hand() -> None:
@@ -31,8 +61,7 @@ def test_layout_of_one_row_worked_by_hand() -> None:
     assert batch["second_source"][0].tolist() == [1, 0, 0]
     assert batch["second_labels"][0].tolist() == [31, IGNORE_INDEX, IGNORE_INDEX]
     assert batch["second_source"][1].tolist() == [0, 3, 4]
-    visible = batch["visible"][1].int().tolist()
-    assert visible == [
+    assert visible(batch, 1) == [
         [1, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0],
         [1, 1, 1, 0, 0, 0],
@@ -42,13 +71,12 @@ def test_layout_of_one_row_worked_by_hand() -> None:
     ]
 
 
-def test_padding_rows_see_only_themselves_and_left_padding_shifts_everything() -> None:
-    right = collate_shared([([5], [6], [7]), ([5, 5], [6, 6], [7, 7])], pad_id=0)
-    assert right["visible"][0, 3:].int().tolist() == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
-    left = collate_shared([([5], [6], [7]), ([5, 5], [6, 6], [7, 7])], pad_id=0, left_pad=True)
-    assert left["input_ids"][0].tolist() == [0, 0, 0, 5, 6, 7]
-    assert left["position_ids"][0, 3:].tolist() == [0, 1, 1]
-    assert left["first_source"][0, 0] == 3 and left["second_source"][0, 0] == 3
+def test_padding_rows_see_only_themselves_and_an_empty_first_response() -> None:
+    batch = collate_shared([([5], [6], [7]), ([5, 5], [6, 6], [7, 7])], pad_id=0)
+    assert visible(batch, 0)[3:] == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
+    empty = collate_shared([([5, 5], [], [7, 8])], pad_id=0)  # the second response follows the prompt at once
+    assert empty["position_ids"][0].tolist() == [0, 1, 2, 3] and empty["second_source"][0].tolist() == [1, 2]
+    assert empty["first_labels"].shape == (1, 0)
     with pytest.raises(ValueError, match="prompt"):
         collate_shared([([], [6], [7])], pad_id=0)
 
@@ -84,28 +112,23 @@ def pairs_of(tokenizer: Any, max_prompt_length: int = 32) -> list[Pair]:
     return [
         Pair(d, TokenizedExample(d.prompt_ids, tokenizer(g, add_special_tokens=False)["input_ids"], d.index))
         for d, g in zip(tokenized, gens, strict=True)
-    ]
+    ] + [Pair(TokenizedExample(tokenized[0].prompt_ids, [], 3), TokenizedExample(tokenized[0].prompt_ids, [], 3))]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize(("max_prompt_length", "left_pad"), [(32, False), (4, False), (32, True)])
+@pytest.mark.parametrize("max_prompt_length", [32, 4])
 def test_shared_row_gives_the_logps_of_two_separate_rows(
-    tokenizer: Any, arch: str, attention: str, max_prompt_length: int, left_pad: bool
+    tokenizer: Any, arch: str, attention: str, max_prompt_length: int
 ) -> None:
-    """max_prompt_length=4 cuts the first prompt (truncated prompts share the prefix just the same); the third
-    demonstration is empty."""
-    model = tiny_model(tokenizer, arch=arch, hidden_size=32, seed=3).eval()  # type: ignore[arg-type]
+    """max_prompt_length=4 cuts the first prompt (truncated prompts share the prefix just the same); the last pair
+    has an empty demonstration and an empty generation (a sample cut to nothing by data.max_length)."""
+    model = sharpened(tiny_model(tokenizer, arch=arch, hidden_size=32, seed=3)).eval()  # type: ignore[arg-type]
     model.config._attn_implementation = attention
     pairs = pairs_of(tokenizer, max_prompt_length)
     cpu = torch.device("cpu")
     with torch.no_grad():
-        triples = [(p.demo.prompt_ids, p.demo.response_ids, p.gen.response_ids) for p in pairs]
-        batch = collate_shared(triples, tokenizer.pad_token_id, left_pad=left_pad)
-        if not left_pad:  # what the recipe builds
-            assert all(
-                torch.equal(v, shared_pair_batch(pairs, tokenizer.pad_token_id, cpu)[k]) for k, v in batch.items()
-            )
+        batch = shared_pair_batch(pairs, tokenizer.pad_token_id, cpu)
         demo, gen = shared_split_logps(model, batch)
         for tokens, side in ((demo, "demo"), (gen, "gen")):
             separate = model_token_logps(
@@ -132,15 +155,11 @@ def test_shared_prefix_refuses_pairs_and_models_it_would_get_wrong(tokenizer: An
 
 
 def test_pack_rows_first_fit_decreasing() -> None:
-    from rewardsft.data.collate import pack_rows
-
     assert pack_rows([5, 3, 4, 2, 1], width=5) == [[0], [2, 4], [1, 3]]
     assert pack_rows([7, 2], width=5) == [[0], [1]]  # too long for the width: a row of its own
 
 
 def test_packed_layout_worked_by_hand() -> None:
-    from rewardsft.data.collate import collate_packed
-
     examples = [
         TokenizedExample([11], [12, 13], 0),
         TokenizedExample([21, 22], [23, 24], 1),
@@ -151,7 +170,7 @@ def test_packed_layout_worked_by_hand() -> None:
     assert batch["input_ids"].tolist() == [[21, 22, 23, 24], [11, 12, 13, 31]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 23, 24], [IGNORE_INDEX, 12, 13, IGNORE_INDEX]]
-    assert batch["visible"][1].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]
+    assert visible(batch, 1) == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]
     wide = collate_packed([*examples, TokenizedExample([41], [42, 43, 44, 45], 3)], pad_id=0, width=9)
     # lengths 3, 4, 1, 5: padded 4 x 5 = 20 positions; rows of width 5 (the longest) take 3 x 5 = 15; an even split
     # into two rows (width 7) takes 2 x 7 = 14: [5 | 1] and [4 | 3]
@@ -160,8 +179,6 @@ def test_packed_layout_worked_by_hand() -> None:
 
 
 def test_tightest_packing_never_computes_more_than_padding() -> None:
-    from rewardsft.data.collate import tightest_packing
-
     # Six of 25 packed to 128 blindly: rows of 125 and 25, 2 x 125 = 250 positions against 150 padded. Equal
     # lengths have no padding to remove, and a tie keeps the narrower rows (less attention per token).
     assert tightest_packing([25] * 6, 128) == [[i] for i in range(6)]
@@ -171,14 +188,10 @@ def test_tightest_packing_never_computes_more_than_padding() -> None:
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_sft_gives_the_loss_and_gradient_of_unpacked(tokenizer: Any, arch: str, attention: str) -> None:
-    import copy
-
-    from rewardsft.losses import sft_nll
-    from rewardsft.recipes.sft import micro_batch_logps
-
     examples = [p.demo for p in pairs_of(tokenizer)] + [p.gen for p in pairs_of(tokenizer)]
-    base = tiny_model(tokenizer, arch=arch, hidden_size=32, seed=4)  # type: ignore[arg-type]
+    base = sharpened(tiny_model(tokenizer, arch=arch, hidden_size=32, seed=4))  # type: ignore[arg-type]
     base.config._attn_implementation = attention
+    assert collate_packed(examples, tokenizer.pad_token_id, 64)["input_ids"].shape[0] < len(examples)
     losses, grads = [], []
     for width in (None, 64):
         model = copy.deepcopy(base).train()
@@ -189,3 +202,48 @@ def test_packed_sft_gives_the_loss_and_gradient_of_unpacked(tokenizer: Any, arch
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4) for n in grads[0])
     assert all(g.abs().sum() > 0 for g in grads[0].values())
+
+
+class DropsPositions(torch.nn.Module):
+    """A model that builds its own positions (as ALiBi models build biases from their own mask)."""
+
+    def __init__(self, inner: Any):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any = None, use_cache: bool = False) -> Any:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+class DropsMask(DropsPositions):
+    """A model that ignores a 4-D mask (plain causal attention over the whole row)."""
+
+    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any = None, use_cache: bool = False) -> Any:
+        mask = None if attention_mask is not None and attention_mask.dim() == 4 else attention_mask
+        return self.inner(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=use_cache)
+
+
+@pytest.mark.parametrize("broken", [DropsPositions, DropsMask])
+def test_the_probe_refuses_a_model_that_does_not_apply_the_mask_or_positions(tokenizer: Any, broken: Any) -> None:
+    model = sharpened(tiny_model(tokenizer, hidden_size=64, seed=1))
+    assert block_mask_probe(model) < 1e-5
+    assert block_mask_probe(broken(model)) > 2e-3  # the probe's fp32 tolerance is 1e-3
+    with pytest.raises(ConfigError, match="probe row differs"):
+        check_block_mask(broken(model), "train.packing", "set train.packing=false")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_rows_in_bfloat16(tokenizer: Any, attention: str) -> None:
+    """Half precision on both mask paths: eager's additive mask in the weights' dtype, sdpa's boolean one."""
+    model = sharpened(tiny_model(tokenizer, hidden_size=64, seed=1)).to(torch.bfloat16).eval()
+    model.config._attn_implementation = attention
+    check_block_mask(model, "irft.pair_forward=shared", "use joint")
+    pairs = pairs_of(tokenizer)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        demo, gen = shared_split_logps(model, shared_pair_batch(pairs, tokenizer.pad_token_id, cpu))
+        for tokens, side in ((demo, "demo"), (gen, "gen")):
+            alone = model_token_logps(model, **batch_on([getattr(p, side) for p in pairs], tokenizer.pad_token_id, cpu))
+            per_token = (sequence_logps(tokens) - sequence_logps(alone)).abs() / tokens.mask.sum(-1).clamp(min=1)
+            assert per_token.max() < 0.05, side
+            assert torch.isfinite(tokens.logps).all()

@@ -60,13 +60,14 @@ def block_visibility(document: torch.Tensor, branch: torch.Tensor) -> torch.Tens
 
 
 def collate_shared(
-    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_id: int, left_pad: bool = False
+    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_id: int
 ) -> dict[str, torch.Tensor]:
     """(prompt, first response, second response) triples as one row each: ``[prompt | first | second]``.
 
     The second response must be computed as if it followed the prompt alone, so the row carries its own
-    ``position_ids`` (the second response restarts where the first began) and ``visible`` (B, T, T)
-    (:func:`block_visibility`: the second response never sees the first).
+    ``position_ids`` (the second response restarts where the first began) and the (B, T) ``document`` and
+    ``branch`` labels of :func:`block_visibility` (the second response never sees the first); the (B, T, T) mask
+    itself is built on the model's device (:func:`rewardsft.logprobs.block_mask_logits`). Rows are right-padded.
 
     ``first_source``/``second_source`` (B, L) hold the position whose logits predict each response token, and
     ``first_labels``/``second_labels`` (B, L) that token (``IGNORE_INDEX`` past a response's end): a response's
@@ -84,8 +85,7 @@ def collate_shared(
     for row, ((prompt, first, second), n) in enumerate(zip(triples, lengths, strict=True)):
         if not prompt:
             raise ValueError("a shared-prefix row needs a prompt of at least one token")
-        start = width - n if left_pad else 0
-        p, a = len(prompt), len(first)
+        start, p, a = 0, len(prompt), len(first)
         input_ids[row, start : start + n] = torch.tensor([*prompt, *first, *second])
         position_ids[row, start : start + n] = torch.tensor([*range(p + a), *range(p, p + len(second))])
         document[row, start : start + n] = 0
@@ -100,7 +100,8 @@ def collate_shared(
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "visible": block_visibility(document, branch),
+        "document": document,
+        "branch": branch,
         "first_source": sources[0],
         "first_labels": labels[0],
         "second_source": sources[1],
@@ -146,8 +147,8 @@ def collate_packed(
     examples: Sequence[TokenizedExample], pad_id: int, width: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Several examples per row: ``input_ids``, ``position_ids`` restarting at each example, ``labels`` in
-    :func:`collate`'s shifted layout and ``visible`` (B, T, T), each example seeing only itself
-    (:func:`block_visibility`). Rows hold up to ``width`` tokens (default, and at least: the longest example), in
+    :func:`collate`'s shifted layout and the ``document``/``branch`` labels of :func:`block_visibility`, each
+    example seeing only itself. Rows hold up to ``width`` tokens (default, and at least: the longest example), in
     the grouping that computes the fewest positions (:func:`tightest_packing`), cut to the fullest row.
 
     An example's first token gets ``IGNORE_INDEX``: unpacked, nothing predicts it, and packed, the position before
@@ -168,5 +169,11 @@ def collate_packed(
             position_ids[row, at : at + n] = torch.arange(n)
             document[row, at : at + n] = doc
             at += n
-    visible = block_visibility(document, torch.zeros_like(document))
-    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "visible": visible}
+    branch = torch.zeros_like(document)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "labels": labels,
+        "document": document,
+        "branch": branch,
+    }

@@ -24,9 +24,9 @@ from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.data.collate import batch_on
 from rewardsft.eval.stats import bootstrap_ci
 from rewardsft.layout import SUMMARY_FILE, rendering_for
-from rewardsft.logprobs import model_token_logps, sequence_logps
+from rewardsft.logprobs import block_mask_problem, model_token_logps, sequence_logps
 from rewardsft.losses import irft_loss
-from rewardsft.models import block_mask_refusal, eval_mode, load_causal_lm, load_tokenizer
+from rewardsft.models import eval_mode, load_causal_lm, load_tokenizer
 from rewardsft.reference import Pair, shared_pair_batch, shared_split_logps
 
 
@@ -66,7 +66,7 @@ def pair_logp_table(
     row per pair (``batch_size // 2`` pairs per forward) when the model's attention takes the mask and every pair
     shares its prompt; else from two rows per pair."""
     pairs = [Pair(c, r) for c, r in zip(chosen, rejected, strict=True)]
-    if block_mask_refusal(model) is not None or any(p.demo.prompt_ids != p.gen.prompt_ids for p in pairs):
+    if block_mask_problem(model) is not None or any(p.demo.prompt_ids != p.gen.prompt_ids for p in pairs):
         return sequence_logp_table(model, [*chosen, *rejected], batch_size, pad_id)
     device = next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].demo.input_ids) + len(pairs[i].gen.response_ids))

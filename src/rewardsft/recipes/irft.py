@@ -27,9 +27,8 @@ from rewardsft.generation import (
     generation_stats,
 )
 from rewardsft.layout import GENERATIONS_FILE, stage_dir
-from rewardsft.logprobs import TokenLogps, model_token_logps, sequence_logps
+from rewardsft.logprobs import TokenLogps, check_block_mask, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
-from rewardsft.models import check_block_mask
 from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.reference import (
     CachedSnapshot,

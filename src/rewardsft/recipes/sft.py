@@ -8,9 +8,15 @@ from typing import Any
 from rewardsft.config import RunConfig
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_packed
-from rewardsft.logprobs import TokenLogps, block_mask_logits, model_token_logps, token_logps
+from rewardsft.logprobs import (
+    BLOCK_MASK_KEYS,
+    TokenLogps,
+    block_mask_logits,
+    check_block_mask,
+    model_token_logps,
+    token_logps,
+)
 from rewardsft.losses import sft_nll
-from rewardsft.models import check_block_mask
 from rewardsft.recipes.common import eval_batch, start_recipe
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
@@ -107,5 +113,5 @@ def micro_batch_logps(
     if packing_width is None:
         return model_token_logps(model, **batch_on(examples, pad_id, device))
     batch = {key: value.to(device) for key, value in collate_packed(examples, pad_id, packing_width).items()}
-    logits = block_mask_logits(model, batch["input_ids"], batch["position_ids"], batch["visible"])
+    logits = block_mask_logits(model, *(batch[k] for k in BLOCK_MASK_KEYS))
     return token_logps(logits, batch["labels"])
