@@ -89,3 +89,13 @@ def test_packing_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
     assert padded["tokens"] == packed["tokens"] and packed["rows"] <= padded["rows"]
     assert 0 <= packed["padding_share"] <= padded["padding_share"] < 1
     assert all(positive(r[k]) for r in (padded, packed) for k in ("median_step_s", "tokens_per_s"))
+
+
+def test_eval_gap_speed_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
+    out = tmp_path / "gap.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "eval_gap_speed.py"), "--pairs", "12", "--batch-size", "4"]
+    result = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["pairs"] == 12 and positive(report["seconds_shared"]) and positive(report["seconds_separate"])
+    assert report["gap_mean_difference"] < 1e-4  # the two layouts read the same log-probs
