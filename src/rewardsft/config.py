@@ -210,7 +210,8 @@ class IRFTConfig:
     time, one extra no-grad forward); ``joint``: one forward of both (same gradient); ``shared``: one row per pair,
     prompt then demonstration then generation, the prompt computed once for both (same gradient; sdpa or eager
     attention, no sliding window); ``auto``: joint with gradient checkpointing (activations are small, joint is
-    faster and leaner), split without (docs/performance.md)."""
+    faster and leaner); without it, shared on CPU where the model takes the mask (faster than split at the same
+    peak memory), else split (docs/performance.md)."""
     epochs_per_stage: int = 1
     """Passes over the stage's chunk; the paper's K (optimiser steps per stage) is this times the chunk's steps
     per pass (ceil(chunk / global batch)). The paper's pythia-1.4b runs used 2 epochs per stage."""

@@ -288,11 +288,22 @@ def test_disable_dropout_makes_two_train_mode_forwards_agree(tokenizer: Any) -> 
     assert model.training and torch.equal(model(ids).logits, model(ids).logits)
 
 
+def test_pair_forward_auto_is_shared_on_cpu_where_the_model_takes_the_mask(tokenizer: Any) -> None:
+    from rewardsft.config import load_config
+    from rewardsft.recipes.irft import pair_forward
+
+    model = tiny_model(tokenizer, hidden_size=32)
+    assert pair_forward(load_config("irft"), model) == "shared"
+    assert pair_forward(load_config("irft", overrides=["model.gradient_checkpointing=true"]), model) == "joint"
+    model.config._attn_implementation = "flash_attention_2"
+    assert pair_forward(load_config("irft"), model) == "split"
+
+
 def test_pair_forward_auto_follows_gradient_checkpointing() -> None:
     from rewardsft.config import load_config
     from rewardsft.recipes.irft import pair_forward
 
-    assert pair_forward(load_config("irft")) == "split"
+    assert pair_forward(load_config("irft")) == "split"  # no model to probe
     assert pair_forward(load_config("irft", overrides=["model.gradient_checkpointing=true"])) == "joint"
     assert (
         pair_forward(load_config("irft", overrides=["irft.pair_forward=split", "model.gradient_checkpointing=true"]))
