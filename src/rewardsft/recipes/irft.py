@@ -8,7 +8,9 @@ policy (θ_t), samples one response per prompt of chunk t with it, then trains t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -440,7 +442,21 @@ def pair_loss(
     return terms, loss
 
 
-def joint_pair_backward(
+def joint_tokens(model: Any, chunk: list[Pair], pad_id: int, device: torch.device) -> tuple[TokenLogps, TokenLogps]:
+    """Demonstrations and generations in one forward of 2B rows: fastest, twice SFT's activation memory."""
+    tokens = model_token_logps(model, **pair_batch(chunk, pad_id, device))
+    half = len(chunk)
+    return TokenLogps(tokens.logps[:half], tokens.mask[:half]), TokenLogps(tokens.logps[half:], tokens.mask[half:])
+
+
+def shared_tokens(model: Any, chunk: list[Pair], pad_id: int, device: torch.device) -> tuple[TokenLogps, TokenLogps]:
+    """One row per pair, ``[prompt | demonstration | generation]``, with a mask that hides the demonstration from
+    the generation: the prompt's forward (and its activations) is shared by both."""
+    return shared_split_logps(model, shared_pair_batch(chunk, pad_id, device))
+
+
+def one_pass_backward(
+    read: Any,
     accelerator: Any,
     model: Any,
     chunk: list[Pair],
@@ -451,15 +467,18 @@ def joint_pair_backward(
     size: StepSize,
     last: bool,
 ) -> PairBackward:
-    """Demonstrations and generations in one forward of 2B rows: fastest, twice SFT's activation memory."""
+    """Both halves' log-probs from one forward (``read``: :func:`joint_tokens` or :func:`shared_tokens`), one
+    backward of the micro-batch's share of the step loss."""
     with micro_batch_context(accelerator, model, last):
-        tokens = model_token_logps(model, **pair_batch(chunk, pad_id, accelerator.device))
-        seq = sequence_logps(tokens, "sum")
-        half = len(chunk)
-        demo_tokens = TokenLogps(tokens.logps[:half], tokens.mask[:half])
-        terms, loss = pair_loss(seq[:half], seq[half:], ref_demo, ref_gen, demo_tokens, spec, size)
+        demo_tokens, gen_tokens = read(model, chunk, pad_id, accelerator.device)
+        demo_logps, gen_logps = sequence_logps(demo_tokens, "sum"), sequence_logps(gen_tokens, "sum")
+        terms, loss = pair_loss(demo_logps, gen_logps, ref_demo, ref_gen, demo_tokens, spec, size)
         accelerator.backward(loss * size.processes)
-    return terms, loss.detach(), seq[:half].detach(), seq[half:].detach()
+    return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
+
+
+joint_pair_backward = functools.partial(one_pass_backward, joint_tokens)
+shared_pair_backward = functools.partial(one_pass_backward, shared_tokens)
 
 
 def split_pair_backward(
@@ -501,28 +520,11 @@ def split_pair_backward(
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
 
 
-def shared_pair_backward(
-    accelerator: Any,
-    model: Any,
-    chunk: list[Pair],
-    ref_demo: torch.Tensor,
-    ref_gen: torch.Tensor,
-    spec: PairLossSpec,
-    pad_id: int,
-    size: StepSize,
-    last: bool,
-) -> PairBackward:
-    """The same gradient from one row per pair, ``[prompt | demonstration | generation]``, with a mask that hides
-    the demonstration from the generation: the prompt's forward (and its activations) is shared by both."""
-    with micro_batch_context(accelerator, model, last):
-        demo_tokens, gen_tokens = shared_split_logps(model, shared_pair_batch(chunk, pad_id, accelerator.device))
-        demo_logps, gen_logps = sequence_logps(demo_tokens, "sum"), sequence_logps(gen_tokens, "sum")
-        terms, loss = pair_loss(demo_logps, gen_logps, ref_demo, ref_gen, demo_tokens, spec, size)
-        accelerator.backward(loss * size.processes)
-    return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
-
-
-PAIR_BACKWARDS = {"split": split_pair_backward, "joint": joint_pair_backward, "shared": shared_pair_backward}
+PAIR_BACKWARDS: dict[str, Callable[..., PairBackward]] = {
+    "split": split_pair_backward,
+    "joint": joint_pair_backward,
+    "shared": shared_pair_backward,
+}
 
 
 def overfit_warning(stage: Stage, step: int, logratio_per_token: float) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rewardsft.config import RunConfig
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_packed
@@ -106,7 +108,7 @@ def accumulate_sft_step(
 
 
 def micro_batch_logps(
-    model: Any, examples: list[TokenizedExample], pad_id: int, device: Any, packing_width: int | None = None
+    model: Any, examples: list[TokenizedExample], pad_id: int, device: torch.device, packing_width: int | None = None
 ) -> TokenLogps:
     """The examples' per-token log-probs: one right-padded row each (:func:`collate`), or packed into rows of up to
     ``packing_width`` tokens (:func:`collate_packed`, ``train.packing``); the same tokens either way."""
