@@ -256,6 +256,7 @@ def study(
     config: PathLike | None = None,
     quick: bool = False,
     overwrite: bool = False,
+    keep_tries: bool = False,
     split: str = "train",
     format: str = "auto",
     dev_share: float = 0.5,
@@ -268,7 +269,7 @@ def study(
     control for each ``*-from-sft`` method, and judges on the test part. ``methods``: ``spin``, ``irft-t4``,
     ``rft``, ``spin-from-sft``, ... (SFT is always in). ``overrides`` reach every run whose recipe reads them.
     ``encoder`` (``minilm`` or a model folder) adds the human-likeness of every test run's samples.
-    Rerunning continues the study. Returns what ``DIR/study.json`` holds (``answer``: the verdict in words).
+    The weights of dev tries that were not chosen are removed unless ``keep_tries``. Rerunning continues the study. Returns what ``DIR/study.json`` holds (``answer``: the verdict in words).
     """
     from rewardsft.studies.runner import resolve_settings, run_study
     from rewardsft.studies.split import DataSpec
@@ -289,6 +290,7 @@ def study(
         config=os.fspath(config) if config is not None else None,
         quick=quick,
         overwrite=overwrite,
+        keep_tries=keep_tries,
     )
     report_path = run_study(settings)
     return dict(json.loads((report_path.parent / "study.json").read_text()))

@@ -312,6 +312,7 @@ def _study(args: argparse.Namespace) -> int:
         config=args.config,
         quick=args.quick,
         overwrite=args.overwrite,
+        keep_tries=args.keep_tries,
         split=args.split,
         format=args.format,
         dev_share=args.dev_share,
@@ -361,6 +362,9 @@ def _add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--config", help="YAML settings for every run that reads them")
     p.add_argument("--quick", action="store_true", help="a smoke test: 16 demonstrations, tiny generations, 1 seed")
     p.add_argument("--overwrite", action="store_true", help="empty --out first")
+    p.add_argument(
+        "--keep-tries", action="store_true", help="keep the weights of the dev tries not chosen [removed; evals stay]"
+    )
     p.add_argument("--split", default="train", help="split of --data and --pairs (hub datasets, folders)")
     p.add_argument("--format", default="auto", help="row format of --data [auto]")
     p.add_argument("--dev-share", type=float, default=0.5, help="share of the held-out rows used for tuning [0.5]")

@@ -41,7 +41,11 @@ def study_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
-    tmp_path: Path, llama_dir: Path, study_data: tuple[str, str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    llama_dir: Path,
+    study_data: tuple[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     demos, pairs = study_data
     out = tmp_path / "study"
@@ -56,16 +60,22 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     assert not {prompt_key(e.prompt) for e in dev} & {prompt_key(e.prompt) for e in test}
     assert record["split"]["counts"]["test"] == len(test) > 0
 
-    # every method (control included) got the same two tries; the chosen one has the best dev gap
+    # every method (control included) got the same two tries; the chosen one has the best dev gap of those that
+    # keep the base's likelihood of the dev preferred responses; the others' weights are gone, their evals kept
     tuning = json.loads((out / "tuning.json").read_text())
     assert set(tuning) == {"sft", "spin", "spin-from-sft", "sft-continued-b4-n4"}
     for name, entry in tuning.items():
         assert len(entry["tries"]) == 2
-        best = max(entry["tries"], key=lambda t: t["dev_gap"])
+        floor = entry["base_dev_chosen_logp"]
+        kept = [t for t in entry["tries"] if t["dev_chosen_logp"] >= floor]
+        best = max(kept or entry["tries"], key=lambda t: t["dev_gap"])
         assert entry["chosen"] == best["setting"] == record["chosen"][name]
+        assert (entry["note"] is None) == bool(kept)
         assert (out / "runs" / best["run"] / "eval" / "test-gap" / "summary.json").is_file()
-        losers = [t for t in entry["tries"] if t is not best]
-        assert not any((out / "runs" / t["run"] / "eval" / "test-gap").exists() for t in losers)
+        assert (out / "runs" / best["run"] / "final").is_dir()
+        for loser in (out / "runs" / t["run"] for t in entry["tries"] if t is not best):
+            assert not (loser / "eval" / "test-gap").exists() and not (loser / "final").exists()
+            assert (loser / "pruned.json").is_file() and (loser / "eval" / "dev-gap" / "summary.json").is_file()
 
     # the control spent what SPIN from SFT spent, from the same SFT model
     spin = out / "runs" / tuning["spin-from-sft"]["tries"][0]["run"]
@@ -109,6 +119,22 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     shutil.rmtree(chosen_spin / "final")
     rewardsft.study(llama_dir, demos, out, **run)
     assert "resuming" in capsys.readouterr().out and (chosen_spin / "final").is_dir()
+
+    # a rerun that chooses a pruned try (another rule) trains it again, and prunes the one chosen before
+    from rewardsft.studies import runner
+
+    loser = next(t for t in tuning["spin"]["tries"] if t["setting"] != tuning["spin"]["chosen"])
+
+    def spin_the_other(tries: list[dict[str, Any]], floor: float) -> tuple[int, str | None]:
+        names = [t["run"] for t in tries]
+        return (names.index(loser["run"]), None) if loser["run"] in names else choose(tries, floor)
+
+    choose = runner.choose
+    monkeypatch.setattr(runner, "choose", spin_the_other)
+    rewardsft.study(llama_dir, demos, out, **run)
+    assert (out / "runs" / loser["run"] / "final").is_dir() and (chosen_spin / "pruned.json").is_file()
+    assert json.loads((out / "tuning.json").read_text())["spin"]["chosen"] == loser["setting"]
+    monkeypatch.undo()
 
     # a rerun with other settings does not reuse runs trained with the old ones
     with pytest.raises(

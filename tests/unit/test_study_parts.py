@@ -367,11 +367,31 @@ def test_an_evaluation_made_with_other_settings_is_redone(tmp_path: Path) -> Non
 def test_the_plan_counts_every_seed_of_every_method(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from rewardsft.studies.runner import finite_or_worst, planned_trials
+    from rewardsft.studies.runner import planned_trials
 
     study = small_study(tmp_path, ["spin", "irft-t4"])
     study.settings = replace(study.settings, seeds=3, lrs=(1e-6, 1e-5, 1e-4))
     trials = planned_trials(study)
     assert len(trials) == 3 * 3 + 3 * 2  # three tries and two further seeds of each of sft, spin, irft-t4
     assert {t.spec.name for t in trials if t.seed == 2} == {"sft", "spin", "irft-t4"}
-    assert finite_or_worst(float("nan")) == float("-inf") and finite_or_worst(1.5) == 1.5
+
+
+def tries_of(*rows: tuple[float, float]) -> list[dict[str, float]]:
+    return [{"dev_gap": gap, "dev_chosen_logp": logp} for gap, logp in rows]
+
+
+def test_the_choice_is_the_best_gap_among_tries_that_keep_the_base_likelihood() -> None:
+    from rewardsft.studies.runner import choose
+
+    # Tweets' SPIN tries (dev gap, dev chosen log-lik.; base -98.7): the 1e-3 try's gap is the largest, but its
+    # preferred texts are 5x less likely than under the base, and so is the 1e-4 try's by 32 nats.
+    spin = tries_of((8.96, -89.9), (9.92, -96.7), (27.36, -130.6), (65.77, -528.5))
+    assert choose(spin, -98.7) == (1, None)
+    assert choose(spin, -600.0) == (3, None)  # with a floor every try keeps, the rule is the gap alone
+    index, note = choose(spin, -50.0)  # no try keeps it: the best gap, and a note that says so
+    assert index == 3 and note is not None and "-50.0" in note
+    nan = float("nan")
+    assert choose(tries_of((nan, -10.0), (1.0, -200.0), (0.5, -20.0)), -100.0) == (2, None)  # NaN never chosen
+    assert choose(tries_of((5.0, nan), (1.0, -20.0)), -100.0) == (1, None)  # nor an unmeasured likelihood
+    index, note = choose(tries_of((nan, -1.0), (nan, -1.0)), -100.0)
+    assert index == 0 and note is not None and "diverged" in note

@@ -76,6 +76,8 @@ EVAL_SEED = 1234
 """Seed of the base model's samples (no-pairs studies) and of the win-rate samples."""
 TUNING_FILE = "tuning.json"
 EVAL_LOG = "eval.log"
+PRUNED = "pruned.json"
+"""In a dev try's folder whose weights were removed once another try was chosen (``StudySettings.keep_tries``)."""
 WALL_TIME = "wall_time.json"
 
 
@@ -105,6 +107,9 @@ class StudySettings:
     against the test part's human responses (``rewardsft eval human-likeness``); None: not measured."""
     quick: bool = False
     overwrite: bool = False
+    keep_tries: bool = False
+    """Keep the weights of the dev tries that were not chosen (default: removed once the choice is made; their
+    configs, logs and evaluations stay, and a rerun does not retrain them)."""
     eval_batch_size: int = 16
 
 
@@ -186,6 +191,8 @@ class Study:
     chosen: dict[str, Trial] = field(default_factory=dict)
     """Per method, the setting dev chose (seed 0)."""
     tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tuning_notes: dict[str, str | None] = field(default_factory=dict)
+    """Per method, why its choice fell outside the rule (:func:`choose`), if it did."""
     clock: Progress | None = None
     _resolved: dict[str, RunConfig] = field(default_factory=dict, repr=False)
 
@@ -239,16 +246,19 @@ class Study:
             self._resolved[method] = load_config(method, overrides=overrides)
         return self._resolved[method]
 
-    def train(self, trial: Trial) -> Path:
-        """The trial's run folder, trained (or resumed) unless it has ``final/`` already."""
+    def train(self, trial: Trial, weights: bool = True) -> Path:
+        """The trial's run folder, trained (or resumed) unless it has ``final/`` already; a finished try whose
+        weights were pruned counts as finished unless its ``weights`` are wanted (then it is trained again)."""
         from rewardsft.recipes import run_recipe
 
         run = self.run_dir(trial)
         if (run / "config.yaml").is_file():
             # Finished or interrupted: either way it continues only with the settings it was started with.
             check_same_settings(run, self.config(trial), self.out)
-        if (run / FINAL).is_dir():
+        if (run / FINAL).is_dir() or (not weights and (run / PRUNED).is_file()):
             return run
+        if (run / PRUNED).is_file():  # chosen now (the rule or the grid changed): the same run, trained afresh
+            shutil.rmtree(run)
         # Any trace of an earlier launch (a config, a checkpoint) is continued; with no checkpoint it starts over.
         resume = run.is_dir() and any(run.iterdir())
         if self.clock:
@@ -572,7 +582,12 @@ def planned_trials(study: Study) -> list[Trial]:
         tries = tuning_trials(spec, s.lrs, s.passes, s.budget)
         pick = next((t for t in tries if t.setting == chosen.get(spec.name)), tries[0])
         trials += [*tries, *(replace(pick, seed=seed) for seed in range(1, s.seeds))]
-    return [t for t in trials if not (study.run_dir(t) / FINAL).is_dir()]
+    return [t for t in trials if not trained(study.run_dir(t))]
+
+
+def trained(run: Path) -> bool:
+    """A finished run: its weights, or the mark of a finished try whose weights were pruned."""
+    return (run / FINAL).is_dir() or (run / PRUNED).is_file()
 
 
 def read_tuning(study: Study) -> dict[str, str]:
@@ -584,14 +599,15 @@ def read_tuning(study: Study) -> dict[str, str]:
 
 
 def tune(study: Study) -> None:
-    """Every method's dev tries at seed 0; the best dev gap is chosen. SFT first: the from-SFT runs start from it."""
+    """Every method's dev tries at seed 0, chosen by :func:`choose`. SFT first: the from-SFT runs start from it."""
     s = study.settings
+    floor = study.base_gap("dev")["chosen_logp"]["mean"]
     ordered = sorted(study.specs, key=lambda spec: spec.from_sft)
     for spec in ordered:
         tries = []
         trials = tuning_trials(spec, s.lrs, s.passes, s.budget)
         for trial in trials:
-            run = study.train(trial)
+            run = study.train(trial, weights=False)
             dev = study.run_gap(run, "dev")
             tries.append(
                 {
@@ -601,23 +617,64 @@ def tune(study: Study) -> None:
                     "run": run.name,
                     "dev_gap": dev["gap"]["mean"],
                     "dev_accuracy": dev["accuracy"]["mean"],
+                    "dev_chosen_logp": dev["chosen_logp"]["mean"],
                     "budget": vars(budget_of(study.config(trial), study.n_train)),
                 }
             )
-        # A diverged try (a non-finite dev gap) is never chosen; max() would keep a NaN in first place.
-        best = max(range(len(tries)), key=lambda i: finite_or_worst(tries[i]["dev_gap"]))
+        best, study.tuning_notes[spec.name] = choose(tries, floor)
         study.chosen[spec.name] = trials[best]
         study.tries[spec.name] = tries
-        write_tuning(study)
+        write_tuning(study, floor)
+        study.train(trials[best])  # its weights: a rerun under another rule may choose a pruned try
+        if not s.keep_tries:
+            prune(study, [t for i, t in enumerate(trials) if i != best], trials[best])
 
 
-def finite_or_worst(value: float) -> float:
+def prune(study: Study, trials: Sequence[Trial], chosen: Trial) -> None:
+    """Remove the weights of tries that lost the choice (a study of 40 runs of SmolLM2-135M keeps 20 GB of them
+    otherwise); what was measured of them stays, and ``pruned.json`` tells a rerun they are finished."""
+    for trial in trials:
+        run = study.run_dir(trial)
+        if (run / FINAL).is_dir():
+            (run / PRUNED).write_text(json.dumps({"chosen_instead": chosen.setting}) + "\n")
+            shutil.rmtree(run / FINAL)
+
+
+def choose(tries: Sequence[dict[str, Any]], floor: float) -> tuple[int, str | None]:
+    """The try with the best dev gap among those whose dev preferred responses are at least as likely as under the
+    base model (``floor``, the base's mean chosen log-likelihood); a note when no try keeps that likelihood.
+
+    The gap alone rewards a model that has pushed both sides of every pair far down: on tweets, SPIN at lr 1e-3
+    reached a dev gap of 65.8 (base 10.8) with the preferred texts 5x less likely than under the base (-528 against
+    -99 nats) and pair accuracy at 0.57. A model that explains held-out preferred human text worse than the model
+    it was trained from has moved away from that text, whatever the gap says."""
+    finite = [i for i, t in enumerate(tries) if math.isfinite(t["dev_gap"])]
+    kept = [i for i in finite if dev_likelihood(tries[i]) >= floor]
+    if kept:
+        return max(kept, key=lambda i: tries[i]["dev_gap"]), None
+    if not finite:  # every try diverged: the first stands in, and the note says so
+        return 0, "every try diverged (non-finite dev gap)"
+    best = max(finite, key=lambda i: tries[i]["dev_gap"])
+    return best, f"no try kept the base's likelihood of the dev preferred responses ({floor:.1f}); best gap chosen"
+
+
+def dev_likelihood(trial: dict[str, Any]) -> float:
+    value = trial.get("dev_chosen_logp", -math.inf)
     return value if math.isfinite(value) else -math.inf
 
 
-def write_tuning(study: Study) -> None:
+TUNING_RULE = "best dev gap (nats, sum over tokens) among tries with dev chosen log-lik. >= the base's"
+
+
+def write_tuning(study: Study, floor: float) -> None:
     record = {
-        name: {"tries": tries, "chosen": study.chosen[name].setting, "metric": "dev gap (nats, sum over tokens)"}
+        name: {
+            "tries": tries,
+            "chosen": study.chosen[name].setting,
+            "metric": TUNING_RULE,
+            "base_dev_chosen_logp": floor,
+            "note": study.tuning_notes.get(name),
+        }
         for name, tries in study.tries.items()
     }
     (study.out / TUNING_FILE).write_text(json.dumps(record, indent=2))

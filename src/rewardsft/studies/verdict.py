@@ -196,17 +196,29 @@ def edge_notes(study: Study) -> list[str]:
 
 
 def tuning_markdown(study: Study) -> list[str]:
-    lines = ["## Tuning on the dev part", "", "| method | setting | budget | dev gap | dev accuracy | chosen |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines = ["## Tuning on the dev part", ""]
+    lines.append("| method | setting | budget | dev gap | dev accuracy | dev chosen log-lik. | chosen |")
+    lines.append("|---|---|---|---|---|---|---|")
     for name, tries in study.tries.items():
         for t in tries:
             chosen = "✓" if t["setting"] == study.chosen[name].setting else ""
             budget = f"{t['budget']['demonstrations']} demos / {t['budget']['steps']} steps"
+            logp = t.get("dev_chosen_logp", float("nan"))
             lines.append(
-                f"| {name} | {t['setting']} | {budget} | {t['dev_gap']:.3f} | {t['dev_accuracy']:.3f} | {chosen} |"
+                f"| {name} | {t['setting']} | {budget} | {t['dev_gap']:.3f} | {t['dev_accuracy']:.3f} | {logp:.1f} "
+                f"| {chosen} |"
             )
     counts = {name: len(tries) for name, tries in study.tries.items()}
-    lines += ["", f"Tries per method: {json.dumps(counts)}.", ""]
+    notes = [f"{name}: {note}." for name, note in study.tuning_notes.items() if note]
+    lines += [
+        "",
+        "Chosen: the best dev gap among the tries whose dev preferred responses are at least as likely as under the "
+        "base model (a gap reached by pushing both sides of every pair down is not a better model).",
+        *notes,
+        "",
+        f"Tries per method: {json.dumps(counts)}.",
+        "",
+    ]
     return lines
 
 
