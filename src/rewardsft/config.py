@@ -220,6 +220,17 @@ class IRFTConfig:
 
 
 @dataclass
+class SFTPhaseConfig:
+    epochs: int = 0
+    """IRFT and RFT: passes of SFT over the same demonstrations before reward learning, in ``OUTPUT_DIR/sft``; the
+    reward-learning phase then starts from that model (the paper's protocol, SFT then IRFT, as one resumable run).
+    It shares the run's model, LoRA, data, batch, clipping and checkpoint settings and its lr schedule, and trains
+    with AdamW; 0: no SFT phase."""
+    lr: float = 2e-5
+    """Peak learning rate of the SFT phase (the run's ``optim.lr`` is the reward-learning phase's)."""
+
+
+@dataclass
 class RFTConfig:
     iterations: int = 20
     """Outer rounds of Algorithm 1: generate, reward step(s), policy step(s)."""
@@ -285,6 +296,8 @@ class RunConfig:
     """Sampling of responses from the policy (IRFT stages, RFT rounds)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Progress bar and experiment trackers."""
+    sft_phase: SFTPhaseConfig = field(default_factory=SFTPhaseConfig)
+    """An SFT phase before IRFT or RFT in the same run (``sft_phase.epochs`` > 0); read by those two only."""
     irft: IRFTConfig = field(default_factory=IRFTConfig)
     """IRFT (the paper's Algorithm 2); read by ``rewardsft train irft`` only."""
     rft: RFTConfig = field(default_factory=RFTConfig)
@@ -316,6 +329,7 @@ UNUSED_BY_METHOD: dict[str, dict[str, str]] = {
         "irft": "the irft section is read by `rewardsft train irft` only",
         "rft": "the rft section is read by `rewardsft train rft` only",
         "reward_model": "SFT trains no reward model (`rewardsft train rft` does)",
+        "sft_phase": "sft_phase is an SFT run inside `rewardsft train irft` or `rft`; here the whole run is SFT",
     },
     "irft": {
         "rft": "the rft section is read by `rewardsft train rft` only",
@@ -521,6 +535,8 @@ def reject_unused(config: RunConfig) -> None:
     if not config.generation.do_sample:
         for name in ("temperature", "top_p", "top_k"):
             unused[f"generation.{name}"] = "generation.do_sample=false decodes greedily"
+    if config.sft_phase.epochs == 0:
+        unused["sft_phase.lr"] = "sft_phase.epochs is 0, so there is no SFT phase; set it above 0"
     if config.rft.preference_weight == 0:
         why = "rft.preference_weight is 0, so no preference pairs are mixed in; set it above 0"
         unused |= {"rft.preference_path": why, "rft.preference_split": why}
@@ -656,6 +672,8 @@ def validate(config: RunConfig) -> None:
         (len(config.optim.betas) == 2, "optim.betas must have two values"),
         (config.lora.r > 0, "lora.r must be positive"),
         (config.irft.stages > 0, "irft.stages must be positive"),
+        (config.sft_phase.epochs >= 0, "sft_phase.epochs must be >= 0 (0: no SFT phase)"),
+        (config.sft_phase.lr > 0, "sft_phase.lr must be positive"),
         (config.irft.beta > 0, "irft.beta must be positive"),
         (config.irft.epochs_per_stage > 0, "irft.epochs_per_stage must be positive"),
         (config.rft.iterations > 0, "rft.iterations must be positive"),

@@ -10,12 +10,16 @@ from rewardsft.config import RunConfig
 def run_recipe(config: RunConfig) -> Path:
     """Train with the recipe named by ``config.method``; returns the run's ``final/`` folder.
 
+    IRFT and RFT with ``sft_phase.epochs`` > 0 train an SFT phase first (:mod:`rewardsft.recipes.phases`).
     SIGTERM / SIGINT during the run stop it after the current step with a checkpoint
     (:mod:`rewardsft.training.signals`; raises ``Preempted``).
     """
+    from rewardsft.recipes.phases import has_sft_phase, run_sft_phase
     from rewardsft.training.signals import STOP
 
     with STOP.installed():
+        if has_sft_phase(config):
+            config = run_sft_phase(config)
         return _dispatch(config)
 
 

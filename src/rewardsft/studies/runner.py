@@ -69,6 +69,8 @@ STUDY_OWNED = {
     "train.epochs": "--passes (from the base) and --budget (from SFT)",
     "train.max_steps": "--passes and --budget",
     "irft.stages": "the method's name (irft-t4 is 4 stages, spin is 1)",
+    "sft_phase.epochs": "the -from-sft methods (they start from the tuned SFT model) and --budget",
+    "sft_phase.lr": "the -from-sft methods (they start from the SFT model tuned over --lrs)",
     "rft.iterations": "--passes / --budget (RFT runs one round per SFT step of that many passes)",
     "rft.prompts_per_iteration": "train.batch_size (one round takes a batch of demonstration prompts)",
 }
