@@ -64,3 +64,15 @@ def test_quick_study_trains_evaluates_and_summarises(tmp_path: Path, llama_dir: 
     again = subprocess.run([*cmd, "--model", str(llama_dir), "--source", str(source)], cwd=ROOT, capture_output=True)
     assert again.returncode == 0, again.stderr.decode()[-3000:]
     assert len(finished) > 10 and [p.stat().st_mtime_ns for p in finished] == stamps
+
+    # RFT at a fair budget, from the quick study's tuned SFT model: the long run's accuracy curve, its r*, and the
+    # runs of r* and of the matched rounds judged against tuned SFT, the control and SFT -> SPIN
+    rft = [sys.executable, "-m", "benchmarks.rft_budget", "--quick", "--study", str(out / "tweets"), "--out"]
+    done = subprocess.run(
+        [*rft, str(tmp_path / "rft"), "--rounds", "4", "--eval-every", "2"], cwd=ROOT, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    record = json.loads((tmp_path / "rft" / "rft_budget.json").read_text())
+    assert [step for step, _ in record["curve"]] == [0, 2, 4] and record["matched"] == 4
+    assert {r["against"] for r in record["rows"]} == {"tuned SFT", "SFT continued (control)", "SFT -> SPIN"}
+    assert "r* = " in (tmp_path / "rft" / "rft_budget.md").read_text()

@@ -98,3 +98,12 @@ def test_pooled_line_weighs_domains_equally_and_resamples_within_each() -> None:
     spread = torch.tensor([1.0, -1.0] * 50, dtype=torch.float64)
     wide = pooled([spread, spread])
     assert wide["ci95"][0] < 0 < wide["ci95"][1] and wide["verdict"] == "not resolved"
+
+
+def test_rft_budget_stops_at_the_first_evaluation_the_next_ones_do_not_beat() -> None:
+    from benchmarks.rft_budget import plateau
+
+    rising_then_flat = [(0, 0.5), (4, 0.6), (8, 0.7), (12, 0.7), (16, 0.65), (20, 0.72)]
+    assert plateau(rising_then_flat, 2) == (8, True)
+    assert plateau([(0, 0.5), (4, 0.6), (8, 0.7), (12, 0.8)], 2) == (12, False)  # still rising: the end
+    assert plateau([(0, 0.9), (4, 0.5), (8, 0.5), (12, 0.4)], 2) == (4, True)  # never round 0
