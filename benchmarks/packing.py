@@ -30,12 +30,13 @@ def domain_examples(model: str, data: Path, rows: int) -> list[Any]:
     """The demonstrations tokenised as ``rewardsft train sft`` would with the study's rendering."""
     from rewardsft.config import load_config
     from rewardsft.data import Renderer
+    from rewardsft.layout import render_settings
     from rewardsft.models import load_tokenizer
-    from rewardsft.recipes.common import load_data, render_settings
+    from rewardsft.recipes.common import load_data
 
     overrides = [f"model.name_or_path={model}", f"data.path={data}", f"data.max_rows={rows}"]
     config = load_config("sft", overrides=overrides + [f"data.{k}={v}" for k, v in RENDER.items()])
-    renderer = Renderer.from_settings(load_tokenizer(config.model), render_settings(config))
+    renderer = Renderer.from_settings(load_tokenizer(config.model), render_settings(config.data))
     train, _ = load_data(config, renderer)
     return list(train.tokenized)
 

@@ -8,6 +8,7 @@ The stable Python API is what ``__all__`` lists (see docs/python.md); every othe
     rewardsft.evaluate_gap(result.final_dir, "pairs.jsonl")
 """
 
+from rewardsft._version import __version__
 from rewardsft.api import (
     RewardModel,
     RunResult,
@@ -22,8 +23,6 @@ from rewardsft.api import (
 )
 from rewardsft.config import RunConfig
 from rewardsft.errors import ConfigError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

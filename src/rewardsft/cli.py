@@ -474,8 +474,8 @@ def _render_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system-prompt", help="system turn added to message prompts [none]")
     group.add_argument("--fallback-template", help="chat template for tokenizers without one [default]")
     group.add_argument("--text-prompts", choices=["verbatim", "user_turn"], help="plain-text prompts [verbatim]")
-    group.add_argument("--max-length", type=int, help="prompt + response tokens [1024]")
-    group.add_argument("--max-prompt-length", type=int, help="prompt tokens kept from the end [512]")
+    group.add_argument("--max-length", type=int, help="prompt + response tokens [512]")
+    group.add_argument("--max-prompt-length", type=int, help="prompt tokens kept from the end [128]")
 
 
 def _render_flags(args: argparse.Namespace) -> dict[str, object]:

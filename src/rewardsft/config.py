@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
+from rewardsft.data.tokenize import MAX_LENGTH, MAX_PROMPT_LENGTH
 from rewardsft.errors import ConfigError
 
 METHODS = ("sft", "irft", "rft")
@@ -84,9 +85,9 @@ class DataConfig:
     format: Literal["auto", "prompt_completion", "messages", "chosen_rejected", "spin"] = "auto"
     """Row format; ``auto`` detects it from the first row's columns (real/generated, chosen/rejected, messages,
     prompt/completion)."""
-    max_length: int = 512
+    max_length: int = MAX_LENGTH
     """Prompt + response tokens (paper: 512)."""
-    max_prompt_length: int = 128
+    max_prompt_length: int = MAX_PROMPT_LENGTH
     """Prompt tokens kept, from the end of the prompt (paper: 128)."""
     max_rows: int | None = None
     """Train on the first N rows only (the held-out data is not capped); None: all rows."""

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,12 @@ def run_render_settings(run_dir: Path) -> RenderSettings:
         data = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8"))).data
     except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError) as err:
         raise ConfigError(f"{path}: cannot read the run's config ({err})") from None
-    return RenderSettings(
-        data.system_prompt, data.fallback_template, data.text_prompts, data.max_length, data.max_prompt_length
-    )
+    return render_settings(data)
+
+
+def render_settings(data: Any) -> RenderSettings:
+    """The rendering keys of a ``data`` config section (:class:`rewardsft.config.DataConfig`), the one mapping."""
+    return RenderSettings(**{f.name: getattr(data, f.name) for f in fields(RenderSettings)})
 
 
 @dataclass(frozen=True)

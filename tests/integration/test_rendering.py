@@ -10,9 +10,8 @@ import pytest
 from rewardsft.cli import main
 from rewardsft.config import load_config
 from rewardsft.data import Example, Renderer, load_split
-from rewardsft.layout import rendering_for
+from rewardsft.layout import render_settings, rendering_for
 from rewardsft.models import load_tokenizer
-from rewardsft.recipes.common import render_settings
 from tests.conftest import write_jsonl
 from tests.integration.test_sft import sft_args
 
@@ -44,7 +43,7 @@ def system_run(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def training_prompt_ids(run_args: list[str], data: Path) -> list[list[int]]:
     """The prompt ids the run trained on, rebuilt from its config the way `train` builds them."""
     config = load_config("sft", overrides=run_args)
-    renderer = Renderer.from_settings(load_tokenizer(config.model), render_settings(config))
+    renderer = Renderer.from_settings(load_tokenizer(config.model), render_settings(config.data))
     split = load_split(str(data), "train", renderer, max_length=48, max_prompt_length=40)
     return [ex.prompt_ids for ex in split.tokenized]
 

@@ -155,3 +155,20 @@ def test_rft_refuses_sampling_that_is_not_the_policy(override: str) -> None:
     with pytest.raises(ConfigError, match="RLOO"):
         load_config("rft", overrides=[override])
     assert load_config("irft", overrides=[override])  # IRFT's theory samples too, but nothing there goes off-policy
+
+
+def test_one_of_each_default_rendering_and_version() -> None:
+    import tomllib
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import rewardsft
+    from rewardsft.config import DataConfig
+    from rewardsft.data.tokenize import RenderSettings
+    from rewardsft.layout import render_settings
+
+    # a model that is not a run is evaluated as a default run trains, through the one mapping
+    assert render_settings(DataConfig()) == RenderSettings()
+    assert asdict(render_settings(DataConfig(max_length=64, text_prompts="user_turn")))["max_length"] == 64
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["version"] == rewardsft.__version__

@@ -23,6 +23,11 @@ from typing import Any
 
 from rewardsft.data.formats import Example, Prompt
 
+MAX_LENGTH = 512
+"""Default prompt + response tokens (the paper's 512), of training (``data.max_length``) and of evaluation."""
+MAX_PROMPT_LENGTH = 128
+"""Default prompt tokens kept, from the end of the prompt (the paper's 128)."""
+
 IGNORE_INDEX = -100
 
 # Role-tagged turns closed by EOS, in the style of zephyr's template; used only when the tokenizer has none.
@@ -68,13 +73,14 @@ class TokenizeStats:
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """Everything that decides a model's prompt and response tokens (the ``data`` section's rendering keys)."""
+    """Everything that decides a model's prompt and response tokens (the ``data`` section's rendering keys, with
+    the same defaults: a model that is not a run is evaluated as a default run would have trained)."""
 
     system_prompt: str | None = None
     fallback_template: str = "default"
     text_prompts: str = "verbatim"
-    max_length: int = 1024
-    max_prompt_length: int = 512
+    max_length: int = MAX_LENGTH
+    max_prompt_length: int = MAX_PROMPT_LENGTH
 
 
 class Renderer:

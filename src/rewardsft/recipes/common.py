@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewardsft.config import RunConfig
-from rewardsft.data import LoadedSplit, Renderer, RenderSettings, load_split
+from rewardsft.data import LoadedSplit, Renderer, load_split
 from rewardsft.data.tokenize import verbatim_text_prompt_warning
+from rewardsft.layout import render_settings
 from rewardsft.models import disable_dropout, load_policy, load_tokenizer
 from rewardsft.training.run import Run, check_room
 
@@ -35,7 +36,7 @@ def start_recipe(config: RunConfig, load_extra: Callable[[Renderer], Any] | None
     """
     run = Run(config)
     tokenizer = load_tokenizer(config.model)
-    renderer = Renderer.from_settings(tokenizer, render_settings(config))
+    renderer = Renderer.from_settings(tokenizer, render_settings(config.data))
     train_data, eval_data = load_data(config, renderer)
     extra = load_extra(renderer) if load_extra is not None else None
     run.begin()
@@ -50,11 +51,6 @@ def start_recipe(config: RunConfig, load_extra: Callable[[Renderer], Any] | None
     set_dropout(model, config, run)
     model.train()
     return RecipeStart(run, tokenizer, renderer, train_data, eval_data, model, extra)
-
-
-def render_settings(config: RunConfig) -> RenderSettings:
-    dc = config.data
-    return RenderSettings(dc.system_prompt, dc.fallback_template, dc.text_prompts, dc.max_length, dc.max_prompt_length)
 
 
 def set_dropout(model: Any, config: RunConfig, run: Run) -> None:

@@ -24,14 +24,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rewardsft.config import UNUSED_BY_METHOD, GenerationConfig, RunConfig, load_config
-from rewardsft.data.tokenize import RenderSettings
 from rewardsft.errors import ConfigError
-from rewardsft.layout import CHECKPOINTS, EVAL, FINAL, SUMMARY_FILE
+from rewardsft.layout import CHECKPOINTS, EVAL, FINAL, SUMMARY_FILE, render_settings
 from rewardsft.studies.plan import (
     MethodSpec,
     Trial,
@@ -478,7 +477,7 @@ def run_study(settings: StudySettings) -> Path:
     split = make_split(settings.data, settings.out / "split")
     study = Study(settings, split, specs, {}, user)
     sft_data = study.recipe_settings("sft").data
-    study.render = {f.name: getattr(sft_data, f.name) for f in fields(RenderSettings)}
+    study.render = asdict(render_settings(sft_data))
     study.specs = [*specs, *controls_of(study, specs)]
     print(describe(study), flush=True)
     if split.kind == "demonstrations":

@@ -137,7 +137,7 @@ class Run:
         import accelerate
         import transformers
 
-        from rewardsft import __version__
+        from rewardsft._version import __version__
 
         return {
             "method": self.config.method,
