@@ -215,7 +215,18 @@ def pooled_lines(out: Path, results: dict[str, Any]) -> dict[str, Any]:
         diffs = [per_pair_difference(runs_of(out / d, method), runs_of(out / d, "sft")) for d in domains]
         verdicts = {d: finished[d]["rows"][method]["vs_sft"].get(PRIMARY, {}).get("verdict") for d in domains}
         lines[method] = {"per_domain": verdicts, "pooled": pooled(diffs)}
+        controls = {d: control_of(out / d, method) for d in domains}
+        if all(controls.values()):  # a from-SFT method: also against SFT continued for its budget
+            diffs = [per_pair_difference(runs_of(out / d, method), runs_of(out / d, str(controls[d]))) for d in domains]
+            verdicts = {d: finished[d]["rows"][method]["vs_control"].get(PRIMARY, {}).get("verdict") for d in domains}
+            lines[method] |= {"per_domain_vs_control": verdicts, "pooled_vs_control": pooled(diffs)}
     return lines
+
+
+def control_of(domain_dir: Path, method: str) -> str | None:
+    """The budget-matched control the study gave ``method`` (from-SFT methods only)."""
+    controls = json.loads((domain_dir / "study.json").read_text())["controls"]
+    return next((name for name, methods in controls.items() if method in methods), None)
 
 
 def runs_of(domain_dir: Path, name: str) -> list[Path]:
@@ -312,10 +323,12 @@ def pooled_markdown(across: dict[str, Any]) -> list[str]:
         "Held-out gap against tuned SFT: the verdict per domain, and the mean over domains of the mean per-pair "
         "difference (95% interval resampling test pairs within each domain; seeds averaged per pair).",
         "",
-        "| method | per domain | pooled Δgap (nats) |",
-        "|---|---|---|",
+        "| method | per domain | pooled Δgap (nats) | per domain vs its control | pooled Δgap vs its control |",
+        "|---|---|---|---|---|",
     ]
     for method, line in across.items():
         per = ", ".join(f"{d}: {v}" for d, v in line["per_domain"].items())
-        lines.append(f"| {method} | {per} | {fmt_ci(line['pooled'])} |")
+        control = ", ".join(f"{d}: {v}" for d, v in line.get("per_domain_vs_control", {}).items())
+        pooled_control = fmt_ci(line["pooled_vs_control"]) if "pooled_vs_control" in line else ""
+        lines.append(f"| {method} | {per} | {fmt_ci(line['pooled'])} | {control} | {pooled_control} |")
     return [*lines, ""]

@@ -107,3 +107,12 @@ def test_rft_budget_stops_at_the_first_evaluation_the_next_ones_do_not_beat() ->
     assert plateau(rising_then_flat, 2) == (8, True)
     assert plateau([(0, 0.5), (4, 0.6), (8, 0.7), (12, 0.8)], 2) == (12, False)  # still rising: the end
     assert plateau([(0, 0.9), (4, 0.5), (8, 0.5), (12, 0.4)], 2) == (4, True)  # never round 0
+
+
+def test_a_from_sft_method_is_pooled_against_the_control_its_study_gave_it(tmp_path: Path) -> None:
+    from benchmarks.study_summary import control_of
+
+    controls = {"sft-continued-b8-n16": ["spin-from-sft", "irft-t2-from-sft"]}
+    (tmp_path / "study.json").write_text(json.dumps({"controls": controls}))
+    assert control_of(tmp_path, "irft-t2-from-sft") == "sft-continued-b8-n16"
+    assert control_of(tmp_path, "spin") is None
