@@ -28,6 +28,7 @@ import yaml
 
 from rewardsft.data.tokenize import MAX_LENGTH, MAX_PROMPT_LENGTH
 from rewardsft.errors import ConfigError
+from rewardsft.layout import SFT_PHASE_DIR
 
 METHODS = ("sft", "irft", "rft")
 
@@ -422,7 +423,49 @@ def load_config(method: str, config_file: str | Path | None = None, overrides: O
     config.method = method  # type: ignore[assignment]
     validate(config)
     reject_unused(config)
+    if config.method != "sft" and config.sft_phase.epochs > 0:
+        sft_phase_config(config)  # its SFT phase is checked now, not after the run has started
     return config
+
+
+SFT_PHASE_TRAIN = (
+    "batch_size",
+    "grad_accum",
+    "max_grad_norm",
+    "save_every",
+    "keep_checkpoints",
+    "eval_every",
+    "log_every",
+    "on_nonfinite",
+)
+"""The run's ``train`` settings its SFT phase shares (and ``eval_batch_size`` where there is held-out data, the
+only place SFT reads it); its length is ``sft_phase.epochs`` and its dropout SFT's default (the reward recipes
+switch dropout off for reasons SFT does not have)."""
+SFT_PHASE_OPTIM = ("schedule", "warmup_ratio", "weight_decay", "eps")
+"""The run's ``optim`` settings its SFT phase shares (``betas`` too when the run is AdamW's); the phase trains with
+AdamW, SFT's optimiser, at ``sft_phase.lr``."""
+
+
+def sft_phase_config(config: RunConfig, resume: bool = False) -> RunConfig:
+    """The SFT phase of an IRFT or RFT run: what ``rewardsft train sft`` would run on the same model, data and
+    batches, into ``OUTPUT_DIR/sft`` (:mod:`rewardsft.recipes.phases`)."""
+    sections = ("model", "lora", "data", "logging")
+    values: dict[str, Any] = {name: dataclasses.asdict(getattr(config, name)) for name in sections}
+    train = {key: getattr(config.train, key) for key in SFT_PHASE_TRAIN}
+    if config.data.eval_path is not None or config.data.eval_split is not None:
+        train["eval_batch_size"] = config.train.eval_batch_size
+    values["train"] = train | {"epochs": config.sft_phase.epochs}
+    optim = {key: getattr(config.optim, key) for key in SFT_PHASE_OPTIM}
+    if config.optim.name == "adamw":
+        optim["betas"] = config.optim.betas
+    values["optim"] = optim | {"name": "adamw", "lr": config.sft_phase.lr}
+    values |= {
+        "output_dir": str(Path(config.output_dir) / SFT_PHASE_DIR),
+        "seed": config.seed,
+        "resume": resume,
+        "overwrite": config.overwrite,
+    }
+    return load_config("sft", overrides=values)
 
 
 def method_defaults(method: str) -> RunConfig:

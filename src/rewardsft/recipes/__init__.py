@@ -14,13 +14,19 @@ def run_recipe(config: RunConfig) -> Path:
     SIGTERM / SIGINT during the run stop it after the current step with a checkpoint
     (:mod:`rewardsft.training.signals`; raises ``Preempted``).
     """
-    from rewardsft.recipes.phases import has_sft_phase, run_sft_phase
+    from rewardsft.recipes.phases import has_sft_phase, recorded_as_given, run_sft_phase
+    from rewardsft.training.run import end_process_group
     from rewardsft.training.signals import STOP
 
-    with STOP.installed():
-        if has_sft_phase(config):
-            config = run_sft_phase(config)
-        return _dispatch(config)
+    try:
+        with STOP.installed():
+            if not has_sft_phase(config):
+                return _dispatch(config)
+            reward_phase = run_sft_phase(config)
+            with recorded_as_given(reward_phase, config):
+                return _dispatch(reward_phase)
+    finally:
+        end_process_group()
 
 
 def _dispatch(config: RunConfig) -> Path:

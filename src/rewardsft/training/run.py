@@ -23,7 +23,7 @@ from rewardsft.config import RunConfig, flatten
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
-from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE
+from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE, SFT_PHASE_DIR
 from rewardsft.logprobs import model_token_logps
 from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
@@ -37,12 +37,13 @@ T = TypeVar("T")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 
 
-def check_output_dir(config: RunConfig) -> Path:
-    """Refuse a non-empty output dir unless resuming or overwriting (nothing is written here)."""
+def check_output_dir(config: RunConfig, phase: bool = False) -> Path:
+    """Refuse a non-empty output dir unless resuming or overwriting (nothing is written here). ``phase``: the
+    reward phase of a run with an SFT phase, whose ``sft/`` folder is that run's own and does not count."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (config.overwrite or config.resume):
+    if own_content(out, phase) and not (config.overwrite or config.resume):
         raise ConfigError(
             f"output_dir {out} is not empty; pass resume=true to continue it or overwrite=true to replace it"
         )
@@ -50,6 +51,19 @@ def check_output_dir(config: RunConfig) -> Path:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"output_dir {out}: {existing} is not a writable directory")
     return out
+
+
+def own_content(out: Path, phase: bool) -> list[Path]:
+    """What is in ``out`` that a new run would replace (a reward phase keeps its SFT phase's folder)."""
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if not (phase and p.name == SFT_PHASE_DIR)]
+
+
+def end_process_group() -> None:
+    """At the end of a recipe run (:func:`rewardsft.recipes.run_recipe`): leave the process group cleanly."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def nearest_existing(path: Path) -> Path:
@@ -102,7 +116,8 @@ class Run:
             raise ConfigError("data.path is not set")
         self.config = config
         self.trackers = _check_trackers(config.logging.report_to)
-        self.output_dir = check_output_dir(config)
+        self.phase = config.method != "sft" and config.sft_phase.epochs > 0
+        self.output_dir = check_output_dir(config, self.phase)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), log_with=self.trackers or None, project_dir=config.output_dir
         )
@@ -119,8 +134,12 @@ class Run:
         from accelerate.utils import set_seed
 
         if self.is_main:
-            if self.config.overwrite and self.output_dir.exists():
-                shutil.rmtree(self.output_dir)
+            if self.config.overwrite:
+                for path in own_content(self.output_dir, self.phase):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / CONFIG_FILE).write_text(self.config.to_yaml())
             (self.output_dir / RUN_FILE).write_text(json.dumps(self.environment(), indent=2))
@@ -327,7 +346,10 @@ class Run:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
         self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+        # Trackers only: the process group outlives a run (an SFT phase is followed by the reward phase in the
+        # same processes, and accelerate's state would not set a destroyed group up again); run_recipe ends it.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
         return final
 
     def eval_nll(self, model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float:
