@@ -67,6 +67,11 @@ def test_study_quick_tunes_on_dev_judges_on_test_and_a_rerun_trains_nothing(
     for name, entry in tuning.items():
         assert len(entry["tries"]) == 2
         floor = entry["base_dev_chosen_logp"]
+        base_dev = json.loads((out / "base" / "eval" / "dev-gap" / "summary.json").read_text())
+        assert floor == base_dev["chosen_logp"]["mean"]
+        for t in entry["tries"]:
+            dev = json.loads((out / "runs" / t["run"] / "eval" / "dev-gap" / "summary.json").read_text())
+            assert (t["dev_chosen_logp"], t["dev_gap"]) == (dev["chosen_logp"]["mean"], dev["gap"]["mean"])
         kept = [t for t in entry["tries"] if t["dev_chosen_logp"] >= floor]
         best = max(kept or entry["tries"], key=lambda t: t["dev_gap"])
         assert entry["chosen"] == best["setting"] == record["chosen"][name]

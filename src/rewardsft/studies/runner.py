@@ -30,7 +30,7 @@ from typing import Any
 
 from rewardsft.config import UNUSED_BY_METHOD, GenerationConfig, RunConfig, load_config
 from rewardsft.errors import ConfigError
-from rewardsft.layout import CHECKPOINTS, EVAL, FINAL, SUMMARY_FILE, render_settings
+from rewardsft.layout import ADAPTER, CHECKPOINTS, EVAL, FINAL, REWARD_MODEL, SUMMARY_FILE, render_settings
 from rewardsft.studies.plan import (
     MethodSpec,
     Trial,
@@ -109,8 +109,8 @@ class StudySettings:
     quick: bool = False
     overwrite: bool = False
     keep_tries: bool = False
-    """Keep the weights of the dev tries that were not chosen (default: removed once the choice is made; their
-    configs, logs and evaluations stay, and a rerun does not retrain them)."""
+    """Keep the weights of the runs the verdict does not rest on (default: removed once the verdict is written;
+    their configs, logs and evaluations stay, and a rerun trains one again only if it is chosen after all)."""
     eval_batch_size: int = 16
 
 
@@ -256,10 +256,12 @@ class Study:
         if (run / "config.yaml").is_file():
             # Finished or interrupted: either way it continues only with the settings it was started with.
             check_same_settings(run, self.config(trial), self.out)
-        if (run / FINAL).is_dir() or (not weights and (run / PRUNED).is_file()):
+        if (run / PRUNED).is_file():
+            if not weights:
+                return run
+            shutil.rmtree(run)  # chosen now (the rule or the grid changed): the same run, trained afresh
+        elif (run / FINAL).is_dir():
             return run
-        if (run / PRUNED).is_file():  # chosen now (the rule or the grid changed): the same run, trained afresh
-            shutil.rmtree(run)
         # Any trace of an earlier launch (a config, a checkpoint) is continued; with no checkpoint it starts over.
         resume = run.is_dir() and any(run.iterdir())
         if self.clock:
@@ -493,7 +495,12 @@ def run_study(settings: StudySettings) -> Path:
         print("nothing left to train: every run of the study is finished")
     tune(study)
     finals = train_seeds(study)
-    return write_verdict(study, finals)
+    report = write_verdict(study, finals)
+    if not settings.keep_tries:
+        pruned = prune_unused(study, finals)
+        if pruned:
+            print(f"removed the weights of {len(pruned)} runs the verdict does not rest on (--keep-tries keeps them)")
+    return report
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -626,19 +633,39 @@ def tune(study: Study) -> None:
         study.chosen[spec.name] = trials[best]
         study.tries[spec.name] = tries
         write_tuning(study, floor)
-        study.train(trials[best])  # its weights: a rerun under another rule may choose a pruned try
-        if not s.keep_tries:
-            prune(study, [t for i, t in enumerate(trials) if i != best], trials[best])
+        retrained = not (study.run_dir(trials[best]) / FINAL).is_dir()
+        run = study.train(trials[best])  # its weights: a rerun under another rule may choose a pruned try
+        if retrained:
+            again = study.run_gap(run, "dev")["gap"]["mean"]
+            if not math.isclose(again, tries[best]["dev_gap"], rel_tol=1e-4, abs_tol=1e-4):
+                print(
+                    f"note: {run.name} trained again reaches a dev gap of {again:.3f}, not {tries[best]['dev_gap']:.3f}"
+                )
 
 
-def prune(study: Study, trials: Sequence[Trial], chosen: Trial) -> None:
-    """Remove the weights of tries that lost the choice (a study of 40 runs of SmolLM2-135M keeps 20 GB of them
-    otherwise); what was measured of them stays, and ``pruned.json`` tells a rerun they are finished."""
-    for trial in trials:
-        run = study.run_dir(trial)
-        if (run / FINAL).is_dir():
-            (run / PRUNED).write_text(json.dumps({"chosen_instead": chosen.setting}) + "\n")
-            shutil.rmtree(run / FINAL)
+WEIGHTS = (FINAL, REWARD_MODEL, ADAPTER)
+"""What a run holds of weights (the policy, RFT's reward model, a LoRA adapter)."""
+
+
+def prune_unused(study: Study, finals: dict[str, list[Path]]) -> list[Path]:
+    """Once the verdict is written: remove the weights of every run it does not rest on (tries that lost the
+    choice, seeds of settings no longer chosen). A study of 40 runs of SmolLM2-135M keeps 20 GB of them otherwise;
+    their configs, logs and evaluations stay, and ``pruned.json`` tells a rerun they are finished."""
+    keep = {run.resolve() for runs in finals.values() for run in runs}
+    pruned = []
+    for run in sorted(p for p in (study.out / "runs").iterdir() if p.is_dir() and p.resolve() not in keep):
+        for leftover in run.glob("*.pruning"):  # an earlier prune that was killed midway
+            shutil.rmtree(leftover)
+        held = [run / name for name in WEIGHTS if (run / name).is_dir()]
+        if not held:
+            continue
+        # Renamed first, then marked, then deleted: a kill midway never leaves part of a model that counts as one.
+        doomed = [path.rename(path.with_name(path.name + ".pruning")) for path in held]
+        (run / PRUNED).write_text(json.dumps({"removed": [p.name for p in held]}) + "\n")
+        for path in doomed:
+            shutil.rmtree(path)
+        pruned.append(run)
+    return pruned
 
 
 def choose(tries: Sequence[dict[str, Any]], floor: float) -> tuple[int, str | None]:
