@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.real_study import QUICK, Grid, overrides
+from rewardsft.studies.plan import rft_overrides
 
 HELD_OUT_ROWS = 64
 
@@ -43,9 +44,12 @@ class Budget:
 
 
 def chosen_run(study: Path, method: str, seed: int) -> Path:
-    """The study's run of ``method`` (a name, or the first that starts with it) at its chosen setting and ``seed``."""
+    """The study's run of ``method`` (a name, or the one name that starts with it) at its chosen setting and seed."""
     chosen = json.loads((study / "study.json").read_text())["chosen"]
-    method = next(name for name in chosen if name == method or name.startswith(method))
+    names = [name for name in chosen if name == method] or [name for name in chosen if name.startswith(method)]
+    if len(names) != 1:
+        raise SystemExit(f"{study}: {len(names)} methods match {method!r} ({', '.join(chosen)})")
+    method = names[0]
     name = chosen[method].replace("lr=", f"{method}-lr").replace(" passes=", "-p") + f"-s{seed}"
     run = study / "runs" / name
     if not (run / "eval" / "test-gap" / "summary.json").is_file():
@@ -75,16 +79,22 @@ def rft_settings(study: Path, start: Path, out: Path, rounds: int, budget: Budge
         f"rft.iterations={rounds}",
         f"rft.prompts_per_iteration={grid.batch_size}",
         f"rft.samples_per_prompt={budget.samples}",
+        "train.save_every=4",  # a killed long run resumes near where it was
+        "train.keep_checkpoints=1",
         "logging.progress=false",
     ]
 
 
 def train(settings: list[str]) -> Path:
-    """An RFT run (resumed if it was stopped; a finished one is kept)."""
+    """An RFT run (resumed if it was stopped; a finished one is kept), continued only with its own settings."""
     from rewardsft.config import load_config
     from rewardsft.recipes import run_recipe
+    from rewardsft.studies.runner import check_same_settings
 
-    out = Path(next(s for s in settings if s.startswith("output_dir=")).split("=", 1)[1])
+    config = load_config("rft", overrides=settings)
+    out = Path(config.output_dir)
+    if (out / "config.yaml").is_file():
+        check_same_settings(out, config, out.parent)
     if (out / "final").is_dir():
         return out
     resume = ["resume=true"] if out.is_dir() and any(out.iterdir()) else []
@@ -102,6 +112,19 @@ def plateau(curve: list[tuple[int, float]], patience: int) -> tuple[int, bool]:
         if step > 0 and len(later) == patience and max(later) <= acc:
             return step, True
     return curve[-1][0], False
+
+
+def check_prefix(run: Path, long: Path) -> None:
+    """A run of r rounds must be the long run's first r rounds: every round's logged training metrics agree."""
+    from rewardsft.training.metrics import read_metrics
+
+    keys = ("rm/loss", "policy/reward", "policy/kl", "eval/rm_accuracy")
+    mine = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
+    theirs = {r["step"]: r for r in read_metrics(long / "metrics.jsonl")}
+    for step, record in mine.items():
+        for key in keys:
+            if key in record and key in theirs.get(step, {}) and abs(record[key] - theirs[step][key]) > 1e-6:
+                raise SystemExit(f"{run}: round {step}'s {key} is {record[key]}, the long run's {theirs[step][key]}")
 
 
 def accuracy_curve(run: Path) -> list[tuple[int, float]]:
@@ -182,19 +205,21 @@ def main() -> None:
     # Every run evaluates the same way, so that a run of r rounds is the long run's first r rounds exactly.
     eval_flags = [f"data.eval_path={heldout}", f"train.eval_every={budget.eval_every}"]
 
-    def rounds_run(name: str, rounds: int) -> Path:
-        return train([*rft_settings(study, sft, out / name, rounds, budget, grid), *eval_flags])
+    tag = f"lr{budget.lr:g}-rlr{budget.reward_lr:g}-k{budget.samples}-s{budget.seed}"
 
-    long = rounds_run("long", budget.rounds)
+    def rounds_run(rounds: int) -> Path:
+        return train([*rft_settings(study, sft, out / f"{tag}-r{rounds}", rounds, budget, grid), *eval_flags])
+
+    long = rounds_run(budget.rounds)
     curve = accuracy_curve(long)
     r_star, stopped = plateau(curve, budget.patience)
-    matched = -(-grid.demonstrations // grid.batch_size)  # one round per SFT step of one pass
-    runs = {f"rft {matched} rounds (matched)": rounds_run(f"r{matched}", matched)}
-    runs[f"rft {r_star} rounds (fair)"] = long if r_star == budget.rounds else rounds_run(f"r{r_star}", r_star)
+    n_train = len((study / "split" / "train.jsonl").read_text().splitlines()[: grid.demonstrations])
+    matched = int(rft_overrides(n_train, grid.batch_size, 1)[0].split("=")[1])  # the study's own count
+    runs = {f"rft {matched} rounds (matched)": rounds_run(matched)}
+    runs[f"rft {r_star} rounds (fair)"] = long if r_star == budget.rounds else rounds_run(r_star)
     for run in runs.values():
         evaluate_test_gap(run, study)
-        if accuracy_curve(run) != [point for point in curve if point[0] <= accuracy_curve(run)[-1][0]]:
-            raise SystemExit(f"{run} did not repeat the long run's first rounds: its reward-model accuracy differs")
+        check_prefix(run, long)
     baselines = {
         "tuned SFT": sft,
         "SFT continued (control)": chosen_run(study, "sft-continued", budget.seed),
