@@ -12,6 +12,7 @@ from rewardsft._version import __version__
 from rewardsft.api import (
     RewardModel,
     RunResult,
+    audit,
     compare,
     evaluate_gap,
     human_likeness,
@@ -30,6 +31,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "__version__",
+    "audit",
     "compare",
     "evaluate_gap",
     "human_likeness",

@@ -307,3 +307,50 @@ def _override_pairs(overrides: Overrides | None) -> tuple[str, ...]:
     if isinstance(overrides, Mapping):
         return tuple(f"{key}={json.dumps(value)}" for key, value in flatten(nest_values(overrides)).items())
     return tuple(overrides)
+
+
+def audit(
+    model: PathLike,
+    data: PathLike,
+    out: PathLike,
+    *,
+    reward: str = "explicit",
+    folds: int = 5,
+    flag_share: float | None = None,
+    flag_below: float | None = None,
+    passes: int = 2,
+    seed: int = 0,
+    overrides: Overrides | None = None,
+    keep_models: bool = False,
+    overwrite: bool = False,
+    split: str = "train",
+    format: str = "auto",
+) -> dict[str, Any]:
+    """Which demonstrations are probably bad? (``rewardsft audit``; docs/audit.md.)
+
+    Scores every row of ``data`` out of fold with the reward learned from the other rows (``reward``:
+    ``explicit``, RFT's Bradley-Terry reward model, or ``implicit``, SPIN's β·log π_θ/π_start) against ``model``'s
+    own sample for its prompt, flags the lowest ``flag_share`` (default 0.1) or those below ``flag_below``, and
+    writes ``scores.jsonl``, ``flagged.jsonl``, ``clean.jsonl``, ``rejected.jsonl`` and a report into ``out``.
+    Rerunning continues it. Returns what ``OUT/audit.json`` holds.
+    """
+    from rewardsft.audits.runner import AuditSettings, run_audit
+
+    settings = AuditSettings(
+        model=os.fspath(model),
+        data=os.fspath(data),
+        out=Path(out),
+        reward=reward,  # type: ignore[arg-type]
+        folds=folds,
+        share=flag_share,
+        below=flag_below,
+        passes=passes,
+        seed=seed,
+        fmt=format,
+        split=split,
+        overrides=tuple(_override_pairs(overrides)),
+        keep_models=keep_models,
+        overwrite=overwrite,
+    )
+    report_path = run_audit(settings)
+    return dict(json.loads((report_path.parent / "audit.json").read_text()))

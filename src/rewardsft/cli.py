@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.set_defaults(func=_report)
 
     _add_study_command(sub)
+    _add_audit_command(sub)
     demo_p = sub.add_parser(
         "demo", help="offline: SFT, SPIN, IRFT and RFT on a built-in task with a true reward (or `demo toy`)"
     )
@@ -371,6 +372,55 @@ def _add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--holdout", type=float, default=0.2, help="without --pairs: demonstrations held out [0.2]")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.max_length=256 optim.schedule=constant")
     p.set_defaults(func=_study)
+
+
+def _add_audit_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "audit",
+        help="find the probably-bad demonstrations with the reward learned from the others (out of fold)",
+        description="Score every demonstration out of fold: learn a reward on k-1 folds (RFT's reward model, or "
+        "SPIN's implicit reward), score the held-out fold's rows against the model's own samples for their "
+        "prompts; write scores.jsonl, flagged.jsonl, clean.jsonl and a report. Rerun to continue (docs/audit.md).",
+    )
+    p.add_argument("--model", required=True, help="the start model: a local folder, hub id or run folder")
+    p.add_argument("--data", required=True, help="the demonstrations, in any format `rewardsft train` reads")
+    p.add_argument("--out", required=True, help="the audit folder (rerun with the same one to continue)")
+    p.add_argument("--reward", choices=["explicit", "implicit"], default="explicit", help="[explicit]")
+    p.add_argument("--folds", type=int, default=5, help="[5]")
+    p.add_argument("--flag-share", type=float, help="flag this share of the rows, lowest first [0.1]")
+    p.add_argument("--flag-below", type=float, help="flag rows whose score (z within fold) is below this")
+    p.add_argument("--passes", type=int, default=2, help="passes over the other folds for each fold's reward [2]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-models", action="store_true", help="keep each fold's trained reward [removed]")
+    p.add_argument("--overwrite", action="store_true", help="empty --out first")
+    p.add_argument("--split", default="train", help="split of --data (hub datasets, folders)")
+    p.add_argument("--format", default="auto", help="row format of --data [auto]")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="settings of every fold's run, e.g. reward_model.lr=1e-4"
+    )
+    p.set_defaults(func=_audit)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from rewardsft.api import audit
+
+    audit(
+        args.model,
+        args.data,
+        args.out,
+        reward=args.reward,
+        folds=args.folds,
+        flag_share=args.flag_share,
+        flag_below=args.flag_below,
+        passes=args.passes,
+        seed=args.seed,
+        overrides=args.overrides,
+        keep_models=args.keep_models,
+        overwrite=args.overwrite,
+        split=args.split,
+        format=args.format,
+    )
+    return 0
 
 
 def _add_reward_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -139,3 +139,14 @@ def test_invalid_utf8_is_exit_2_naming_file_and_line(
     assert main(args) == 2
     assert "latin1.jsonl: row 3: not valid UTF-8" in capsys.readouterr().err
     assert not out.exists()  # nothing written for bad input
+
+
+def test_parse_each_row_keeps_the_good_rows_and_names_every_bad_one() -> None:
+    from rewardsft.data.formats import parse_each_row
+
+    rows = [{"prompt": "a", "completion": "b"}, {"prompt": "c"}, [1], {"prompt": "d", "completion": "e"}]
+    parsed, rejected = parse_each_row(rows, "demos.jsonl")  # type: ignore[arg-type]
+    assert [line for line, _ in parsed] == [1, 4] and parsed[1][1].response == "e"
+    assert [line for line, _ in rejected] == [2, 3]
+    assert rejected[0][1] == "demos.jsonl: row 2, field 'completion': missing"
+    assert "row 3: expected a JSON object" in rejected[1][1]

@@ -58,22 +58,36 @@ def detect_format(columns: Iterable[str], source: str = "data") -> str:
 
 def parse_rows(rows: Sequence[dict[str, Any]], source: str, fmt: str = "auto") -> list[Example]:
     """Validate and convert every row; the first bad row raises :class:`DataError` naming it (1-based)."""
+    parsed, rejected = parse_each_row(rows, source, fmt)
+    if rejected:
+        raise DataError(rejected[0][1])
+    return [example for _, example in parsed]
+
+
+def parse_each_row(
+    rows: Sequence[dict[str, Any]], source: str, fmt: str = "auto"
+) -> tuple[list[tuple[int, Example]], list[tuple[int, str]]]:
+    """Every row that parses, with its 1-based row number, and every row that does not, with its error (the
+    message :func:`parse_rows` would raise): for tools that report bad rows instead of stopping at the first."""
     if not rows:
         raise DataError(f"{source}: no rows")
     if fmt == "auto":
-        if not isinstance(rows[0], dict):
+        first = next((row for row in rows if isinstance(row, dict)), None)
+        if first is None:
             raise _Where(source, 1).error(None, f"expected a JSON object, got {type(rows[0]).__name__}")
-        fmt = detect_format(rows[0].keys(), source)
+        fmt = detect_format(first.keys(), source)
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    parse = _PARSERS[fmt]
-    examples = []
+    parsed, rejected = [], []
     for index, row in enumerate(rows, start=1):
         where = _Where(source, index)
-        if not isinstance(row, dict):
-            raise where.error(None, f"expected a JSON object, got {type(row).__name__}")
-        examples.append(parse(row, where))
-    return examples
+        try:
+            if not isinstance(row, dict):
+                raise where.error(None, f"expected a JSON object, got {type(row).__name__}")
+            parsed.append((index, _PARSERS[fmt](row, where)))
+        except DataError as err:
+            rejected.append((index, str(err)))
+    return parsed, rejected
 
 
 @dataclass(frozen=True)

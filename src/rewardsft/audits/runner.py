@@ -1,0 +1,367 @@
+"""Score every demonstration out of fold: learn a reward on k-1 folds, score the held-out fold, k times.
+
+Explicit reward: an RFT run with no policy step (``rft.policy_steps=0``): its Bradley-Terry reward model learns the
+demonstrations over the start model's own samples, which is RFT's reward step alone. Implicit reward: a SPIN run
+(IRFT, one stage); its reward of a response is β·log(π_θ/π_start). Either way a row's score is the reward of its
+response, standardised within its fold (each fold has its own reward, with its own scale). Subtracting the reward
+of the start model's own sample for the prompt was tried and dropped: on the demo's task it halved the precision
+(one sample's reward is noise, and the task's prompts are all alike; docs/audit.md). Every run trains through :func:`rewardsft.recipes.run_recipe`, as ``rewardsft train``
+does; a finished fold is never redone, so rerunning the command continues an audit.
+
+Layout of ``OUT``::
+
+    audit.json        the settings and what was found
+    folds/F/          train.jsonl (the other folds), run/ (the fold's reward), rewards.json
+    baseline/         the start model's log-likelihood of every row (the baseline a user would try first)
+    scores.jsonl, flagged.jsonl, clean.jsonl, rejected.jsonl, report.md, report.html
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rewardsft.audits.folds import assign_folds, flag, percentiles, standardise_within
+from rewardsft.config import RunConfig, load_config, parse_overrides
+from rewardsft.data import DataError, Example, load_rows
+from rewardsft.data.formats import parse_each_row
+from rewardsft.data.tokenize import RenderSettings
+from rewardsft.errors import ConfigError
+from rewardsft.layout import CHECKPOINTS, FINAL, REWARD_MODEL, Rendering, render_settings, run_of, run_render_settings
+from rewardsft.studies.split import example_key, write_rows
+
+Reward = Literal["explicit", "implicit"]
+DEFAULT_SHARE = 0.1
+"""Flagged share when neither a share nor a score is given (docs/audit.md has the evidence behind it)."""
+AUDIT_FILE = "audit.json"
+AUDIT_OWNED = {
+    "model.name_or_path": "--model",
+    "data.path": "--data",
+    "data.split": "--split",
+    "data.format": "--format",
+    "output_dir": "--out",
+    "seed": "--seed",
+    "resume": "rerunning the command (it continues)",
+    "overwrite": "--overwrite",
+    "train.epochs": "--passes",
+    "rft.iterations": "--passes (one round per batch of prompts)",
+    "rft.policy_steps": "the explicit reward is RFT's reward step alone (no policy step)",
+    "rft.prompts_per_iteration": "train.batch_size (one round takes a batch of prompts)",
+    "irft.stages": "the implicit reward is SPIN's (one stage)",
+}
+METHOD = {"explicit": "rft", "implicit": "irft"}
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Everything ``rewardsft audit`` takes (``rewardsft audit --help``, docs/audit.md)."""
+
+    model: str
+    data: str
+    out: Path
+    reward: Reward = "explicit"
+    folds: int = 5
+    share: float | None = None
+    """Flag this share of the rows, lowest scores first (default :data:`DEFAULT_SHARE` when ``below`` is None)."""
+    below: float | None = None
+    """Flag the rows whose score (a z-score within the fold) is below this."""
+    passes: int = 2
+    """Passes over the k-1 training folds for each fold's reward."""
+    seed: int = 0
+    fmt: str = "auto"
+    split: str = "train"
+    overrides: tuple[str, ...] = ()
+    """``KEY=VALUE`` settings for every fold's run (RFT's for ``explicit``, IRFT's for ``implicit``)."""
+    keep_models: bool = False
+    """Keep each fold's trained reward (``folds/F/run``); default: removed once its fold is scored."""
+    overwrite: bool = False
+
+
+@dataclass
+class Rows:
+    """The rows that parsed (with their 1-based line), the raw rows (for ``clean.jsonl``) and the rejected ones."""
+
+    source: str
+    lines: list[int]
+    examples: list[Example]
+    raw: list[Any]
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def run_audit(settings: AuditSettings) -> Path:
+    """Run (or continue) the audit; returns ``OUT/report.md``."""
+    from rewardsft.audits.report import write_outputs
+
+    check_settings(settings)
+    out = prepare_out(settings)
+    rows = read_rows(settings)
+    template = fold_config(settings, out / "folds" / "0", "unused", 1)
+    start, rendering = start_model(settings, template)
+    began = time.time()
+    say(
+        f"audit of {rows.source}: {len(rows.examples)} rows ({len(rows.rejected)} rejected), {settings.folds} folds, "
+        f"{settings.reward} reward from {start}"
+    )
+    fold_of = assign_folds([example_key(ex) for ex in rows.examples], settings.folds, settings.seed)
+    rewards = [math.nan] * len(rows.examples)
+    for fold in range(settings.folds):
+        held = [i for i, f in enumerate(fold_of) if f == fold]
+        train = [rows.examples[i] for i, f in enumerate(fold_of) if f != fold]
+        scored_fold = fold_rewards(settings, out, fold, start, rendering, train, [rows.examples[i] for i in held])
+        for i, reward in zip(held, scored_fold, strict=True):
+            rewards[i] = reward
+        say(f"  fold {fold + 1}/{settings.folds} scored ({time.time() - began:.0f}s)")
+    baseline = baseline_loglik(out, rows.examples, rendering)
+    scores = standardise_within(rewards, fold_of)
+    share = settings.share if settings.share is not None or settings.below is not None else DEFAULT_SHARE
+    flagged = flag(scores, share, settings.below)
+    record = {
+        "settings": portable(settings),
+        "start_model": start,
+        "rows": len(rows.examples),
+        "rejected": len(rows.rejected),
+        "flagged": sum(flagged),
+        "share": share,
+        "below": settings.below,
+        "fold_sizes": [fold_of.count(f) for f in range(settings.folds)],
+        "minutes": (time.time() - began) / 60,
+    }
+    scored: dict[str, list[Any]] = {
+        "reward": rewards,
+        "score": scores,
+        "percentile": percentiles(scores),
+        "fold": fold_of,
+        "flagged": flagged,
+        "baseline_logp_per_token": baseline,
+    }
+    report = write_outputs(out, rows, scored, record)
+    (out / AUDIT_FILE).write_text(json.dumps(record, indent=2))
+    say(f"audit done: {sum(flagged)} of {len(rows.examples)} rows flagged; {report}")
+    return report
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------- settings and input
+
+
+def check_settings(settings: AuditSettings) -> None:
+    if settings.reward not in METHOD:
+        raise ConfigError(f"--reward {settings.reward!r}: choose explicit (RFT's reward model) or implicit (SPIN's)")
+    if settings.passes < 1:
+        raise ConfigError("--passes must be at least 1")
+    if settings.share is not None and settings.below is not None:
+        raise ConfigError("--flag-share and --flag-below contradict each other: give one")
+    if settings.share is not None and not 0.0 <= settings.share <= 1.0:
+        raise ConfigError(f"--flag-share {settings.share}: a share is between 0 and 1")
+    for key in parse_flat(settings.overrides):
+        owner = AUDIT_OWNED.get(key) or AUDIT_OWNED.get(key.split(".")[0])
+        if owner:
+            raise ConfigError(f"{key} is set by the audit itself: use {owner}")
+
+
+def parse_flat(overrides: Sequence[str]) -> list[str]:
+    """The dotted keys of ``KEY=VALUE`` overrides (values checked by :func:`parse_overrides`)."""
+    parse_overrides(list(overrides))
+    return [pair.partition("=")[0] for pair in overrides]
+
+
+def prepare_out(settings: AuditSettings) -> Path:
+    """A new folder, or this audit's own folder with the same settings (continued); ``--overwrite`` empties it."""
+    out = settings.out.expanduser().resolve()
+    if settings.overwrite and out.exists():
+        shutil.rmtree(out)
+    record = out / AUDIT_FILE
+    settings_file = out / "settings.json"
+    if out.is_dir() and any(out.iterdir()):
+        if not settings_file.is_file():
+            raise ConfigError(f"{out} exists and is not an audit folder; choose another --out or pass --overwrite")
+        before = json.loads(settings_file.read_text())
+        now = portable(settings)
+        changed = [
+            k for k in now if k not in ("overwrite", "keep_models", "share", "below") and before.get(k) != now[k]
+        ]
+        if changed:
+            raise ConfigError(
+                f"{out} is an audit made with {changed[0]}={before.get(changed[0])!r}, not {now[changed[0]]!r}: "
+                "use another --out, or --overwrite to start again"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(portable(settings), indent=2))
+    record.unlink(missing_ok=True)  # written last, when the audit is complete
+    return out
+
+
+def portable(settings: AuditSettings) -> dict[str, Any]:
+    values = asdict(settings)
+    values["out"] = str(settings.out)
+    values["overrides"] = list(settings.overrides)
+    return values
+
+
+def read_rows(settings: AuditSettings) -> Rows:
+    """Every row, the ones the loader rejects set aside by line (never dropped silently)."""
+    raw, source = load_rows(settings.data, settings.split)
+    parsed, rejected = parse_each_row(raw, source, settings.fmt)
+    if len(parsed) < 2 * settings.folds:
+        raise DataError(
+            f"{source}: {len(parsed)} usable rows; the audit needs at least {2 * settings.folds} "
+            f"for {settings.folds} folds"
+        )
+    lines = [line for line, _ in parsed]
+    return Rows(source, lines, [ex for _, ex in parsed], [raw[line - 1] for line in lines], rejected)
+
+
+def fold_config(
+    settings: AuditSettings, folder: Path, data: str, n_train: int, start: str | None = None, resume: bool = False
+) -> RunConfig:
+    """The fold's run: RFT with no policy step (explicit) or SPIN (implicit) on the other folds' rows."""
+    method = METHOD[settings.reward]
+    base = load_config(method, overrides=[f"model.name_or_path={start or settings.model}", *settings.overrides])
+    if settings.reward == "explicit":
+        per_round = min(base.train.batch_size, n_train)
+        length = [
+            "rft.policy_steps=0",
+            f"rft.prompts_per_iteration={per_round}",
+            f"rft.iterations={math.ceil(settings.passes * n_train / per_round)}",
+        ]
+    else:
+        length = ["irft.stages=1", f"train.epochs={settings.passes}"]
+    mine = [
+        f"model.name_or_path={start or settings.model}",
+        f"data.path={data}",
+        f"output_dir={folder / 'run'}",
+        f"seed={settings.seed}",
+        "logging.progress=false",
+        *length,
+        *(["resume=true"] if resume else []),
+    ]
+    return load_config(method, overrides=[*render_overrides(settings), *settings.overrides, *mine])
+
+
+def render_overrides(settings: AuditSettings) -> list[str]:
+    """A run folder as ``--model``: every fold trains and renders exactly as that run did."""
+    run = run_of(settings.model)
+    if run is None:
+        return []
+    keys = {key for key in parse_flat(settings.overrides) if key.startswith("data.")}
+    ours = asdict(run_render_settings(run))
+    clash = sorted(k for k in keys if k.removeprefix("data.") in ours)
+    if clash:
+        raise ConfigError(f"{settings.model} is a run, which renders prompts as it trained: drop {', '.join(clash)}")
+    return [f"data.{key}={json.dumps(value)}" for key, value in ours.items()]
+
+
+def start_model(settings: AuditSettings, template: RunConfig) -> tuple[str, Rendering]:
+    """The model every fold starts from (a run folder stands for its ``final/``) and how its prompts render."""
+    run = run_of(settings.model)
+    path = str(run / FINAL) if run is not None and Path(settings.model) == run else settings.model
+    rendering: RenderSettings = run_render_settings(run) if run is not None else render_settings(template.data)
+    return path, Rendering(path, rendering)
+
+
+# ---------------------------------------------------------------- the folds
+
+
+def fold_rewards(
+    settings: AuditSettings,
+    out: Path,
+    fold: int,
+    start: str,
+    rendering: Rendering,
+    train: Sequence[Example],
+    held: Sequence[Example],
+) -> list[float]:
+    """Each held-out row's reward under the reward learned on ``train`` (written once per fold)."""
+    folder = out / "folds" / str(fold)
+    done = folder / "rewards.json"
+    if done.is_file():
+        return [float(v) for v in json.loads(done.read_text())]
+    folder.mkdir(parents=True, exist_ok=True)
+    data = write_rows(folder / "train.jsonl", list(train))
+    run = train_reward(settings, folder, data, len(train), start)
+    if settings.reward == "explicit":
+        rewards = explicit_rewards(run, held)
+    else:
+        rewards = implicit_rewards(run, start, rendering, held)
+    done.write_text(json.dumps(rewards))
+    if not settings.keep_models:
+        shutil.rmtree(run, ignore_errors=True)
+    return rewards
+
+
+def train_reward(settings: AuditSettings, folder: Path, data: str, n_train: int, start: str) -> Path:
+    from rewardsft.recipes import run_recipe
+
+    run = folder / "run"
+    ready = run / (REWARD_MODEL if settings.reward == "explicit" else FINAL)
+    if not ready.is_dir():
+        # a fold's run that was stopped continues from its last checkpoint
+        run_recipe(fold_config(settings, folder, data, n_train, start, resume=run.is_dir() and any(run.iterdir())))
+    shutil.rmtree(run / CHECKPOINTS, ignore_errors=True)
+    if settings.reward == "explicit":
+        shutil.rmtree(run / FINAL, ignore_errors=True)  # no policy step: final/ is the start model again
+    return run
+
+
+def explicit_rewards(run: Path, held: Sequence[Example]) -> list[float]:
+    from rewardsft.scoring import RewardScorer
+
+    return RewardScorer(run / REWARD_MODEL).score([(ex.prompt, ex.response) for ex in held])
+
+
+def implicit_rewards(run: Path, start: str, rendering: Rendering, held: Sequence[Example]) -> list[float]:
+    """β·log π_θ(y|x)/π_start(y|x) of each row's response y, the reward SPIN's loss is written in."""
+    from rewardsft.config import config_from_dict
+
+    beta = config_from_dict(_yaml(run / "config.yaml")).irft.beta
+    trained = response_logps(str(run / FINAL), rendering.settings, held)
+    before = response_logps(start, rendering.settings, held)
+    return [beta * (a[0] - b[0]) for a, b in zip(trained, before, strict=True)]
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def response_logps(model: str, settings: RenderSettings, examples: Sequence[Example]) -> list[tuple[float, float]]:
+    """(sum, mean per token) of each response's log-probability under ``model``, the prompt rendered by
+    ``settings`` (nan for a row with no room for its response)."""
+    import torch
+
+    from rewardsft.config import ModelConfig
+    from rewardsft.data import Renderer
+    from rewardsft.data.tokenize import tokenize_examples
+    from rewardsft.eval.logprob_gap import sequence_logp_table
+    from rewardsft.models import load_causal_lm, load_tokenizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = ModelConfig(name_or_path=model)
+    tokenizer = load_tokenizer(cfg)
+    renderer = Renderer.from_settings(tokenizer, settings)
+    tokenized, _ = tokenize_examples(examples, renderer, settings.max_length, settings.max_prompt_length)
+    table = sequence_logp_table(load_causal_lm(cfg, device), tokenized, 16, tokenizer.pad_token_id).tolist()
+    out = [(math.nan, math.nan)] * len(examples)
+    for ex, (total, mean) in zip(tokenized, table, strict=True):
+        out[ex.index] = (total, mean)
+    return out
+
+
+def baseline_loglik(out: Path, examples: Sequence[Example], rendering: Rendering) -> list[float]:
+    """The start model's mean log-likelihood per token of each row's response (high-NLL filtering's measure)."""
+    path = out / "baseline.json"
+    if path.is_file():
+        return [float(v) for v in json.loads(path.read_text())]
+    values = [mean for _, mean in response_logps(rendering.path, rendering.settings, examples)]
+    path.write_text(json.dumps(values))
+    return values
