@@ -194,6 +194,8 @@ class Study:
     tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     tuning_notes: dict[str, str | None] = field(default_factory=dict)
     """Per method, why its choice fell outside the rule (:func:`choose`), if it did."""
+    floor: float = -math.inf
+    """The base model's mean log-likelihood of the dev preferred responses: the rule's floor."""
     clock: Progress | None = None
     _resolved: dict[str, RunConfig] = field(default_factory=dict, repr=False)
 
@@ -609,7 +611,7 @@ def read_tuning(study: Study) -> dict[str, str]:
 def tune(study: Study) -> None:
     """Every method's dev tries at seed 0, chosen by :func:`choose`. SFT first: the from-SFT runs start from it."""
     s = study.settings
-    floor = study.base_gap("dev")["chosen_logp"]["mean"]
+    floor = study.floor = study.base_gap("dev")["chosen_logp"]["mean"]
     ordered = sorted(study.specs, key=lambda spec: spec.from_sft)
     for spec in ordered:
         tries = []

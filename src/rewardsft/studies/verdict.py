@@ -213,7 +213,8 @@ def tuning_markdown(study: Study) -> list[str]:
     lines += [
         "",
         "Chosen: the best dev gap among the tries whose dev preferred responses are at least as likely as under the "
-        "base model (a gap reached by pushing both sides of every pair down is not a better model).",
+        f"base model (dev chosen log-lik. ≥ {study.floor:.1f}; a gap reached by pushing both sides of every pair down "
+        "is not a better model).",
         *notes,
         "",
         f"Tries per method: {json.dumps(counts)}.",
