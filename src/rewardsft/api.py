@@ -314,7 +314,7 @@ def audit(
     data: PathLike,
     out: PathLike,
     *,
-    reward: str = "explicit",
+    reward: str = "implicit",
     folds: int = 5,
     flag_share: float | None = None,
     flag_below: float | None = None,

@@ -385,7 +385,12 @@ def _add_audit_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--model", required=True, help="the start model: a local folder, hub id or run folder")
     p.add_argument("--data", required=True, help="the demonstrations, in any format `rewardsft train` reads")
     p.add_argument("--out", required=True, help="the audit folder (rerun with the same one to continue)")
-    p.add_argument("--reward", choices=["explicit", "implicit"], default="explicit", help="[explicit]")
+    p.add_argument(
+        "--reward",
+        choices=["implicit", "explicit"],
+        default="implicit",
+        help="[implicit]: SPIN's; explicit: RFT's reward model",
+    )
     p.add_argument("--folds", type=int, default=5, help="[5]")
     p.add_argument("--flag-share", type=float, help="flag this share of the rows, lowest first [0.1]")
     p.add_argument("--flag-below", type=float, help="flag rows whose score (z within fold) is below this")

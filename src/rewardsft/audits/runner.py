@@ -65,7 +65,8 @@ class AuditSettings:
     model: str
     data: str
     out: Path
-    reward: Reward = "explicit"
+    reward: Reward = "implicit"
+    """``implicit`` (SPIN's β·log π/π_start: better in the measurements, docs/audit.md) or ``explicit`` (RFT's)."""
     folds: int = 5
     share: float | None = None
     """Flag this share of the rows, lowest scores first (default :data:`DEFAULT_SHARE` when ``below`` is None)."""
