@@ -90,6 +90,72 @@ def run(out: Path, seeds: tuple[int, ...], shares: tuple[float, ...], rewards: t
     return {"results": results, "minutes": (time.time() - began) / 60}
 
 
+TRAIN_SHARES = (0.1, 0.25)
+
+
+def train_on(out: Path, base: Path, data: Path, seed: int, steps: int, test: Path) -> dict[str, float]:
+    """The demo's SFT (AdamW 1e-3) on ``data`` for exactly ``steps`` steps, judged on the test prompts."""
+    from rewardsft.config import load_config
+    from rewardsft.demo.evaluate import task_accuracy
+    from rewardsft.demo.run import COMMON
+    from rewardsft.recipes import run_recipe
+
+    summary = out / "eval" / "summary.json"
+    if not summary.is_file():
+        overrides = [f"model.name_or_path={base}", f"data.path={data}", f"output_dir={out}", f"seed={seed}"]
+        settings = [*COMMON, "optim.lr=1e-3", f"train.max_steps={steps}"]
+        run_recipe(load_config("sft", overrides=[*overrides, *settings, "overwrite=true"]))
+        task_accuracy(str(out / "final"), test, out / "eval", seed=seed)
+    record = json.loads(summary.read_text())
+    return {m: record[m] for m in ("greedy_correct", "sample_correct", "sample_habit")}
+
+
+def training(out: Path, seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    """SFT on the noisy file, on the audit's clean.jsonl and on the truly clean rows, at the same steps."""
+    from rewardsft.demo.task import is_habit
+
+    results = []
+    for seed in seeds:
+        base = base_for(out, seed)
+        for share in TRAIN_SHARES:
+            folder = out / f"data-s{seed}-p{share:g}"
+            noisy = folder / "demonstrations.jsonl"
+            rows = [json.loads(line) for line in noisy.read_text().splitlines()]
+            oracle = folder / "oracle-clean.jsonl"
+            oracle.write_text("".join(json.dumps(r) + "\n" for r in rows if not is_habit(r["prompt"], r["completion"])))
+            steps = 2 * -(-len(rows) // 16)  # the demo's SFT: two passes at batch 16 over the noisy file
+            files = {
+                "noisy file": ("noisy", noisy),
+                "audit's clean.jsonl": ("audited", out / f"audit-implicit-s{seed}-p{share:g}" / "clean.jsonl"),
+                "bad rows removed (oracle)": ("oracle", oracle),
+            }
+            for name, (tag, data) in files.items():
+                accuracy = train_on(
+                    out / f"sft-{tag}-s{seed}-p{share:g}", base, data, seed, steps, folder / "test.jsonl"
+                )
+                results.append({"seed": seed, "share": share, "data": name, "steps": steps, **accuracy})
+    return results
+
+
+def training_markdown(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Does SFT on clean.jsonl beat SFT on the noisy file? (same steps)",
+        "",
+        "| P | trained on | greedy accuracy | sampled accuracy | habit share of samples | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for share in sorted({r["share"] for r in results}):
+        for name in dict.fromkeys(r["data"] for r in results):
+            group = [r for r in results if r["share"] == share and r["data"] == name]
+            cells = []
+            for metric in ("greedy_correct", "sample_correct", "sample_habit"):
+                values = [r[metric] for r in group]
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.fmean(values):.3f} ± {sd:.3f}")
+            lines.append(f"| {share:g} | {name} | " + " | ".join(cells) + f" | {len(group)} |")
+    return [*lines, ""]
+
+
 def summary_markdown(record: dict[str, Any]) -> str:
     lines = [
         "# Audit evidence: the demo's task, habitual copies injected",
@@ -113,7 +179,8 @@ def summary_markdown(record: dict[str, Any]) -> str:
             f"| {share:g} | {reward} | {cell('audit')} | {cell('least likely under the base')} | "
             f"{cell('most likely under the base')} | {cell('shortest')} | {len(group)} |"
         )
-    lines += ["", f"Wall time: {record['minutes']:.1f} min (this launch).", ""]
+    lines += ["", *training_markdown(record.get("training", []))] if record.get("training") else [""]
+    lines += [f"Wall time: {record['minutes']:.1f} min (this launch).", ""]
     return "\n".join(lines)
 
 
@@ -131,7 +198,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     shares = tuple(float(s) for s in args.shares.split(","))
+    began = time.time()
     record = run(out, seeds, shares, tuple(args.rewards.split(",")))
+    if "implicit" in args.rewards:
+        record["training"] = training(out, seeds)
+    record["minutes"] = (time.time() - began) / 60
     (out / "audit_evidence.json").write_text(json.dumps(record, indent=2))
     (out / "audit_evidence.md").write_text(summary_markdown(record))
     print(summary_markdown(record))
