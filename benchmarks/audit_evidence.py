@@ -23,7 +23,7 @@ SETTINGS = {
     "implicit": ["optim.name=adamw", "optim.lr=1e-3"],
 }
 """Each reward's learning rate: the demo's own (adamw 1e-3 for the policy and the reward model, docs/LOG.md)."""
-RUN = ["train.batch_size=16", "train.save_every=100000", "logging.progress=false"]
+RUN = ["train.batch_size=16", "train.save_every=100000"]
 GENERATE = ["generation.max_new_tokens=12", "generation.batch_size=64"]
 
 
@@ -51,7 +51,7 @@ def measure(scores: list[dict[str, Any]], rows: list[dict[str, Any]], share: flo
     from rewardsft.audits.folds import flag, precision_recall
     from rewardsft.demo.task import is_habit
 
-    by_line = [rows[e["line"] - 1] for e in scores]
+    by_line = [rows[e["row"] - 1] for e in scores]
     bad = [is_habit(r["prompt"], r["completion"]) for r in by_line]
     likelihood = [e["baseline_logp_per_token"] if e["baseline_logp_per_token"] is not None else -1e9 for e in scores]
     length = [float(len(r["completion"])) for r in by_line]
@@ -141,8 +141,9 @@ def training_markdown(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Does SFT on clean.jsonl beat SFT on the noisy file? (same steps)",
         "",
-        "| P | trained on | greedy accuracy | sampled accuracy | habit share of samples | seeds |",
-        "|---|---|---|---|---|---|",
+        "| P | trained on | greedy accuracy | sampled accuracy | habit share of samples | seeds "
+        "| sampled accuracy − the noisy file's, per seed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for share in sorted({r["share"] for r in results}):
         for name in dict.fromkeys(r["data"] for r in results):
@@ -152,7 +153,11 @@ def training_markdown(results: list[dict[str, Any]]) -> list[str]:
                 values = [r[metric] for r in group]
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
                 cells.append(f"{statistics.fmean(values):.3f} ± {sd:.3f}")
-            lines.append(f"| {share:g} | {name} | " + " | ".join(cells) + f" | {len(group)} |")
+            noisy = {
+                r["seed"]: r["sample_correct"] for r in results if r["share"] == share and r["data"] == "noisy file"
+            }
+            paired = ", ".join(f"{r['sample_correct'] - noisy[r['seed']]:+.3f}" for r in group)
+            lines.append(f"| {share:g} | {name} | " + " | ".join(cells) + f" | {len(group)} | {paired} |")
     return [*lines, ""]
 
 
@@ -163,8 +168,9 @@ def summary_markdown(record: dict[str, Any]) -> str:
         "Precision of the flagged share (= P) over seeds (mean ± sd; chance = P). Baselines flag by the base model's",
         "per-token likelihood of the row (both directions) and by response length.",
         "",
-        "| P | reward | audit | least likely under the base | most likely under the base | shortest | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "| P | reward | audit | least likely under the base | most likely under the base | shortest | seeds "
+        "| audit − least likely, per seed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["share"], r["reward"]) for r in record["results"]})
     for share, reward in keys:
@@ -175,9 +181,12 @@ def summary_markdown(record: dict[str, Any]) -> str:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
 
+        paired = ", ".join(
+            f"{r['audit']['precision'] - r['least likely under the base']['precision']:+.2f}" for r in group
+        )
         lines.append(
             f"| {share:g} | {reward} | {cell('audit')} | {cell('least likely under the base')} | "
-            f"{cell('most likely under the base')} | {cell('shortest')} | {len(group)} |"
+            f"{cell('most likely under the base')} | {cell('shortest')} | {len(group)} | {paired} |"
         )
     lines += ["", *training_markdown(record.get("training", []))] if record.get("training") else [""]
     lines += [f"Wall time: {record['minutes']:.1f} min (this launch).", ""]
@@ -190,7 +199,13 @@ def main() -> None:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--shares", default=",".join(map(str, SHARES)))
     parser.add_argument("--rewards", default="explicit,implicit")
+    parser.add_argument("--summarize", action="store_true", help="rewrite the Markdown from OUT/audit_evidence.json")
     args = parser.parse_args()
+    if args.summarize:
+        record = json.loads((Path(args.out) / "audit_evidence.json").read_text())
+        (Path(args.out) / "audit_evidence.md").write_text(summary_markdown(record))
+        print(summary_markdown(record))
+        return
     import torch
 
     torch.set_num_threads(1)  # tiny models: one thread is faster, and leaves a core free

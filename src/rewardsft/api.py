@@ -305,7 +305,8 @@ def _override_pairs(overrides: Overrides | None) -> tuple[str, ...]:
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of KEY=VALUE strings or a mapping, not the string {overrides!r}")
     if isinstance(overrides, Mapping):
-        return tuple(f"{key}={json.dumps(value)}" for key, value in flatten(nest_values(overrides)).items())
+        pairs = flatten(nest_values(overrides)).items()
+        return tuple(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in pairs)
     return tuple(overrides)
 
 
@@ -329,8 +330,8 @@ def audit(
     """Which demonstrations are probably bad? (``rewardsft audit``; docs/audit.md.)
 
     Scores every row of ``data`` out of fold with the reward learned from the other rows (``reward``:
-    ``explicit``, RFT's Bradley-Terry reward model, or ``implicit``, SPIN's β·log π_θ/π_start) against ``model``'s
-    own sample for its prompt, flags the lowest ``flag_share`` (default 0.1) or those below ``flag_below``, and
+    ``implicit``, SPIN's β·log π_θ/π_start, or ``explicit``, RFT's Bradley-Terry reward model), flags the lowest
+    ``flag_share`` (default 0.1) or those below ``flag_below``, and
     writes ``scores.jsonl``, ``flagged.jsonl``, ``clean.jsonl``, ``rejected.jsonl`` and a report into ``out``.
     Rerunning continues it. Returns what ``OUT/audit.json`` holds.
     """

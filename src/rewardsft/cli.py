@@ -378,9 +378,9 @@ def _add_audit_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p = sub.add_parser(
         "audit",
         help="find the probably-bad demonstrations with the reward learned from the others (out of fold)",
-        description="Score every demonstration out of fold: learn a reward on k-1 folds (RFT's reward model, or "
-        "SPIN's implicit reward), score the held-out fold's rows against the model's own samples for their "
-        "prompts; write scores.jsonl, flagged.jsonl, clean.jsonl and a report. Rerun to continue (docs/audit.md).",
+        description="Score every demonstration out of fold: learn a reward on k-1 folds (SPIN's implicit reward, "
+        "or RFT's reward model), score the held-out fold's rows by it; write scores.jsonl, flagged.jsonl, "
+        "clean.jsonl, rejected.jsonl and a report. Rerun to continue (docs/audit.md).",
     )
     p.add_argument("--model", required=True, help="the start model: a local folder, hub id or run folder")
     p.add_argument("--data", required=True, help="the demonstrations, in any format `rewardsft train` reads")

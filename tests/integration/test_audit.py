@@ -16,7 +16,7 @@ from rewardsft.demo.run import COMMON, DemoSettings, make_base
 from rewardsft.demo.task import TaskSizes, is_habit, write_task
 
 NOISE = 0.25
-RUN = [c for c in COMMON if not c.startswith("data.")]  # the base is a run: the folds render as it trained
+RUN = [c for c in COMMON if not c.startswith(("data.", "logging."))]  # the base is a run: renders as trained
 GENERATE = ["generation.max_new_tokens=12", "generation.batch_size=64"]
 TINY = [*RUN, *GENERATE, "reward_model.lr=1e-3", "rft.samples_per_prompt=2"]
 IRFT = [*RUN, *GENERATE, "optim.name=adamw", "optim.lr=1e-3"]
@@ -53,12 +53,18 @@ def test_the_audit_flags_injected_rows_better_than_the_likelihood_baseline(
     raw = noisy.read_text().splitlines()
     assert record["rows"] == len(scores) == 120 and record["rejected"] == 2
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in rejected] == [8, 41] and "field 'completion'" in rejected[0]["error"]
+    assert [r["row"] for r in rejected] == [8, 41] and "field 'completion'" in rejected[0]["error"]
+
+    # out of fold: no fold's reward was trained on a row that fold scores
+    for fold in range(4):
+        trained = {line for line in (out / "folds" / str(fold) / "train.jsonl").read_text().splitlines()}
+        scored = [json.loads(raw[e["row"] - 1]) for e in scores if e["fold"] == fold]
+        assert scored and not any(json.dumps(r, ensure_ascii=False) in trained for r in scored)
 
     # every score points at its input line; truth from the task's own habit test
     bad, flagged, baseline = [], [], []
     for entry in scores:
-        row = json.loads(raw[entry["line"] - 1])
+        row = json.loads(raw[entry["row"] - 1])
         assert entry["prompt"] == row["prompt"][:80] and entry["response"] == row["completion"][:80]
         bad.append(is_habit(row["prompt"], row["completion"]))
         flagged.append(entry["flagged"])
@@ -74,10 +80,10 @@ def test_the_audit_flags_injected_rows_better_than_the_likelihood_baseline(
     # flagged.jsonl is the flagged rows, lowest first; clean.jsonl is the rest, as they were in the input
     flagged_rows = [json.loads(line) for line in (out / "flagged.jsonl").read_text().splitlines()]
     assert [r["score"] for r in flagged_rows] == sorted(r["score"] for r in flagged_rows)
-    kept_lines = [e["line"] for e in scores if not e["flagged"]]
+    kept_lines = [e["row"] for e in scores if not e["flagged"]]
     assert (out / "clean.jsonl").read_text().splitlines() == [json.dumps(json.loads(raw[n - 1])) for n in kept_lines]
     report = (out / "report.md").read_text()
-    assert "out of fold" in report and "line 8" in report and (out / "report.html").is_file()
+    assert "out of fold" in report and "row 8" in report and (out / "report.html").is_file()
     assert not list((out / "folds").glob("*/run"))  # the fold rewards are removed once scored
 
     # clean.jsonl trains
@@ -86,12 +92,22 @@ def test_the_audit_flags_injected_rows_better_than_the_likelihood_baseline(
     assert main([*args, *COMMON, "train.max_steps=2"]) == 0 and (sft / "final").is_dir()
 
     # a rerun continues (every fold is finished: nothing is trained) and other settings are refused
-    again = rewardsft.audit(base, noisy, out, folds=4, flag_share=NOISE, overrides=settings)
-    assert again["flagged"] == record["flagged"]
+    monkeypatch.setattr("rewardsft.recipes.run_recipe", lambda *a, **k: pytest.fail("a finished fold was retrained"))
+    again = rewardsft.audit(base, noisy, out, reward=reward, folds=4, flag_share=0.5, overrides=settings)
+    assert again["flagged"] == 60  # another share is read from the finished folds
     with pytest.raises(rewardsft.ConfigError, match="folds=4"):
-        rewardsft.audit(base, noisy, out, folds=3, overrides=TINY)
+        rewardsft.audit(base, noisy, out, reward=reward, folds=3, overrides=settings)
+    original = noisy.read_text()
+    noisy.write_text(original.replace("reverse", "reverse ", 1))  # the same file, edited since
+    try:
+        with pytest.raises(rewardsft.ConfigError, match="other rows or another start model"):
+            rewardsft.audit(base, noisy, out, reward=reward, folds=4, overrides=settings)
+    finally:
+        noisy.write_text(original)
     with pytest.raises(rewardsft.ConfigError, match="set by the audit itself"):
-        rewardsft.audit(base, noisy, tmp_path / "other", overrides=["rft.iterations=3"])
+        rewardsft.audit(base, noisy, tmp_path / "other", reward="explicit", overrides=["rft.iterations=3"])
+    with pytest.raises(rewardsft.ConfigError, match="takes no policy step"):
+        rewardsft.audit(base, noisy, tmp_path / "other", reward="explicit", overrides=["optim.lr=1e-4"])
 
 
 def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,11 +115,17 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, capsys: pytest.Cap
     few.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "c"}) + "\n" for i in range(5)))
     assert main(["audit", "--model", "unused", "--data", str(few), "--out", str(tmp_path / "a")]) == 2
     assert "5 usable rows; the audit needs at least 10" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing written for a failed start
+    enough = tmp_path / "enough.jsonl"
+    enough.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "c"}) + "\n" for i in range(12)))
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep")
-    assert main(["audit", "--model", "m", "--data", str(few), "--out", str(busy)]) == 2
-    assert "not an audit folder" in capsys.readouterr().err and (busy / "mine.txt").read_text() == "keep"
+    for extra in ([], ["--overwrite"]):
+        assert main(["audit", "--model", "m", "--data", str(enough), "--out", str(busy), *extra]) == 2
+        assert "not an audit folder" in capsys.readouterr().err and (busy / "mine.txt").read_text() == "keep"
+    assert main(["audit", "--model", "m", "--data", str(enough), "--out", str(tmp_path / "b"), "--folds", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
 
 
 def test_folds_keep_identical_rows_together_and_balance_sizes() -> None:

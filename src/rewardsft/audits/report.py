@@ -27,7 +27,7 @@ def write_outputs(out: Path, rows: Rows, scored: dict[str, list[Any]], record: d
     were in the input), ``rejected.jsonl`` (rows the loader refused, by line), ``report.md`` and ``report.html``."""
     entries = [
         {
-            "line": line,
+            "row": line,
             "score": finite(scored["score"][i]),
             "percentile": scored["percentile"][i],
             "reward": finite(scored["reward"][i]),
@@ -45,7 +45,7 @@ def write_outputs(out: Path, rows: Rows, scored: dict[str, list[Any]], record: d
     write_jsonl(out / "flagged.jsonl", flagged)
     kept = [raw for raw, hit in zip(rows.raw, scored["flagged"], strict=True) if not hit]
     write_jsonl(out / "clean.jsonl", kept)
-    write_jsonl(out / "rejected.jsonl", [{"line": line, "error": error} for line, error in rows.rejected])
+    write_jsonl(out / "rejected.jsonl", [{"row": line, "error": error} for line, error in rows.rejected])
     lowest = order[:LOWEST_IN_FULL]
     full = [(entries[i], rows.examples[i]) for i in lowest]
     markdown = report_markdown(record, scored["score"], full, rows.rejected)
@@ -60,12 +60,13 @@ def finite(value: float) -> float | None:
 
 
 def write_jsonl(path: Path, records: Sequence[Any]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    # default=str: rows read from parquet or the hub may hold dates or decimals, which JSON has no type for
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
 
 
 def histogram(scores: Sequence[float], bins: int = BINS) -> list[tuple[float, float, int]]:
     """(low, high, count) per equal-width bin of the finite scores."""
-    finite = [s for s in scores if s == s]
+    finite = [s for s in scores if math.isfinite(s)]
     if not finite:
         return []
     lo, hi = min(finite), max(finite)
@@ -88,7 +89,8 @@ def how_made(record: dict[str, Any]) -> str:
         f"Each row was scored out of fold: the {record['rows']} rows were split into {s['folds']} folds (identical "
         f"rows together); for each fold, {reward} was learned on the other folds ({s['passes']} passes) from "
         f"{record['start_model']}, and the fold's rows were scored by it. A row's score is the reward of its "
-        "response, as a z-score within its fold (a row with no room for its response scores lowest). Flagged: "
+        "response, as a z-score within its fold (implicit reward: a row with no room for its response scores "
+        "lowest). Flagged: "
         f"{cut} ({record['flagged']} rows)."
     )
 
@@ -107,7 +109,7 @@ def report_markdown(
     for entry, example in lowest:
         flagged = " (flagged)" if entry["flagged"] else ""
         lines += [
-            f"### line {entry['line']}: score {show(entry['score'])}, percentile {entry['percentile']:.2f}{flagged}",
+            f"### row {entry['row']}: score {show(entry['score'])}, percentile {entry['percentile']:.2f}{flagged}",
             "",
             f"- prompt: {full_text(example.prompt)}",
             f"- response: {full_text(example.response)}",
@@ -115,7 +117,7 @@ def report_markdown(
         ]
     if rejected:
         lines += ["## Rows the loader rejected (not scored, not in clean.jsonl)", ""]
-        lines += [f"- line {line}: {error}" for line, error in rejected]
+        lines += [f"- row {line}: {error}" for line, error in rejected]
         lines.append("")
     return "\n".join(lines)
 
@@ -146,17 +148,17 @@ def report_html(
     )
     span = f"{bars[0][0]:+.2f} … {bars[-1][1]:+.2f}" if bars else ""
     rows = "".join(
-        f"<tr><td>{e['line']}</td><td>{show(e['score'])}</td><td>{'yes' if e['flagged'] else ''}</td>"
+        f"<tr><td>{e['row']}</td><td>{show(e['score'])}</td><td>{'yes' if e['flagged'] else ''}</td>"
         f"<td>{esc(x.prompt)}</td><td>{esc(x.response)}</td></tr>"
         for e, x in lowest
     )
-    refused = "".join(f"<li>line {line}: {esc(error)}</li>" for line, error in rejected)
+    refused = "".join(f"<li>row {line}: {esc(error)}</li>" for line, error in rejected)
     return (
         f"<!doctype html><meta charset='utf-8'><title>Audit</title>"
         f"<h1>Audit of {esc(record['settings']['data'])}</h1><p>{esc(how_made(record))}</p>"
         f"<h2>Scores</h2><svg width='{width}' height='{height}'>{rects}</svg><p>{span}</p>"
         f"<h2>The {len(lowest)} lowest-ranked rows</h2><table border='1' cellpadding='4'>"
-        "<tr><th>line</th><th>score</th><th>flagged</th><th>prompt</th><th>response</th></tr>"
+        "<tr><th>row</th><th>score</th><th>flagged</th><th>prompt</th><th>response</th></tr>"
         f"{rows}</table>" + (f"<h2>Rows the loader rejected</h2><ul>{refused}</ul>" if refused else "")
     )
 

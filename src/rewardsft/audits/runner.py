@@ -18,6 +18,7 @@ Layout of ``OUT``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -28,13 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rewardsft.audits.folds import assign_folds, flag, percentiles, standardise_within
-from rewardsft.config import RunConfig, load_config, parse_overrides
+from rewardsft.config import ModelConfig, RunConfig, load_config, parse_overrides
 from rewardsft.data import DataError, Example, load_rows
 from rewardsft.data.formats import parse_each_row
 from rewardsft.data.tokenize import RenderSettings
 from rewardsft.errors import ConfigError
 from rewardsft.layout import CHECKPOINTS, FINAL, REWARD_MODEL, Rendering, render_settings, run_of, run_render_settings
-from rewardsft.studies.split import example_key, write_rows
+from rewardsft.studies.split import fingerprint, write_rows
 
 Reward = Literal["explicit", "implicit"]
 DEFAULT_SHARE = 0.1
@@ -54,7 +55,24 @@ AUDIT_OWNED = {
     "rft.policy_steps": "the explicit reward is RFT's reward step alone (no policy step)",
     "rft.prompts_per_iteration": "train.batch_size (one round takes a batch of prompts)",
     "irft.stages": "the implicit reward is SPIN's (one stage)",
+    "irft.epochs_per_stage": "--passes (the stage's passes over the other folds)",
+    "sft_phase": "--model (start the audit from an SFT run folder instead)",
+    "logging.progress": "the audit prints its own progress per fold",
+    "data.max_rows": "the audit scores every row (cut the file instead)",
 }
+UNUSED_BY_REWARD = {
+    "explicit": {
+        "optim.lr": "the explicit reward takes no policy step; its reward model's lr is reward_model.lr",
+        "rft.kl_coef": "the explicit reward takes no policy step",
+        "rft.reward_norm": "the explicit reward takes no policy step",
+        "rft.reward_clip": "the explicit reward takes no policy step",
+        "rft.clip_ratio": "the explicit reward takes no policy step",
+        "rft.policy_steps": "the explicit reward takes no policy step",
+        "lora.enabled": "the policy is not trained; reward_model.lora=true trains the reward model with LoRA",
+    },
+    "implicit": {},
+}
+"""Settings the fold's recipe would accept but the audit's use of it never reads (a setting not read is an error)."""
 METHOD = {"explicit": "rft", "implicit": "irft"}
 
 
@@ -86,7 +104,8 @@ class AuditSettings:
 
 @dataclass
 class Rows:
-    """The rows that parsed (with their 1-based line), the raw rows (for ``clean.jsonl``) and the rejected ones."""
+    """The rows that parsed (with their 1-based row number as the loader counts rows, as in its error messages:
+    for JSONL without blank lines, the file line), the raw rows (for ``clean.jsonl``) and the rejected ones."""
 
     source: str
     lines: list[int]
@@ -100,25 +119,30 @@ def run_audit(settings: AuditSettings) -> Path:
     from rewardsft.audits.report import write_outputs
 
     check_settings(settings)
-    out = prepare_out(settings)
     rows = read_rows(settings)
-    template = fold_config(settings, out / "folds" / "0", "unused", 1)
+    try:
+        fold_of = assign_folds([row_key(ex) for ex in rows.examples], settings.folds, settings.seed)
+    except ValueError as err:
+        raise DataError(f"{rows.source}: {err}") from None
+    template = fold_config(settings, settings.out / "folds" / "0", "unused", 1)
     start, rendering = start_model(settings, template)
+    # Everything the finished folds' numbers depend on: a rerun on changed rows or settings must not reuse them.
+    stamp = fingerprint([row_key(ex) for ex in rows.examples], fold_of, start, asdict(rendering.settings))
+    out = prepare_out(settings, stamp)  # after every input check: --overwrite never clears for a failed start
     began = time.time()
     say(
         f"audit of {rows.source}: {len(rows.examples)} rows ({len(rows.rejected)} rejected), {settings.folds} folds, "
         f"{settings.reward} reward from {start}"
     )
-    fold_of = assign_folds([example_key(ex) for ex in rows.examples], settings.folds, settings.seed)
     rewards = [math.nan] * len(rows.examples)
     for fold in range(settings.folds):
         held = [i for i, f in enumerate(fold_of) if f == fold]
         train = [rows.examples[i] for i, f in enumerate(fold_of) if f != fold]
-        scored_fold = fold_rewards(settings, out, fold, start, rendering, train, [rows.examples[i] for i in held])
+        scored_fold = fold_rewards(settings, out, fold, start, template, train, [rows.examples[i] for i in held])
         for i, reward in zip(held, scored_fold, strict=True):
             rewards[i] = reward
         say(f"  fold {fold + 1}/{settings.folds} scored ({time.time() - began:.0f}s)")
-    baseline = baseline_loglik(out, rows.examples, rendering)
+    baseline = baseline_loglik(out, rows.examples, start_config(template, start), rendering.settings)
     scores = standardise_within(rewards, fold_of)
     share = settings.share if settings.share is not None or settings.below is not None else DEFAULT_SHARE
     flagged = flag(scores, share, settings.below)
@@ -163,10 +187,16 @@ def check_settings(settings: AuditSettings) -> None:
         raise ConfigError("--flag-share and --flag-below contradict each other: give one")
     if settings.share is not None and not 0.0 <= settings.share <= 1.0:
         raise ConfigError(f"--flag-share {settings.share}: a share is between 0 and 1")
+    if settings.folds < 2:
+        raise ConfigError(f"--folds {settings.folds}: at least 2 (each row is scored by a reward learned without it)")
+    unused = UNUSED_BY_REWARD[settings.reward]
     for key in parse_flat(settings.overrides):
         owner = AUDIT_OWNED.get(key) or AUDIT_OWNED.get(key.split(".")[0])
         if owner:
-            raise ConfigError(f"{key} is set by the audit itself: use {owner}")
+            raise ConfigError(f"{key} is set by the audit itself ({owner})")
+        why = unused.get(key) or unused.get(key.split(".")[0])
+        if why:
+            raise ConfigError(f"{key} is not used by the {settings.reward} audit: {why}")
 
 
 def parse_flat(overrides: Sequence[str]) -> list[str]:
@@ -175,29 +205,38 @@ def parse_flat(overrides: Sequence[str]) -> list[str]:
     return [pair.partition("=")[0] for pair in overrides]
 
 
-def prepare_out(settings: AuditSettings) -> Path:
-    """A new folder, or this audit's own folder with the same settings (continued); ``--overwrite`` empties it."""
+def row_key(ex: Example) -> str:
+    """What makes two rows the same demonstration (a rejected side, which no recipe here trains on, does not)."""
+    return json.dumps([ex.prompt, ex.response], sort_keys=True, ensure_ascii=False)
+
+
+def prepare_out(settings: AuditSettings, stamp: str) -> Path:
+    """A new folder, or this audit's own folder with the same settings and rows (continued); ``--overwrite``
+    empties an audit folder (any other non-empty folder is refused)."""
     out = settings.out.expanduser().resolve()
+    settings_file = out / "settings.json"
+    if out.is_dir() and any(out.iterdir()) and not settings_file.is_file():
+        raise ConfigError(f"{out} exists and is not an audit folder; choose another --out")
     if settings.overwrite and out.exists():
         shutil.rmtree(out)
-    record = out / AUDIT_FILE
-    settings_file = out / "settings.json"
+    now = {**portable(settings), "fingerprint": stamp}
     if out.is_dir() and any(out.iterdir()):
-        if not settings_file.is_file():
-            raise ConfigError(f"{out} exists and is not an audit folder; choose another --out or pass --overwrite")
         before = json.loads(settings_file.read_text())
-        now = portable(settings)
-        changed = [
-            k for k in now if k not in ("overwrite", "keep_models", "share", "below") and before.get(k) != now[k]
-        ]
+        free = ("overwrite", "keep_models", "share", "below")
+        changed = [k for k in now if k not in free and before.get(k) != now[k]]
+        if changed == ["fingerprint"]:
+            raise ConfigError(
+                f"{out} is an audit of other rows or another start model (the data or the model changed since): "
+                "use another --out, or --overwrite to start again"
+            )
         if changed:
             raise ConfigError(
                 f"{out} is an audit made with {changed[0]}={before.get(changed[0])!r}, not {now[changed[0]]!r}: "
                 "use another --out, or --overwrite to start again"
             )
     out.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(portable(settings), indent=2))
-    record.unlink(missing_ok=True)  # written last, when the audit is complete
+    settings_file.write_text(json.dumps(now, indent=2))
+    (out / AUDIT_FILE).unlink(missing_ok=True)  # written last, when the audit is complete
     return out
 
 
@@ -235,7 +274,8 @@ def fold_config(
             f"rft.iterations={math.ceil(settings.passes * n_train / per_round)}",
         ]
     else:
-        length = ["irft.stages=1", f"train.epochs={settings.passes}"]
+        # one SPIN stage (one snapshot, one round of samples) of --passes passes over the other folds
+        length = ["irft.stages=1", "train.epochs=1", f"irft.epochs_per_stage={settings.passes}"]
     mine = [
         f"model.name_or_path={start or settings.model}",
         f"data.path={data}",
@@ -258,12 +298,14 @@ def render_overrides(settings: AuditSettings) -> list[str]:
     clash = sorted(k for k in keys if k.removeprefix("data.") in ours)
     if clash:
         raise ConfigError(f"{settings.model} is a run, which renders prompts as it trained: drop {', '.join(clash)}")
-    return [f"data.{key}={json.dumps(value)}" for key, value in ours.items()]
+    return [f"data.{key}={json.dumps(value, ensure_ascii=False)}" for key, value in ours.items()]
 
 
 def start_model(settings: AuditSettings, template: RunConfig) -> tuple[str, Rendering]:
     """The model every fold starts from (a run folder stands for its ``final/``) and how its prompts render."""
     run = run_of(settings.model)
+    if Path(settings.model).name == REWARD_MODEL:
+        raise ConfigError(f"{settings.model} is a reward model; --model is the policy the audit starts from")
     path = str(run / FINAL) if run is not None and Path(settings.model) == run else settings.model
     rendering: RenderSettings = run_render_settings(run) if run is not None else render_settings(template.data)
     return path, Rendering(path, rendering)
@@ -277,7 +319,7 @@ def fold_rewards(
     out: Path,
     fold: int,
     start: str,
-    rendering: Rendering,
+    template: RunConfig,
     train: Sequence[Example],
     held: Sequence[Example],
 ) -> list[float]:
@@ -292,7 +334,7 @@ def fold_rewards(
     if settings.reward == "explicit":
         rewards = explicit_rewards(run, held)
     else:
-        rewards = implicit_rewards(run, start, rendering, held)
+        rewards = implicit_rewards(run, start_config(template, start), held)
     done.write_text(json.dumps(rewards))
     if not settings.keep_models:
         shutil.rmtree(run, ignore_errors=True)
@@ -319,14 +361,25 @@ def explicit_rewards(run: Path, held: Sequence[Example]) -> list[float]:
     return RewardScorer(run / REWARD_MODEL).score([(ex.prompt, ex.response) for ex in held])
 
 
-def implicit_rewards(run: Path, start: str, rendering: Rendering, held: Sequence[Example]) -> list[float]:
-    """β·log π_θ(y|x)/π_start(y|x) of each row's response y, the reward SPIN's loss is written in."""
+def implicit_rewards(run: Path, start: ModelConfig, held: Sequence[Example]) -> list[float]:
+    """β·log π_θ(y|x)/π_start(y|x) of each row's response y, the reward SPIN's loss is written in; both models
+    score the same token ids (the fold run's rendering, which is the start's)."""
     from rewardsft.config import config_from_dict
 
-    beta = config_from_dict(_yaml(run / "config.yaml")).irft.beta
-    trained = response_logps(str(run / FINAL), rendering.settings, held)
-    before = response_logps(start, rendering.settings, held)
-    return [beta * (a[0] - b[0]) for a, b in zip(trained, before, strict=True)]
+    trained_config = config_from_dict(_yaml(run / "config.yaml"))
+    settings = render_settings(trained_config.data)
+    local = dataclasses.replace(start, name_or_path=str(run / FINAL), revision=None, gguf_file=None)
+    trained = response_logps(local, settings, held)
+    before = response_logps(start, settings, held)
+    return [trained_config.irft.beta * (a[0] - b[0]) for a, b in zip(trained, before, strict=True)]
+
+
+def start_config(template: RunConfig, start: str) -> ModelConfig:
+    """How to load the start model: the user's model settings (revision, GGUF file, dtype, ...) for the model
+    they named, a plain local folder for a run's ``final/``."""
+    if start == template.model.name_or_path:
+        return template.model
+    return dataclasses.replace(template.model, name_or_path=start, revision=None, gguf_file=None)
 
 
 def _yaml(path: Path) -> dict[str, Any]:
@@ -335,19 +388,19 @@ def _yaml(path: Path) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
 
 
-def response_logps(model: str, settings: RenderSettings, examples: Sequence[Example]) -> list[tuple[float, float]]:
+def response_logps(
+    cfg: ModelConfig, settings: RenderSettings, examples: Sequence[Example]
+) -> list[tuple[float, float]]:
     """(sum, mean per token) of each response's log-probability under ``model``, the prompt rendered by
     ``settings`` (nan for a row with no room for its response)."""
     import torch
 
-    from rewardsft.config import ModelConfig
     from rewardsft.data import Renderer
     from rewardsft.data.tokenize import tokenize_examples
     from rewardsft.eval.logprob_gap import sequence_logp_table
     from rewardsft.models import load_causal_lm, load_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(name_or_path=model)
     tokenizer = load_tokenizer(cfg)
     renderer = Renderer.from_settings(tokenizer, settings)
     tokenized, _ = tokenize_examples(examples, renderer, settings.max_length, settings.max_prompt_length)
@@ -358,11 +411,13 @@ def response_logps(model: str, settings: RenderSettings, examples: Sequence[Exam
     return out
 
 
-def baseline_loglik(out: Path, examples: Sequence[Example], rendering: Rendering) -> list[float]:
+def baseline_loglik(
+    out: Path, examples: Sequence[Example], start: ModelConfig, settings: RenderSettings
+) -> list[float]:
     """The start model's mean log-likelihood per token of each row's response (high-NLL filtering's measure)."""
     path = out / "baseline.json"
     if path.is_file():
         return [float(v) for v in json.loads(path.read_text())]
-    values = [mean for _, mean in response_logps(rendering.path, rendering.settings, examples)]
+    values = [mean for _, mean in response_logps(start, settings, examples)]
     path.write_text(json.dumps(values))
     return values
