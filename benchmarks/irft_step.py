@@ -121,8 +121,8 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     from rewardsft.data import collate
     from rewardsft.logprobs import model_token_logps
     from rewardsft.losses import sft_nll
-    from rewardsft.recipes.irft import PAIR_BACKWARDS, PairLossSpec, StepSize
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps
+    from rewardsft.steps.pairs import PAIR_BACKWARDS, PairLossSpec, PairStep, StepSize
 
     model = build(args.size, device, args.gradient_checkpointing, getattr(torch, getattr(args, "dtype", "float32")))
     model.train()
@@ -132,6 +132,7 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     accelerator = Accelerator(cpu=device.type == "cpu")
     size = StepSize(pairs=args.batch_size, tokens=args.batch_size * args.response_len, processes=1)
     backward = PAIR_BACKWARDS[PAIR_FORWARD.get(method, "split")]
+    pair_step = PairStep(accelerator, model, spec, size, pad_id=0)
     snapshot: Any = None
     if method.startswith("irft_cached") or method == "irft_shared":
         snapshot = CachedSnapshot(compute_ref_logps(model, pairs, args.batch_size, pad_id=0))
@@ -146,7 +147,7 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
         else:
             chunk = [pairs[i] for i in ids]
             ref_demo, ref_gen = snapshot.logps(ids, chunk, 0, device)
-            backward(accelerator, model, chunk, ref_demo, ref_gen, spec, 0, size, True)
+            backward(pair_step, chunk, ref_demo, ref_gen, True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
@@ -164,8 +165,8 @@ def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float]
     from accelerate import Accelerator
 
     from rewardsft.config import load_config
-    from rewardsft.recipes.rft import RolloutSpec, make_rollout, policy_step, reward_step
     from rewardsft.reward import load_reward_model, score_examples
+    from rewardsft.steps.rollout import RolloutSpec, make_rollout, policy_step, reward_step
 
     policy = build(args.size, device, args.gradient_checkpointing)
     policy.train()

@@ -29,15 +29,22 @@ from benchmarks.real_study import RENDER
 def domain_examples(model: str, data: Path, rows: int) -> list[Any]:
     """The demonstrations tokenised as ``rewardsft train sft`` would with the study's rendering."""
     from rewardsft.config import load_config
-    from rewardsft.data import Renderer
+    from rewardsft.data import Renderer, load_split
     from rewardsft.layout import render_settings
     from rewardsft.models import load_tokenizer
-    from rewardsft.recipes.common import load_data
 
     overrides = [f"model.name_or_path={model}", f"data.path={data}", f"data.max_rows={rows}"]
     config = load_config("sft", overrides=overrides + [f"data.{k}={v}" for k, v in RENDER.items()])
     renderer = Renderer.from_settings(load_tokenizer(config.model), render_settings(config.data))
-    train, _ = load_data(config, renderer)
+    dc = config.data
+    train = load_split(
+        dc.path,
+        dc.split,
+        renderer,
+        max_rows=dc.max_rows,
+        max_length=dc.max_length,
+        max_prompt_length=dc.max_prompt_length,
+    )
     return list(train.tokenized)
 
 
@@ -58,7 +65,7 @@ def time_mode(model_path: str, batches: list[list[Any]], width: int | None, pad_
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from rewardsft.recipes.sft import accumulate_sft_step
+    from rewardsft.steps.sft import accumulate_sft_step
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).train()

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rewardsft.config import Overrides, RunConfig, deep_merge, nest_values, parse_overrides
-from rewardsft.config import load_config as _load_config
+from rewardsft.config import Overrides, RunConfig, load_config, nest_values
 from rewardsft.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,27 +23,6 @@ if TYPE_CHECKING:
     from rewardsft.eval.judges import Judge
 
 PathLike = str | os.PathLike[str]
-
-
-def load_config(
-    method: str, config: PathLike | None = None, overrides: Overrides | None = None, **settings: Any
-) -> RunConfig:
-    """The full, validated settings of a run, as ``rewardsft config show`` prints them.
-
-    Layers, later wins: the method's defaults, the YAML file ``config``, ``overrides`` (``{"optim.lr": 1e-6}``,
-    nested mappings, or the CLI's ``["optim.lr=1e-6"]``), then ``settings`` (``output_dir="runs/x"``,
-    ``optim={"lr": 1e-6}``). Unknown keys, wrong types and settings the method does not read raise ConfigError.
-    """
-    if isinstance(overrides, str):
-        raise ConfigError(f"overrides must be a list of KEY=VALUE strings or a mapping, not the string {overrides!r}")
-    if overrides is None:
-        layered: dict[str, Any] = {}
-    elif isinstance(overrides, Mapping):
-        layered = nest_values(overrides)
-    else:
-        layered = parse_overrides(list(overrides))
-    file = Path(config) if config is not None else None
-    return _load_config(method, file, deep_merge(layered, nest_values(settings)))
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,17 @@ Exit codes: 0 success, 2 bad config or bad data (one clear message, no traceback
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rewardsft import api
 from rewardsft.config import METHODS, load_config
+from rewardsft.data.tokenize import MAX_LENGTH, MAX_PROMPT_LENGTH
 from rewardsft.errors import ConfigError, NonFiniteError
 from rewardsft.training.signals import Preempted
 
@@ -23,13 +26,22 @@ DESCRIPTION = (
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rewardsft.recipes import run_recipe
-
-    config = load_config(args.method, args.config, args.overrides)
-    final = run_recipe(config)
+    result = api.train(args.method, args.config, args.overrides)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
-        print(f"done: {final}")
+        print(f"done: {result.final_dir}")
     return 0
+
+
+def api_defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of a Python API function: the CLI's flags take theirs from it (one place each)."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def defaults_from(parser: argparse.ArgumentParser, function: Callable[..., Any], *names: str) -> None:
+    """Give the flags ``names`` (their ``dest``) the defaults of ``function``'s keywords of the same names."""
+    defaults = api_defaults(function)
+    parser.set_defaults(**{name: defaults[name] for name in names})
 
 
 ENV_PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "huggingface_hub", "lm_eval")
@@ -142,11 +154,17 @@ def _best_of_n(args: argparse.Namespace) -> int:
 
 
 def _eval_gap(args: argparse.Namespace) -> int:
-    from rewardsft.eval.logprob_gap import GapSettings, logprob_gap
-
-    settings = GapSettings(split=args.split, beta=args.beta, batch_size=args.batch_size, max_rows=args.max_rows)
-    out = Path(args.out) if args.out else None
-    summary = logprob_gap(args.model, args.data, out, args.ref_model, settings, render=_render_flags(args))
+    summary = api.evaluate_gap(
+        args.model,
+        args.data,
+        out=args.out,
+        ref_model=args.ref_model,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        max_rows=args.max_rows,
+        split=args.split,
+        **_render_flags(args),
+    )
     gap, acc = summary["gap"], summary["accuracy"]
     print(
         f"{summary['pairs']} pairs: gap {gap['mean']:.4f} (95% CI {gap['ci95'][0]:.4f}..{gap['ci95'][1]:.4f}), "
@@ -156,15 +174,20 @@ def _eval_gap(args: argparse.Namespace) -> int:
 
 
 def _eval_winrate(args: argparse.Namespace) -> int:
-    from rewardsft.config import GenerationConfig
-    from rewardsft.eval.win_rate import WinRateSettings, win_rate
-
-    gen = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, do_sample=args.temperature > 0
+    summary = api.win_rate(
+        args.model,
+        args.baseline,
+        args.prompts,
+        args.judge,
+        out=args.out,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        tie_margin=args.tie_margin,
+        split=args.split,
+        **_render_flags(args),
     )
-    settings = WinRateSettings(n=args.n, split=args.split, seed=args.seed, tie_margin=args.tie_margin)
-    out = Path(args.out) if args.out else None
-    summary = win_rate(args.model, args.baseline, args.prompts, args.judge, out, gen, settings, _render_flags(args))
     w = summary["win_rate_ties_half"]
     print(
         f"{summary['n']} prompts: W/T/L {summary['wins']}/{summary['ties']}/{summary['losses']}, win rate "
@@ -174,9 +197,7 @@ def _eval_winrate(args: argparse.Namespace) -> int:
 
 
 def _eval_human_likeness(args: argparse.Namespace) -> int:
-    from rewardsft.api import human_likeness
-
-    summary = human_likeness(
+    summary = api.human_likeness(
         args.model,
         args.prompts,
         args.references,
@@ -206,10 +227,9 @@ def _eval_human_likeness(args: argparse.Namespace) -> int:
 
 
 def _eval_compare(args: argparse.Namespace) -> int:
-    from rewardsft.eval.paired import compare_runs, differences_markdown, write_comparison
+    from rewardsft.eval.paired import differences_markdown, write_comparison
 
-    runs = [Path(p) for p in args.runs]
-    rows = compare_runs(runs, Path(args.baseline), args.eval)
+    rows = api.compare(args.runs, args.baseline, args.eval)
     print(differences_markdown(rows, Path(args.baseline).name), end="")
     if args.out:
         write_comparison(rows, Path(args.baseline).name, Path(args.out))
@@ -230,10 +250,7 @@ def _eval_harness(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rewardsft.eval.report import build_report
-
-    baseline = Path(args.baseline) if args.baseline else None
-    print(f"report: {build_report([Path(p) for p in args.runs], Path(args.out), baseline)}")
+    print(f"report: {api.report(args.runs, args.out, args.baseline)}")
     return 0
 
 
@@ -295,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from rewardsft.api import study
-
-    study(
+    api.study(
         args.model,
         args.data,
         args.out,
@@ -353,7 +368,7 @@ def _add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--seeds", type=int, help="seeds of every method's chosen setting [3; --quick 1]")
     p.add_argument("--lrs", help="learning rates tried per method on dev [1e-6,1e-5,1e-4; --quick 1e-4,1e-3]")
     p.add_argument("--passes", help="pass counts tried per method from the base, e.g. 1,2 [1]")
-    p.add_argument("--budget", type=int, default=1, help="further passes of the from-SFT runs and controls [1]")
+    p.add_argument("--budget", type=int, help="further passes of the from-SFT runs and controls [%(default)s]")
     p.add_argument("--judge", help="win rates against tuned SFT's samples: reward-model dir or module:function")
     p.add_argument(
         "--human-likeness",
@@ -366,11 +381,12 @@ def _add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument(
         "--keep-tries", action="store_true", help="keep the weights of the dev tries not chosen [removed; evals stay]"
     )
-    p.add_argument("--split", default="train", help="split of --data and --pairs (hub datasets, folders)")
-    p.add_argument("--format", default="auto", help="row format of --data [auto]")
-    p.add_argument("--dev-share", type=float, default=0.5, help="share of the held-out rows used for tuning [0.5]")
-    p.add_argument("--holdout", type=float, default=0.2, help="without --pairs: demonstrations held out [0.2]")
+    p.add_argument("--split", help="split of --data and --pairs (hub datasets, folders) [%(default)s]")
+    p.add_argument("--format", help="row format of --data [%(default)s]")
+    p.add_argument("--dev-share", type=float, help="share of the held-out rows used for tuning [%(default)s]")
+    p.add_argument("--holdout", type=float, help="without --pairs: demonstrations held out [%(default)s]")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.max_length=256 optim.schedule=constant")
+    defaults_from(p, api.study, "budget", "split", "format", "dev_share", "holdout")
     p.set_defaults(func=_study)
 
 
@@ -388,28 +404,26 @@ def _add_audit_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument(
         "--reward",
         choices=["implicit", "explicit"],
-        default="implicit",
-        help="[implicit]: SPIN's; explicit: RFT's reward model",
+        help="implicit: SPIN's; explicit: RFT's reward model [%(default)s]",
     )
-    p.add_argument("--folds", type=int, default=5, help="[5]")
+    p.add_argument("--folds", type=int, help="[%(default)s]")
     p.add_argument("--flag-share", type=float, help="flag this share of the rows, lowest first [0.1]")
     p.add_argument("--flag-below", type=float, help="flag rows whose score (z within fold) is below this")
-    p.add_argument("--passes", type=int, default=2, help="passes over the other folds for each fold's reward [2]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passes", type=int, help="passes over the other folds for each fold's reward [%(default)s]")
+    p.add_argument("--seed", type=int)
     p.add_argument("--keep-models", action="store_true", help="keep each fold's trained reward [removed]")
     p.add_argument("--overwrite", action="store_true", help="empty --out first")
-    p.add_argument("--split", default="train", help="split of --data (hub datasets, folders)")
-    p.add_argument("--format", default="auto", help="row format of --data [auto]")
+    p.add_argument("--split", help="split of --data (hub datasets, folders) [%(default)s]")
+    p.add_argument("--format", help="row format of --data [%(default)s]")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="settings of every fold's run, e.g. reward_model.lr=1e-4"
     )
+    defaults_from(p, api.audit, "reward", "folds", "passes", "seed", "split", "format")
     p.set_defaults(func=_audit)
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from rewardsft.api import audit
-
-    audit(
+    api.audit(
         args.model,
         args.data,
         args.out,
@@ -460,12 +474,13 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     gap_p.add_argument("--model", required=True)
     gap_p.add_argument("--ref-model", help="adds the implicit-reward margin beta*(log-ratio differences)")
     gap_p.add_argument("--data", required=True, help="chosen/rejected rows (HH-RLHF, ultrafeedback, ...)")
-    gap_p.add_argument("--split", default="train")
+    gap_p.add_argument("--split")
     gap_p.add_argument("--out", help="directory for summary.json and per_example.csv")
-    gap_p.add_argument("--beta", type=float, default=0.1)
-    gap_p.add_argument("--batch-size", type=int, default=16)
+    gap_p.add_argument("--beta", type=float, help="[%(default)s]")
+    gap_p.add_argument("--batch-size", type=int, help="[%(default)s]")
     gap_p.add_argument("--max-rows", type=int)
     _render_args(gap_p)
+    defaults_from(gap_p, api.evaluate_gap, "split", "beta", "batch_size")
     gap_p.set_defaults(func=_eval_gap)
     win_p = eval_sub.add_parser("winrate", help="judge a model's answers against a baseline's")
     win_p.add_argument("--model", required=True)
@@ -474,12 +489,13 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     win_p.add_argument("--judge", required=True, help="reward-model dir / hub id, or module:function")
     win_p.add_argument("--n", type=int, help="first N prompts (default all)")
     win_p.add_argument("--out", help="directory for summary.json and generations.jsonl")
-    win_p.add_argument("--split", default="train")
-    win_p.add_argument("--max-new-tokens", type=int, default=128)
-    win_p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
-    win_p.add_argument("--tie-margin", type=float, default=0.0)
-    win_p.add_argument("--seed", type=int, default=0)
+    win_p.add_argument("--split")
+    win_p.add_argument("--max-new-tokens", type=int, help="[%(default)s]")
+    win_p.add_argument("--temperature", type=float, help="0 decodes greedily [%(default)s]")
+    win_p.add_argument("--tie-margin", type=float, help="[%(default)s]")
+    win_p.add_argument("--seed", type=int)
     _render_args(win_p)
+    defaults_from(win_p, api.win_rate, "split", "max_new_tokens", "temperature", "tie_margin", "seed")
     win_p.set_defaults(func=_eval_winrate)
     like_p = eval_sub.add_parser(
         "human-likeness", help="how human the samples read: MAUVE and a discriminator against held-out demonstrations"
@@ -488,14 +504,17 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     like_p.add_argument("--prompts", required=True, help="rows with a prompt; one sample per row")
     like_p.add_argument("--references", required=True, help="held-out human demonstrations (or pairs: chosen side)")
     like_p.add_argument("--out", help="directory for summary.json and per_example.csv")
-    like_p.add_argument("--encoder", default="minilm", help="sentence encoder: minilm (the wheel) or a folder/hub id")
+    like_p.add_argument("--encoder", help="sentence encoder: minilm (the wheel) or a folder/hub id [%(default)s]")
     like_p.add_argument("--n", type=int, help="first N prompts (default all)")
-    like_p.add_argument("--split", default="train")
-    like_p.add_argument("--max-new-tokens", type=int, default=128)
-    like_p.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
-    like_p.add_argument("--seed", type=int, default=0)
-    like_p.add_argument("--mauve-seeds", type=int, default=5, help="k-means seeds of MAUVE's quantisation [5]")
+    like_p.add_argument("--split")
+    like_p.add_argument("--max-new-tokens", type=int, help="[%(default)s]")
+    like_p.add_argument("--temperature", type=float, help="0 decodes greedily [%(default)s]")
+    like_p.add_argument("--seed", type=int)
+    like_p.add_argument("--mauve-seeds", type=int, help="k-means seeds of MAUVE's quantisation [%(default)s]")
     _render_args(like_p)
+    defaults_from(
+        like_p, api.human_likeness, "encoder", "split", "max_new_tokens", "temperature", "seed", "mauve_seeds"
+    )
     like_p.set_defaults(func=_eval_human_likeness)
     compare_p = eval_sub.add_parser(
         "compare", help="paired differences of several runs against a baseline run on the same pairs / prompts"
@@ -529,8 +548,8 @@ def _render_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system-prompt", help="system turn added to message prompts [none]")
     group.add_argument("--fallback-template", help="chat template for tokenizers without one [default]")
     group.add_argument("--text-prompts", choices=["verbatim", "user_turn"], help="plain-text prompts [verbatim]")
-    group.add_argument("--max-length", type=int, help="prompt + response tokens [512]")
-    group.add_argument("--max-prompt-length", type=int, help="prompt tokens kept from the end [128]")
+    group.add_argument("--max-length", type=int, help=f"prompt + response tokens [{MAX_LENGTH}]")
+    group.add_argument("--max-prompt-length", type=int, help=f"prompt tokens kept from the end [{MAX_PROMPT_LENGTH}]")
 
 
 def _render_flags(args: argparse.Namespace) -> dict[str, object]:

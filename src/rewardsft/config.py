@@ -140,6 +140,11 @@ class TrainConfig:
     optimiser applies it (the last checkpoint stays the last good one; exit 1 with the step named), or ``skip`` the
     step (nothing applied, counted as ``train/nonfinite_skipped``)."""
 
+    @property
+    def eval_batch(self) -> int:
+        """Sequences per no-grad forward: ``eval_batch_size``, else ``batch_size``."""
+        return self.eval_batch_size or self.batch_size
+
 
 @dataclass
 class OptimConfig:
@@ -405,27 +410,38 @@ def nest_values(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return nested
 
 
-def load_config(method: str, config_file: str | Path | None = None, overrides: Overrides | None = None) -> RunConfig:
-    """Resolve the full config for ``method`` from its defaults, an optional YAML file and overrides."""
+def load_config(
+    method: str, config: str | os.PathLike[str] | None = None, overrides: Overrides | None = None, **settings: Any
+) -> RunConfig:
+    """The full, validated settings of a run, as ``rewardsft config show`` prints them (the CLI and the Python
+    API's one loader).
+
+    Layers, later wins: the method's defaults, the YAML file ``config``, ``overrides`` (``{"optim.lr": 1e-6}``,
+    nested mappings, or the CLI's ``["optim.lr=1e-6"]``), then ``settings`` (``output_dir="runs/x"``,
+    ``optim={"lr": 1e-6}``). Unknown keys, wrong types and settings the method does not read raise ConfigError.
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of KEY=VALUE strings or a mapping, not the string {overrides!r}")
     merged: dict[str, Any] = dict(METHOD_DEFAULTS[method])
-    if config_file is not None:
-        merged = deep_merge(merged, _read_yaml(Path(config_file)))
+    if config is not None:
+        merged = deep_merge(merged, _read_yaml(Path(config)))
     if isinstance(overrides, Mapping):
         merged = deep_merge(merged, nest_values(overrides))
     else:
         merged = deep_merge(merged, parse_overrides(list(overrides or [])))
+    merged = deep_merge(merged, nest_values(settings))
     file_method = merged.pop("method", method)
     if file_method != method:
         raise ConfigError(f"config says method: {file_method!r} but the command trains {method!r}")
-    config = _build(RunConfig, merged, prefix="")
-    config.method = method  # type: ignore[assignment]
-    validate(config)
-    reject_unused(config)
-    if config.method != "sft" and config.sft_phase.epochs > 0:
-        sft_phase_config(config)  # its SFT phase is checked now, not after the run has started
-    return config
+    resolved = _build(RunConfig, merged, prefix="")
+    resolved.method = method  # type: ignore[assignment]
+    validate(resolved)
+    reject_unused(resolved)
+    if resolved.method != "sft" and resolved.sft_phase.epochs > 0:
+        sft_phase_config(resolved)  # its SFT phase is checked now, not after the run has started
+    return resolved
 
 
 SFT_PHASE_TRAIN = (

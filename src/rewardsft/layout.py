@@ -36,6 +36,8 @@ SFT_PHASE_DIR = "sft"
 """A run's SFT phase (``sft_phase.epochs`` > 0), an SFT run of its own inside the IRFT or RFT run's folder."""
 ADAPTER = "adapter"
 REWARD_MODEL = "reward_model"
+REWARD_ADAPTER = "reward_adapter"
+"""A checkpoint's reward model when it trains with LoRA: its adapter and head (resumable)."""
 EVAL = "eval"
 SUMMARY_FILE = "summary.json"
 

@@ -61,23 +61,33 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         if line.startswith("| ") and "| sample_habit ↓ |" in line
     }
     assert demo_habit and demo_habit == table_habit
-    # The paper's protocol: SPIN from each SFT model against SFT continued for exactly the same budget.
+    # The paper's protocol: SPIN and IRFT T=2 from each SFT model against SFT continued for exactly the same budget.
     protocol = [c for c in claims if c.startswith("| SFT")]
     assert {c.split("|")[1].strip() for c in protocol} == {
         "SFT → SPIN",
+        "SFT → IRFT (T=2)",
         "SFT → SPIN vs SFT",
-        "SFT continued (same budget) vs SFT",
+        "SFT → IRFT (T=2) vs SFT",
+        "SFT continued (budget of SFT → SPIN) vs SFT",
+        "SFT continued (budget of SFT → IRFT (T=2)) vs SFT",
     }
     for seed in (1, 2):
-        spin, continued = runs / f"spin-from-sft-s{seed}", runs / f"sft-continued-s{seed}"
-        steps = [max(r["step"] for r in read_metrics(run / "metrics.jsonl")) for run in (spin, continued)]
-        assert steps[0] == steps[1] > 0
-        assert (spin / "eval" / "accuracy" / "summary.json").is_file()
-    assert "The paper's protocol: SPIN from the SFT model" in report
+        controls = {run.name: last_step(run) for run in runs.glob(f"sft-continued-b*-n*-s{seed}")}
+        for method in ("spin-from-sft", "irft-t2-from-sft"):
+            run = runs / f"{method}-s{seed}"
+            steps = last_step(run)
+            # Its control is named by its shape (batch b, n steps) and runs exactly as many steps.
+            assert steps > 0 and any(name.endswith(f"-n{steps}-s{seed}") and n == steps for name, n in controls.items())
+            assert (run / "eval" / "accuracy" / "summary.json").is_file()
+    assert "The paper's protocol: SPIN and IRFT T=2 from the SFT model" in report
     for png in ("demo-accuracy.png", "demo-robustness.png", "differences.png"):
         assert (out / "report" / png).is_file()
     assert "demo-robustness.png" in (out / "report" / "report.html").read_text()
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 2  # refuses to overwrite without --overwrite
+
+
+def last_step(run: Path) -> int:
+    return max(r["step"] for r in read_metrics(run / "metrics.jsonl"))
 
 
 def test_demo_toy_prints_agreeing_solutions(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from rewardsft.cli import main
-from rewardsft.recipes import irft
-from rewardsft.recipes.irft import OVERFIT_NATS_PER_TOKEN
+from rewardsft.steps import stages
+from rewardsft.steps.stages import OVERFIT_NATS_PER_TOKEN
 from rewardsft.training.metrics import read_metrics
 from rewardsft.training.run import Run
 from tests.integration.test_sft import weights
@@ -132,13 +132,13 @@ def test_resume_mid_stage_2_equals_uninterrupted(
     assert not (out / "stages" / "stage-3").exists()
 
     sampled: list[int] = []
-    original_sample = irft.sample_stage
+    original_sample = stages.sample_stage
 
-    def counting(run: Any, model: Any, stage: irft.Stage, *args: Any) -> Any:
+    def counting(run: Any, model: Any, stage: stages.Stage, *args: Any) -> Any:
         sampled.append(stage.index + 1)
         return original_sample(run, model, stage, *args)
 
-    monkeypatch.setattr(irft, "sample_stage", counting)
+    monkeypatch.setattr(stages, "sample_stage", counting)
     assert main(irft_args(llama_dir, builtin_jsonl, out, *common, "resume=true")) == 0
     assert sampled == [3]  # stages 1 and 2 were not regenerated
 

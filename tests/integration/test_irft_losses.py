@@ -21,12 +21,11 @@ from transformers import AutoModelForCausalLM
 
 from rewardsft.cli import main
 from rewardsft.config import load_config
-from rewardsft.data import Renderer, TokenizedExample
+from rewardsft.data import Renderer, TokenizedExample, load_split
 from rewardsft.losses import IRFTLoss, IRFTTerms
 from rewardsft.models import load_tokenizer
-from rewardsft.recipes import irft
-from rewardsft.recipes.common import load_data
 from rewardsft.reference import Pair, compute_ref_logps
+from rewardsft.steps import pairs as pair_step
 from rewardsft.training.metrics import read_metrics
 from tests.integration.test_irft import irft_args
 
@@ -54,14 +53,15 @@ def stage_rewards(llama_dir: Path, data: Path, out: Path) -> tuple[torch.Tensor,
     config = load_config("irft", overrides=irft_args(llama_dir, data, out, *SETTINGS)[2:])
     tokenizer = load_tokenizer(config.model)
     renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
-    train, _ = load_data(config, renderer)
+    dc = config.data
+    train = load_split(dc.path, dc.split, renderer, max_length=dc.max_length, max_prompt_length=dc.max_prompt_length)
     by_index = {ex.index: ex for ex in train.tokenized}
     stage = out / "stages" / "stage-1"
     rows = [json.loads(line) for line in (stage / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == len(train.tokenized) == 48
     room = config.data.max_length
     pairs = []
-    for row in rows:  # built as irft.stage_pairs builds them, in the order of the snapshot cache
+    for row in rows:  # built as steps.stages.stage_pairs builds them, in the order of the snapshot cache
         demo = by_index[row["index"]]
         gen = TokenizedExample(demo.prompt_ids, row["response_ids"][: room - len(demo.prompt_ids)], demo.index)
         pairs.append(Pair(demo, gen))
@@ -137,7 +137,7 @@ def test_a_sign_flipped_loss_fails_the_check(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(irft, "irft_loss", sign_flipped(irft.irft_loss))
+    monkeypatch.setattr(pair_step, "irft_loss", sign_flipped(pair_step.irft_loss))
     out = tmp_path / "run"
     records = run_stage(llama_dir, builtin_jsonl, out, loss, sft_weight)
     demo_reward, gen_reward = stage_rewards(llama_dir, builtin_jsonl, out)

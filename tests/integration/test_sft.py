@@ -233,7 +233,7 @@ def test_packing_trains_the_same_model(
 ) -> None:
     """train.packing=true through the recipe: the same losses and final weights as padded rows, fewer rows; the
     IRFT recipe refuses the setting, naming what it does instead."""
-    from rewardsft.recipes import sft
+    from rewardsft.steps import sft
 
     rows: list[tuple[int, int]] = []
     original = sft.collate_packed

@@ -39,7 +39,8 @@ def stretch(owner: Any, name: str, phase: str, delay: float) -> None:
 
 def install() -> None:
     from rewardsft import generation
-    from rewardsft.recipes import common, irft
+    from rewardsft.recipes import common
+    from rewardsft.steps import stages
     from rewardsft.training import checkpoint
 
     started = common.start_recipe
@@ -64,7 +65,7 @@ def install() -> None:
             time.sleep(0.5)
         return original_replace(self, target)
 
-    irft_write = irft.write_generations
+    irft_write = stages.write_generations
 
     @functools.wraps(irft_write)
     def write_generations(*args: Any, **kwargs: Any) -> Any:
@@ -75,7 +76,7 @@ def install() -> None:
             Path.replace = original_replace  # type: ignore[method-assign]
             mark("training")
 
-    irft.write_generations = write_generations
+    stages.write_generations = write_generations
 
 
 if __name__ == "__main__":

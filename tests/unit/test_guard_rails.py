@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rewardsft.recipes.irft import overfitting
+from rewardsft.steps.stages import overfitting
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "study_metrics"
 OUTCOMES = {

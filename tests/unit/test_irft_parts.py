@@ -191,7 +191,7 @@ def pair_gradients(
 
     from accelerate import Accelerator
 
-    from rewardsft.recipes.irft import PAIR_BACKWARDS, StepSize
+    from rewardsft.steps.pairs import PAIR_BACKWARDS, PairStep, StepSize
     from tests.amp import install_scaler
 
     accelerator = Accelerator(cpu=True)
@@ -203,7 +203,7 @@ def pair_gradients(
         model = copy.deepcopy(base).train()
         torch.manual_seed(0)
         size = StepSize(pairs=2 * len(pairs), tokens=40.0, processes=1)  # this chunk as half of a step
-        outs.append(backward(accelerator, model, pairs, ref_demo, ref_gen, spec, pad_id, size, True))
+        outs.append(backward(PairStep(accelerator, model, spec, size, pad_id), pairs, ref_demo, ref_gen, True))
         grads.append({n: p.grad / (loss_scale or 1.0) for n, p in model.named_parameters() if p.grad is not None})
     return grads, outs
 
@@ -217,7 +217,7 @@ def test_split_joint_and_shared_pair_backward_give_the_same_gradient(
     tokenizer: Any, loss: str, sft_weight: float
 ) -> None:
     from rewardsft.config import load_config
-    from rewardsft.recipes.irft import PairLossSpec
+    from rewardsft.steps.pairs import PairLossSpec
 
     pairs = make_pairs(tokenizer)
     config = load_config("irft", overrides=[f"irft.loss={loss}", f"irft.sft_weight={sft_weight}", "irft.beta=0.5"])
@@ -238,7 +238,7 @@ def test_split_and_joint_agree_under_an_fp16_loss_scaler(tokenizer: Any, sft_wei
     coefficient from ``gen_leaf.grad`` after the scaled first backward and scale it again in the second: the
     generations' half of the gradient came out ``scale`` times too large (joint norm 1220, split 865,297 at 1024)."""
     from rewardsft.config import load_config
-    from rewardsft.recipes.irft import PairLossSpec
+    from rewardsft.steps.pairs import PairLossSpec
 
     config = load_config("irft", overrides=[f"irft.sft_weight={sft_weight}", "irft.beta=0.5"])
     base = tiny_model(tokenizer, hidden_size=32, seed=5)
@@ -254,7 +254,7 @@ def test_lora_with_the_project_defaults_has_no_dropout_noise_in_irft(tokenizer: 
     generations draw different masks and its gradient is no longer the joint one."""
     from rewardsft.config import load_config
     from rewardsft.models import apply_lora, disable_dropout
-    from rewardsft.recipes.irft import PairLossSpec
+    from rewardsft.steps.pairs import PairLossSpec
 
     config = load_config("irft", overrides=["lora.enabled=true", "lora.r=4"])
     assert config.lora.dropout > 0 and not config.train.dropout
@@ -290,7 +290,7 @@ def test_disable_dropout_makes_two_train_mode_forwards_agree(tokenizer: Any) -> 
 
 def test_pair_forward_auto_is_shared_on_cpu_where_the_model_takes_the_mask(tokenizer: Any) -> None:
     from rewardsft.config import load_config
-    from rewardsft.recipes.irft import pair_forward
+    from rewardsft.steps.pairs import pair_forward
 
     model = tiny_model(tokenizer, hidden_size=32)
     assert pair_forward(load_config("irft"), model) == "shared"
@@ -301,7 +301,7 @@ def test_pair_forward_auto_is_shared_on_cpu_where_the_model_takes_the_mask(token
 
 def test_pair_forward_auto_follows_gradient_checkpointing() -> None:
     from rewardsft.config import load_config
-    from rewardsft.recipes.irft import pair_forward
+    from rewardsft.steps.pairs import pair_forward
 
     assert pair_forward(load_config("irft")) == "split"  # no model to probe
     assert pair_forward(load_config("irft", overrides=["model.gradient_checkpointing=true"])) == "joint"
@@ -344,7 +344,7 @@ def test_reused_generations_are_matched_by_data_file_row(tokenizer: Any, tmp_pat
     """A stage's examples carry their data-file row (``index``); when a row was skipped at tokenisation, rows and
     positions in the tokenised list differ, and matching by position refused every resume of such a run."""
     from rewardsft.errors import ConfigError
-    from rewardsft.recipes.irft import Stage, read_generations, write_generations
+    from rewardsft.steps.stages import Stage, read_generations, write_generations
 
     pairs = make_pairs(tokenizer)
     examples = [
@@ -370,7 +370,7 @@ def test_the_step_loss_at_a_stage_start_is_log_2_plus_the_anchor_token_mean_nll(
     from accelerate import Accelerator
 
     from rewardsft.config import load_config
-    from rewardsft.recipes.irft import PairLossSpec, accumulate_irft_step
+    from rewardsft.steps.pairs import PairLossSpec, accumulate_irft_step
 
     pairs, w = make_pairs(tokenizer), 0.5
     model = tiny_model(tokenizer, hidden_size=32, seed=5).train()

@@ -28,8 +28,8 @@ from rewardsft.logprobs import (
     sequence_logps,
 )
 from rewardsft.losses import sft_nll
-from rewardsft.recipes.sft import micro_batch_logps
 from rewardsft.reference import Pair, shared_pair_batch, shared_split_logps
+from rewardsft.steps.sft import micro_batch_logps
 from rewardsft.tiny import tiny_model
 
 

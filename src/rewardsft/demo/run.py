@@ -35,9 +35,7 @@ from rewardsft.eval.paired import compare_runs, shown_verdict
 from rewardsft.eval.report import ExtraSection, build_report, pyplot, save_figure
 from rewardsft.eval.win_rate import WinRateSettings, win_rate
 from rewardsft.layout import CONFIG_FILE, EVAL, FINAL, GENERATIONS_FILE, METRICS_FILE, STAGES
-from rewardsft.recipes.irft import train_irft
-from rewardsft.recipes.rft import train_rft
-from rewardsft.recipes.sft import train_sft
+from rewardsft.recipes import run_recipe
 from rewardsft.tiny import tiny_model, train_tokenizer
 from rewardsft.training.metrics import read_metrics
 
@@ -62,9 +60,15 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 LABELS = {"sft": "SFT", "spin": "SPIN (IRFT T=1)", "irft": "IRFT (T=4)", "rft": "RFT"}
-FROM_SFT = ("irft", ["train.epochs=1", "irft.stages=1", "optim.name=adamw", "optim.lr=1e-3", *GENERATION])
-"""SPIN from the SFT model for one further pass, at the main runs' optimiser settings (the paper's protocol)."""
-PROTOCOL_LABELS = {"spin-from-sft": "SFT → SPIN", "sft-continued": "SFT continued (same budget)"}
+FROM_SFT = {
+    name: ["train.epochs=1", f"irft.stages={stages}", "optim.name=adamw", "optim.lr=1e-3", *GENERATION]
+    for name, stages in (("spin-from-sft", 1), ("irft-t2-from-sft", 2))
+}
+"""SPIN and IRFT T=2 from the SFT model for one further pass, at the main runs' optimiser settings (the paper's
+protocol; IRFT T=2 from SFT is what the real-data study found best)."""
+PROTOCOL_LABELS = {"spin-from-sft": "SFT → SPIN", "irft-t2-from-sft": "SFT → IRFT (T=2)"}
+Runs = dict[str, list[Path]]
+"""Run folders by the demo's method name (``sft``, ``spin``, ...), seeds in order."""
 
 
 @dataclass(frozen=True)
@@ -130,18 +134,19 @@ def _run(out: Path, settings: DemoSettings) -> Path:
     )
     runs = out / "runs"
     print(f"[2/5] SFT, SPIN, IRFT, RFT from the base over seeds {list(settings.seeds)}")
-    main_runs = train_all(runs, base, data.demonstrations, data, settings, list(METHODS), start)
+    by_method = train_all(runs, base, data.demonstrations, data, settings, list(METHODS), start)
+    main_runs = [run for method_runs in by_method.values() for run in method_runs]  # SFT's first
     print("[3/5] robustness: a share of the demonstrations replaced by the habitual answer (SFT and IRFT)")
-    sweep = noise_sweep(out, base, settings, main_runs, start)
+    sweep = noise_sweep(out, base, settings, by_method, start)
     print("[4/5] paired comparisons against SFT on the held-out prompts")
     rows = compare_runs(main_runs, main_runs[0])
     verdicts = verdict_table(rows)
     print(verdicts)
-    print("  the paper's protocol: SPIN from each SFT model against SFT continued for the same budget")
-    protocol = protocol_verdicts(train_protocol(runs, base, data, settings, start), main_runs)
+    print("  the paper's protocol: SPIN and IRFT T=2 from each SFT model against SFT continued for the same budget")
+    protocol = protocol_verdicts(train_protocol(runs, base, data, settings, start), by_method["sft"])
     print(protocol)
     print("[5/5] report")
-    section = demo_section(out / "report", main_runs, base_eval, sweep, verdicts, settings, protocol)
+    section = demo_section(out / "report", by_method, base_eval, sweep, verdicts, settings, protocol)
     report = build_report(main_runs, out / "report", baseline=main_runs[0], extra=section)
     print(f"demo done in {time.time() - start:.0f}s: {report} (and report.html beside it)")
     return report
@@ -168,7 +173,7 @@ def make_base(out: Path, data: TaskData, settings: DemoSettings) -> Path:
             "train.log_every=100",
         ],
     )
-    return train_sft(config)
+    return run_recipe(config)
 
 
 def base_render(settings: DemoSettings) -> dict[str, Any]:
@@ -199,18 +204,17 @@ def real_model_overrides(settings: DemoSettings, method: str) -> list[str]:
 
 def train_all(
     runs: Path, base: Path, demos: Path, data: TaskData, settings: DemoSettings, methods: list[str], start: float
-) -> list[Path]:
+) -> Runs:
     """Every method for every seed, each evaluated on the test prompts; SFT of the same seed is the win-rate
-    baseline. Returns the run folders, SFT's first."""
-    out = []
+    baseline. Returns the run folders by method, in the order of ``methods`` (SFT first)."""
+    out: Runs = {name: [] for name in methods}
     for seed in settings.seeds:
         for name in methods:
             method, args = METHODS[name]
             if name == "rft":
                 args = [*args, f"rft.prompts_per_iteration={max(2 * count_rows(demos) // 10, 2)}"]
             run = runs / f"{name}-s{seed}"
-            trainer = {"sft": train_sft, "irft": train_irft, "rft": train_rft}[method]
-            trainer(
+            run_recipe(
                 load_config(
                     method,
                     overrides=[
@@ -225,9 +229,9 @@ def train_all(
                 )
             )
             evaluate_run(run, base, runs / f"sft-s{seed}", data, seed)
-            out.append(run)
+            out[name].append(run)
             print(f"  {name}-s{seed}: {summary_line(run)}  ({time.time() - start:.0f}s)")
-    return sorted(out, key=lambda r: (list(METHODS).index(r.name.split("-s")[0]), r.name))
+    return out
 
 
 def evaluate_run(run: Path, base: Path, sft: Path, data: TaskData, seed: int) -> None:
@@ -240,47 +244,65 @@ def evaluate_run(run: Path, base: Path, sft: Path, data: TaskData, seed: int) ->
     )
 
 
-def train_protocol(
-    runs: Path, base: Path, data: TaskData, settings: DemoSettings, start: float
-) -> dict[str, list[Path]]:
-    """Per seed: SPIN from that seed's SFT model, and SFT continued from it for exactly the demonstrations and
-    steps SPIN spends (``studies.plan.matched_control``), both evaluated like the main runs."""
+def train_protocol(runs: Path, base: Path, data: TaskData, settings: DemoSettings, start: float) -> Protocol:
+    """Per seed: SPIN and IRFT T=2 from that seed's SFT model, and SFT continued from it for exactly the
+    demonstrations and steps each spends (``studies.plan.matched_control``; one control per distinct budget), all
+    evaluated like the main runs."""
     from rewardsft.studies.plan import budget_of, control_spec, matched_control, parse_method
 
-    out: dict[str, list[Path]] = {name: [] for name in PROTOCOL_LABELS}
+    protocol = Protocol({name: [] for name in FROM_SFT}, {name: [] for name in FROM_SFT})
     n = count_rows(data.demonstrations)
     for seed in settings.seeds:
         sft = runs / f"sft-s{seed}"
         common = [f"model.name_or_path={sft / FINAL}", f"data.path={data.demonstrations}", f"seed={seed}"]
         common += run_overrides(settings)
-        # A real model keeps its own learning rate and passes (real_model_overrides), as its main runs do.
-        spin_settings = [*FROM_SFT[1], *real_model_overrides(settings, "irft")]
-        spin = load_config("irft", overrides=[*common, *spin_settings, f"output_dir={runs / f'spin-from-sft-s{seed}'}"])
-        target = budget_of(spin, n)
-        shape = matched_control(target, n, spin.train.batch_size)
-        control = [f"optim.lr={spin.optim.lr}", *control_spec(parse_method("spin-from-sft"), shape).overrides]
-        continued = load_config("sft", overrides=[*common, *control, f"output_dir={runs / f'sft-continued-s{seed}'}"])
-        for name, config in (("spin-from-sft", spin), ("sft-continued", continued)):
-            (train_irft if config.method == "irft" else train_sft)(config)
-            run = Path(config.output_dir)
-            evaluate_run(run, base, sft, data, seed)
-            out[name].append(run)
-            print(f"  {name}-s{seed}: {summary_line(run)}  ({time.time() - start:.0f}s; budget {target})")
-    return out
+        for name, overrides in FROM_SFT.items():
+            # A real model keeps its own learning rate and passes (real_model_overrides), as its main runs do.
+            method_settings = [*overrides, *real_model_overrides(settings, "irft")]
+            config = load_config(
+                "irft", overrides=[*common, *method_settings, f"output_dir={runs / f'{name}-s{seed}'}"]
+            )
+            target = budget_of(config, n)
+            control = control_spec(parse_method(name), matched_control(target, n, config.train.batch_size))
+            continued = runs / f"{control.name}-s{seed}"
+            control_config = load_config(
+                "sft", overrides=[*common, f"optim.lr={config.optim.lr}", *control.overrides, f"output_dir={continued}"]
+            )
+            for label, run_config in ((name, config), (control.name, control_config)):
+                run = Path(run_config.output_dir)
+                if not (run / FINAL).is_dir():  # two methods of one budget share their control
+                    run_recipe(run_config)
+                    evaluate_run(run, base, sft, data, seed)
+                    print(f"  {label}-s{seed}: {summary_line(run)}  ({time.time() - start:.0f}s; budget {target})")
+            protocol.runs[name].append(Path(config.output_dir))
+            protocol.controls[name].append(continued)
+    return protocol
 
 
-def protocol_verdicts(protocol: dict[str, list[Path]], main_runs: list[Path]) -> str:
-    """SFT → SPIN against SFT continued (the fair comparison), and both against SFT (what the extra pass buys)."""
+@dataclass(frozen=True)
+class Protocol:
+    """The paper's protocol in the demo: each from-SFT method's runs and its budget-matched controls, by seed."""
+
+    runs: Runs
+    controls: Runs
+
+
+def protocol_verdicts(protocol: Protocol, sft_runs: list[Path]) -> str:
+    """Each from-SFT method against SFT continued for its budget (the fair comparison), then every arm against
+    SFT (what the extra pass buys)."""
     from rewardsft.eval.paired import Group, compare_groups
 
-    spin = Group(PROTOCOL_LABELS["spin-from-sft"], protocol["spin-from-sft"])
-    continued = Group(PROTOCOL_LABELS["sft-continued"], protocol["sft-continued"])
-    sft = Group("SFT", [r for r in main_runs if r.name.startswith("sft-s")])
-    rows = compare_groups([spin, continued], continued, "accuracy")
-    against_sft = compare_groups([spin, continued, sft], sft, "accuracy")
-    for row in against_sft:
+    sft = Group("SFT", sft_runs)
+    rows, against_sft = [], []
+    for name, label in PROTOCOL_LABELS.items():
+        method = Group(label, protocol.runs[name])
+        control = Group(f"SFT continued (budget of {label})", protocol.controls[name])
+        rows += compare_groups([method], control, "accuracy")
+        against_sft += compare_groups([method, control], sft, "accuracy")
+    unique = {(row["group"], row["metric"]): row for row in against_sft}  # one control may serve two methods
+    for row in unique.values():
         row["group"] = f"{row['group']} vs SFT"
-    return verdict_table([*rows, *against_sft]).replace("difference vs SFT", "difference")
+    return verdict_table([*rows, *unique.values()]).replace("difference vs SFT", "difference")
 
 
 def summary_line(run: Path) -> str:
@@ -296,17 +318,17 @@ def count_rows(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
-def noise_sweep(out: Path, base: Path, settings: DemoSettings, main_runs: list[Path], start: float) -> dict[str, Any]:
+def noise_sweep(out: Path, base: Path, settings: DemoSettings, main_runs: Runs, start: float) -> dict[str, Any]:
     """Sampled accuracy of SFT and IRFT (mean and sd over seeds) at each noise level."""
     result: dict[str, Any] = {}
     for noise in settings.noise:
         if noise == 0.0:
-            runs = [r for r in main_runs if r.name.split("-s")[0] in ("sft", "irft")]
+            runs = main_runs
         else:
             data = write_task(out / f"data-noise-{noise}", settings.sizes, settings.seed, noise=noise)
             runs = train_all(out / f"noise-{noise}", base, data.demonstrations, data, settings, ["sft", "irft"], start)
         for method in ("sft", "irft"):
-            values = [accuracy(r)["sample_correct"] for r in runs if r.name.startswith(f"{method}-s")]
+            values = [accuracy(r)["sample_correct"] for r in runs[method]]
             result.setdefault(method, []).append((noise, mean(values), sd(values)))
     return result
 
@@ -374,7 +396,7 @@ def budgets(run: Path) -> dict[str, float]:
 
 def demo_section(
     folder: Path,
-    runs: list[Path],
+    by_method: Runs,
     base_eval: dict[str, Any],
     sweep: dict[str, Any],
     verdicts: str,
@@ -383,9 +405,7 @@ def demo_section(
 ) -> ExtraSection:
     """The demo's own table (per method: accuracy over seeds and budgets), verdicts and plots for the report."""
     folder.mkdir(parents=True, exist_ok=True)
-    by_method: dict[str, list[Path]] = {}
-    for run in runs:
-        by_method.setdefault(run.name.split("-s")[0], []).append(run)
+    by_method = {method: runs for method, runs in by_method.items() if runs}
     lines = [
         "## The demo: reversal task, habitual copy",
         "",
@@ -410,11 +430,11 @@ def demo_section(
     if protocol:
         lines += [
             "",
-            "### The paper's protocol: SPIN from the SFT model, against SFT continued for the same budget",
+            "### The paper's protocol: SPIN and IRFT T=2 from the SFT model, against SFT continued for the same budget",
             "",
-            "Each seed's SFT model trained one pass further, by SPIN or by SFT with the batch size and steps that see "
-            "exactly the same demonstrations (first rows: SFT → SPIN against SFT continued; then each against SFT "
-            "itself):",
+            "Each seed's SFT model trained one pass further, by SPIN, by IRFT T=2, or by SFT with the batch size and "
+            "steps that see exactly the same demonstrations as each (first rows: each method against its SFT "
+            "continued; then every arm against SFT itself):",
             "",
             protocol,
         ]

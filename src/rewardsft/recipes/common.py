@@ -73,7 +73,3 @@ def load_data(config: RunConfig, renderer: Renderer) -> tuple[LoadedSplit, Loade
         return train, None
     evaluation = load_split(dc.eval_path or dc.path, dc.eval_split or dc.split, renderer, **common)
     return train, evaluation
-
-
-def eval_batch(config: RunConfig) -> int:
-    return config.train.eval_batch_size or config.train.batch_size

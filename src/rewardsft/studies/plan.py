@@ -107,7 +107,7 @@ def budget_of(config: RunConfig, n_examples: int) -> Budget:
     if config.method == "sft":
         return sft_budget(rows, tc.batch_size, tc.grad_accum, tc.epochs, tc.max_steps)
     if config.method == "irft":
-        from rewardsft.recipes.irft import plan_stages
+        from rewardsft.steps.stages import plan_stages
 
         seen = steps = 0
         for stage in plan_stages(rows, config, 1):

@@ -1,0 +1,232 @@
+"""RFT's round: the rollout (k samples per prompt with their log-probs under the sampler and π_init), the
+reward model's Bradley–Terry step and the policy's RLOO step against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardsft.config import GenerationConfig, RunConfig
+from rewardsft.data import TokenizedExample
+from rewardsft.data.collate import batch_on
+from rewardsft.generation import Generation, as_example, generate, generation_stats
+from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
+from rewardsft.logprobs import model_token_logps, sequence_logps
+from rewardsft.losses import (
+    kl_penalised_rewards,
+    normalise_rewards,
+    reward_bt_loss,
+    rloo_advantages,
+    rloo_policy_loss,
+    sequence_kl,
+)
+from rewardsft.models import eval_mode, is_peft
+from rewardsft.reward import rm_scores, save_reward_model, score_examples
+from rewardsft.training.batches import epoch_permutation
+from rewardsft.training.run import Run
+from rewardsft.training.step import derive_seed, micro_batch_context, reduce_metrics
+
+
+@dataclass
+class Rollout:
+    """k samples for each of P prompts, sample j of prompt p at row p*k + j."""
+
+    demos: list[TokenizedExample]
+    """(P,) the demonstrations of the prompts."""
+    gens: list[TokenizedExample]
+    """(P*k,) prompt + sampled response."""
+    old_logps: torch.Tensor
+    """(P*k,) sequence log-probs under the sampling policy."""
+    kl: torch.Tensor
+    """(P*k,) KL estimate to the initial policy."""
+    entropy: float
+    """Mean −log π of the sampled tokens: a Monte-Carlo estimate of the per-token entropy (at temperature 1)."""
+    stats: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSpec:
+    """What the RFT step functions need from the config."""
+
+    samples_per_prompt: int
+    max_length: int
+    batch_size: int
+    """Micro-batch of the reward and policy steps."""
+    eval_batch_size: int
+    generation: GenerationConfig
+    seed: int
+    pad_id: int
+    stop_ids: list[int]
+    kl_coef: float
+    reward_norm: str
+    reward_clip: float | None
+    clip_ratio: float
+    preference_weight: float
+
+    @classmethod
+    def from_config(cls, config: RunConfig, pad_id: int, stop_ids: list[int]) -> RolloutSpec:
+        rc = config.rft
+        return cls(
+            samples_per_prompt=rc.samples_per_prompt,
+            max_length=config.data.max_length,
+            batch_size=config.train.batch_size,
+            eval_batch_size=config.train.eval_batch,
+            generation=config.generation,
+            seed=config.seed,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
+            kl_coef=rc.kl_coef,
+            reward_norm=rc.reward_norm,
+            reward_clip=rc.reward_clip,
+            clip_ratio=rc.clip_ratio,
+            preference_weight=rc.preference_weight,
+        )
+
+
+def iteration_prompts(n_examples: int, config: RunConfig, iteration: int, run: Run) -> list[int]:
+    """This process's share of round ``iteration``'s prompts, walking seeded shuffles of the data."""
+    per_round = config.rft.prompts_per_iteration
+    first = iteration * per_round
+    orders: dict[int, list[int]] = {}
+    ids = []
+    for position in range(first, first + per_round):
+        epoch, offset = divmod(position, n_examples)
+        if epoch not in orders:
+            orders[epoch] = epoch_permutation(n_examples, config.seed, epoch)
+        ids.append(orders[epoch][offset])
+    return ids[run.rank :: run.world_size]
+
+
+@torch.no_grad()
+def make_rollout(
+    run: Run, policy: Any, reference: Any | None, demos: list[TokenizedExample], spec: RolloutSpec, iteration: int
+) -> Rollout:
+    """Sample k responses per prompt; log-probs under the sampler and the initial policy, computed once."""
+    k = spec.samples_per_prompt
+    unwrapped = run.accelerator.unwrap_model(policy)
+    prompts = [d for d in demos for _ in range(k)]
+    generations, gens = sample_examples(run, policy, prompts, spec, "rft/generate", iteration)
+    old, kl = [], []
+    entropy_sum, n_tokens = 0.0, 0
+    with eval_mode(unwrapped):
+        for start in range(0, len(gens), spec.eval_batch_size):
+            batch = batch_on(gens[start : start + spec.eval_batch_size], spec.pad_id, run.device)
+            tokens = model_token_logps(unwrapped, **batch)
+            if reference is None:
+                with unwrapped.disable_adapter():
+                    ref_tokens = model_token_logps(unwrapped, **batch)
+            else:
+                ref_tokens = model_token_logps(reference, **batch)
+            old.append(sequence_logps(tokens))
+            kl.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
+            entropy_sum += float(-(tokens.logps * tokens.mask).sum())
+            n_tokens += int(tokens.mask.sum())
+    stats = generation_stats(generations, [d.response_ids for d in prompts])
+    return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy_sum / max(n_tokens, 1), stats)
+
+
+def sample_examples(
+    run: Run, policy: Any, prompts: list[TokenizedExample], spec: RolloutSpec, purpose: str, step: int
+) -> tuple[list[Generation], list[TokenizedExample]]:
+    """One sample per prompt from the current policy, seeded per purpose, step and process; also as examples
+    (prompt + response cut to ``data.max_length``) ready to score or train on."""
+    generations = generate(
+        run.accelerator.unwrap_model(policy),
+        [p.prompt_ids for p in prompts],
+        spec.generation,
+        pad_id=spec.pad_id,
+        eos_ids=spec.stop_ids,
+        seed=derive_seed(spec.seed, purpose, step, run.rank),
+    )
+    return generations, [as_example(p, g, spec.max_length) for p, g in zip(prompts, generations, strict=True)]
+
+
+def reward_step(
+    run: Run, reward_model: Any, rollout: Rollout, preference: list[Any], spec: RolloutSpec, iteration: int
+) -> dict[str, float]:
+    """Backpropagate one BT step over every (demonstration, generation) pair of the round (+ preference pairs).
+
+    The reward model is not prepared by accelerate (its read-out calls the backbone and head directly), so it
+    backpropagates with plain ``backward`` (no fp16 loss scaling that nothing would undo) and its gradients are
+    averaged across processes explicitly before the optimiser step.
+    """
+    k = spec.samples_per_prompt
+    pairs = [(rollout.demos[i // k], gen) for i, gen in enumerate(rollout.gens)]
+    totals = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(pairs), spec.batch_size):
+        chunk = pairs[start : start + spec.batch_size]
+        terms = bt_terms(reward_model, chunk, spec.pad_id, run.device)
+        loss = terms.loss.sum() / len(pairs)
+        if preference:
+            pick = [preference[(iteration * len(pairs) + start + j) % len(preference)] for j in range(len(chunk))]
+            mixed = bt_terms(reward_model, pick, spec.pad_id, run.device).loss.sum() / len(pairs)
+            loss = loss + spec.preference_weight * mixed
+        loss.backward()
+        parts = [terms.loss.detach().sum(), terms.accuracy.sum(), terms.margin.detach().sum()]
+        totals += torch.stack([p.double().cpu() for p in parts]) / len(pairs)
+    run.average_gradients(reward_model)
+    return dict(zip(("rm/loss", "rm/accuracy", "rm/margin"), totals.tolist(), strict=True))
+
+
+def bt_terms(
+    reward_model: Any, pairs: list[tuple[TokenizedExample, TokenizedExample]], pad_id: int, device: torch.device
+) -> Any:
+    batch = batch_on([p[0] for p in pairs] + [p[1] for p in pairs], pad_id, device)
+    scores = rm_scores(reward_model, batch["input_ids"], batch["attention_mask"])
+    return reward_bt_loss(scores[: len(pairs)], scores[len(pairs) :])
+
+
+def policy_step(
+    accelerator: Any, policy: Any, rollout: Rollout, scores: torch.Tensor, spec: RolloutSpec
+) -> dict[str, float]:
+    """Backpropagate one RLOO step over the whole rollout, micro-batched; gradients sync on the last one."""
+    device = accelerator.device
+    rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
+    rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip, round_moments(accelerator, rewards))
+    advantages = rloo_advantages(rewards.view(-1, spec.samples_per_prompt)).view(-1)
+    n, size, total = len(rollout.gens), spec.batch_size, 0.0
+    for start in range(0, n, size):
+        ids = list(range(start, min(start + size, n)))
+        with micro_batch_context(accelerator, policy, last=start + size >= n):
+            logps = sequence_logps(
+                model_token_logps(policy, **batch_on([rollout.gens[i] for i in ids], spec.pad_id, device))
+            )
+            loss = rloo_policy_loss(logps, rollout.old_logps[ids].to(device), advantages[ids], spec.clip_ratio)
+            accelerator.backward(loss * len(ids) / n)
+        total += float(loss.detach()) * len(ids) / n
+    return {"policy/loss": total}
+
+
+def round_moments(accelerator: Any, rewards: torch.Tensor) -> tuple[float, float] | None:
+    """Mean and (unbiased) std of the whole round's rewards over every process; None in one process."""
+    if accelerator.num_processes == 1:
+        return None
+    local = {"n": rewards.numel(), "sum": float(rewards.sum()), "squares": float((rewards.double() ** 2).sum())}
+    total = reduce_metrics(accelerator, local, reduction="sum")
+    mean = total["sum"] / total["n"]
+    variance = (total["squares"] - total["n"] * mean**2) / max(total["n"] - 1, 1.0)
+    return mean, max(variance, 0.0) ** 0.5
+
+
+def held_out_rm_accuracy(
+    run: Run, policy: Any, reward_model: Any, held_out: list[TokenizedExample], spec: RolloutSpec, step: int
+) -> float:
+    """Share of ``held_out`` prompts where r_φ scores the demonstration above the current policy's sample."""
+    demos = held_out[run.rank :: run.world_size]
+    _, gens = sample_examples(run, policy, demos, spec, "rft/held-out", step)
+    demo_scores = score_examples(reward_model, demos, spec.eval_batch_size, spec.pad_id)
+    gen_scores = score_examples(reward_model, gens, spec.eval_batch_size, spec.pad_id)
+    wins = sum(d > g for d, g in zip(demo_scores, gen_scores, strict=True))
+    totals = reduce_metrics(run.accelerator, {"wins": wins, "n": len(demos)}, reduction="sum")
+    return totals["wins"] / max(totals["n"], 1.0)
+
+
+def save_reward_weights(tmp: Path, reward_model: Any, tokenizer: Any) -> None:
+    """The reward model as it trains, into a checkpoint: LoRA as adapter + head (resumable), else merged."""
+    if is_peft(reward_model):
+        reward_model.save_pretrained(str(tmp / REWARD_ADAPTER))
+    else:
+        save_reward_model(tmp / REWARD_MODEL, reward_model, tokenizer)
