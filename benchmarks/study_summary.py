@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.study_judges import win_rate_ci
-from rewardsft.config import config_from_dict
+from rewardsft.config import RFTConfig, config_from_dict
 from rewardsft.eval.paired import read_per_example
 from rewardsft.studies.plan import budget_of
 from rewardsft.studies.runner import WALL_TIME, launches
@@ -92,7 +92,7 @@ def cost(run: Path) -> dict[str, float]:
         for stats in sorted((run / "stages").glob("*/stats.json")):
             count = len((stats.parent / "generations.jsonl").read_text().splitlines())
             generated += json.loads(stats.read_text())["gen/mean_length"] * count
-    elif config.method == "rft":
+    elif isinstance(config, RFTConfig):
         per_round = config.rft.prompts_per_iteration * config.rft.samples_per_prompt
         generated = sum(m["gen/mean_length"] * per_round for m in metrics if "gen/mean_length" in m)
     # The study always caps the rows with data.max_rows; the budget is counted on that many.

@@ -22,14 +22,17 @@ from rewardsft.api import (
     train,
     win_rate,
 )
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig, RFTConfig, RunConfig, SFTConfig
 from rewardsft.errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "IRFTConfig",
+    "RFTConfig",
     "RewardModel",
     "RunConfig",
     "RunResult",
+    "SFTConfig",
     "__version__",
     "audit",
     "compare",

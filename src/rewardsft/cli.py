@@ -54,7 +54,7 @@ def environment() -> dict[str, str]:
 
     import torch
 
-    from rewardsft import __version__
+    from rewardsft._version import __version__
 
     info = {"rewardsft": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for package in ENV_PACKAGES:
@@ -255,7 +255,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rewardsft import __version__
+    from rewardsft._version import __version__
 
     parser = argparse.ArgumentParser(prog="rewardsft", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"rewardsft {__version__}")

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from rewardsft.config import RunConfig, config_from_dict
+from rewardsft.config.schema import SFT_PHASE_FOLDER
 from rewardsft.data.tokenize import RenderSettings
 from rewardsft.errors import ConfigError
 
@@ -32,8 +34,9 @@ CHECKPOINTS = "checkpoints"
 STAGES = "stages"
 GENERATIONS_FILE = "generations.jsonl"
 FINAL = "final"
-SFT_PHASE_DIR = "sft"
-"""A run's SFT phase (``sft_phase.epochs`` > 0), an SFT run of its own inside the IRFT or RFT run's folder."""
+SFT_PHASE_DIR = SFT_PHASE_FOLDER
+"""A run's SFT phase (``sft_phase.epochs`` > 0), an SFT run of its own inside the IRFT or RFT run's folder (its
+name comes from the config schema, which builds the phase's config and sits below this module)."""
 ADAPTER = "adapter"
 REWARD_MODEL = "reward_model"
 REWARD_ADAPTER = "reward_adapter"
@@ -61,16 +64,18 @@ def run_of(model_path: str | Path) -> Path | None:
     return None
 
 
-def run_render_settings(run_dir: Path) -> RenderSettings:
-    """How the run rendered its prompts and responses (its ``config.yaml``'s ``data`` section)."""
-    from rewardsft.config import config_from_dict
-
+def run_config(run_dir: Path) -> RunConfig:
+    """The settings a run trained with (its ``config.yaml``, every setting filled in), of its method's type."""
     path = run_dir / CONFIG_FILE
     try:
-        data = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8"))).data
+        return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError) as err:
         raise ConfigError(f"{path}: cannot read the run's config ({err})") from None
-    return render_settings(data)
+
+
+def run_render_settings(run_dir: Path) -> RenderSettings:
+    """How the run rendered its prompts and responses (its ``config.yaml``'s ``data`` section)."""
+    return render_settings(run_config(run_dir).data)
 
 
 def render_settings(data: Any) -> RenderSettings:

@@ -34,7 +34,7 @@ class IRFTLoss(StrEnum):
 
     def __call__(self, margin: torch.Tensor) -> torch.Tensor:
         if self is IRFTLoss.SIGMOID:
-            return F.softplus(-margin)
+            return F.softplus(-margin)  # log(1 + e^-u) without overflow at large negative u
         if self is IRFTLoss.HINGE:
             return F.relu(1.0 - margin)
         return -margin
@@ -65,6 +65,7 @@ def irft_loss(
     """
     demo_ratio = policy_demo_logps - ref_demo_logps
     gen_ratio = policy_gen_logps - ref_gen_logps
+    # Positive when the policy raised the demonstration (relative to θ_t) more than its own sample: ℓ falls.
     margin = beta * (demo_ratio - gen_ratio)
     return IRFTTerms(
         loss=kind(margin),
@@ -85,7 +86,7 @@ class BTTerms(NamedTuple):
 
 def reward_bt_loss(demo_scores: torch.Tensor, gen_scores: torch.Tensor) -> BTTerms:
     """Bradley–Terry loss with the demonstration preferred (Algorithm 1, reward step); scores (B,)."""
-    margin = demo_scores - gen_scores
+    margin = demo_scores - gen_scores  # the demonstration is the preferred side
     return BTTerms(F.softplus(-margin), (margin > 0).float().detach(), margin.detach())
 
 
@@ -97,7 +98,7 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     k = rewards.shape[-1]
     if k < 2:
         raise ValueError("RLOO needs at least 2 samples per prompt")
-    others = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)
+    others = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)  # mean of the k−1 others: no self-bias
     return rewards - others
 
 
@@ -122,10 +123,11 @@ def rloo_policy_loss(
     ratio = π_θ(y)/π_old(y); loss = −mean(min(ratio·A, clip(ratio, 1±ε)·A)). On the first step over a rollout
     ratio = 1 and this is REINFORCE with the leave-one-out baseline; later steps stay near the sampling policy.
     """
+    # The sampler's log-probs and the advantages are constants of the rollout: only the ratio's numerator learns.
     ratio = torch.exp(logps - old_logps.detach())
     unclipped = ratio * advantages.detach()
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages.detach()
-    return -torch.minimum(unclipped, clipped).mean()
+    return -torch.minimum(unclipped, clipped).mean()  # minus: the optimiser descends, the objective ascends
 
 
 def normalise_rewards(
@@ -137,7 +139,7 @@ def normalise_rewards(
     """
     if mode == "whiten" and (moments is not None or rewards.numel() > 1):
         mean, std = moments if moments is not None else (float(rewards.mean()), float(rewards.std()))
-        rewards = (rewards - mean) / (std + 1e-8)
+        rewards = (rewards - mean) / (std + 1e-8)  # 1e-8: a round whose rewards are all equal gives zeros
     if clip is not None:
         rewards = rewards.clamp(-clip, clip)
     return rewards

@@ -1,7 +1,9 @@
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from rewardsft.cli import main
 from rewardsft.config import load_config, parse_overrides
@@ -172,3 +174,60 @@ def test_one_of_each_default_rendering_and_version() -> None:
     assert asdict(render_settings(DataConfig(max_length=64, text_prompts="user_turn")))["max_length"] == 64
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     assert project["version"] == rewardsft.__version__
+
+
+def test_each_method_has_its_own_config_type_and_show_prints_only_its_keys(capsys: Any) -> None:
+    from rewardsft.config import CONFIG_TYPES, IRFTConfig, RFTConfig, SFTConfig
+
+    assert {m: type(load_config(m)) for m in ("sft", "irft", "rft")} == CONFIG_TYPES
+    assert {"sft": SFTConfig, "irft": IRFTConfig, "rft": RFTConfig} == CONFIG_TYPES
+    shown = {}
+    for method in ("sft", "irft", "rft"):
+        assert main(["config", "show", method]) == 0
+        shown[method] = set(yaml.safe_load(capsys.readouterr().out))
+    common = {"method", "output_dir", "seed", "resume", "overwrite", "model", "lora", "data", "train", "optim"}
+    assert shown["sft"] == common | {"logging"}
+    assert shown["irft"] == shown["sft"] | {"generation", "sft_phase", "irft"}
+    assert shown["rft"] == shown["sft"] | {"generation", "sft_phase", "rft", "reward_model"}
+
+
+@pytest.mark.parametrize(
+    ("dumped", "loaded", "message"),
+    [
+        ("irft", "sft", "'generation.max_new_tokens' is not used by `rewardsft train sft`: SFT does not generate"),
+        ("rft", "irft", "'rft.iterations' is not used by `rewardsft train irft`: the rft section is read by"),
+        ("irft", "rft", "'irft.stages' is not used by `rewardsft train rft`: the irft section is read by"),
+    ],
+)
+def test_a_full_dump_loads_for_its_method_and_names_the_first_foreign_key_for_another(
+    tmp_path: Path, dumped: str, loaded: str, message: str
+) -> None:
+    dump = tmp_path / "dump.yaml"
+    body = {k: v for k, v in load_config(dumped).to_dict().items() if k != "method"}
+    dump.write_text(yaml.safe_dump(body, sort_keys=False))
+    assert load_config(dumped, dump).to_dict() == load_config(dumped).to_dict()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(loaded, dump)
+
+
+def test_a_run_recorded_with_every_section_still_reads(tmp_path: Path) -> None:
+    """config.yaml files written before each method had its own type carry every section at its defaults."""
+    from rewardsft.config import config_from_dict
+
+    legacy = load_config("irft").to_dict() | load_config("rft").to_dict() | load_config("sft").to_dict()
+    assert {"irft", "rft", "reward_model", "generation"} <= set(legacy)
+    assert config_from_dict(legacy).to_dict() == load_config("sft").to_dict()
+    legacy["rft"]["iterations"] = 3  # a foreign section off its default is not a harmless leftover
+    with pytest.raises(ConfigError, match="'rft' is not used by `rewardsft train sft`"):
+        config_from_dict(legacy)
+
+
+def test_the_literal_choices_are_the_enums() -> None:
+    import typing
+
+    from rewardsft.config import DataConfig, IRFTSettings
+    from rewardsft.data.formats import FORMATS
+    from rewardsft.losses import IRFTLoss
+
+    assert typing.get_args(typing.get_type_hints(IRFTSettings)["loss"]) == tuple(loss.value for loss in IRFTLoss)
+    assert typing.get_args(typing.get_type_hints(DataConfig)["format"]) == ("auto", *FORMATS)

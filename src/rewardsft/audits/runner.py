@@ -34,7 +34,16 @@ from rewardsft.data import DataError, Example, load_rows
 from rewardsft.data.formats import parse_each_row
 from rewardsft.data.tokenize import RenderSettings
 from rewardsft.errors import ConfigError
-from rewardsft.layout import CHECKPOINTS, FINAL, REWARD_MODEL, Rendering, render_settings, run_of, run_render_settings
+from rewardsft.layout import (
+    CHECKPOINTS,
+    FINAL,
+    REWARD_MODEL,
+    Rendering,
+    render_settings,
+    run_config,
+    run_of,
+    run_render_settings,
+)
 from rewardsft.studies.split import fingerprint, write_rows
 
 Reward = Literal["explicit", "implicit"]
@@ -364,13 +373,14 @@ def explicit_rewards(run: Path, held: Sequence[Example]) -> list[float]:
 def implicit_rewards(run: Path, start: ModelConfig, held: Sequence[Example]) -> list[float]:
     """β·log π_θ(y|x)/π_start(y|x) of each row's response y, the reward SPIN's loss is written in; both models
     score the same token ids (the fold run's rendering, which is the start's)."""
-    from rewardsft.config import config_from_dict
+    from rewardsft.config import IRFTConfig
 
-    trained_config = config_from_dict(_yaml(run / "config.yaml"))
+    trained_config = run_config(run)
     settings = render_settings(trained_config.data)
     local = dataclasses.replace(start, name_or_path=str(run / FINAL), revision=None, gguf_file=None)
     trained = response_logps(local, settings, held)
     before = response_logps(start, settings, held)
+    assert isinstance(trained_config, IRFTConfig)  # the implicit reward's fold runs are SPIN
     return [trained_config.irft.beta * (a[0] - b[0]) for a, b in zip(trained, before, strict=True)]
 
 
@@ -380,12 +390,6 @@ def start_config(template: RunConfig, start: str) -> ModelConfig:
     if start == template.model.name_or_path:
         return template.model
     return dataclasses.replace(template.model, name_or_path=start, revision=None, gguf_file=None)
-
-
-def _yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return dict(yaml.safe_load(path.read_text()))
 
 
 def response_logps(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig, RewardLearningConfig, RFTConfig, RunConfig
 
 
 def run_recipe(config: RunConfig) -> Path:
@@ -22,6 +22,7 @@ def run_recipe(config: RunConfig) -> Path:
         with STOP.installed():
             if not has_sft_phase(config):
                 return _dispatch(config)
+            assert isinstance(config, RewardLearningConfig)  # has_sft_phase says so
             reward_phase = run_sft_phase(config)
             with recorded_as_given(reward_phase, config):
                 return _dispatch(reward_phase)
@@ -30,14 +31,14 @@ def run_recipe(config: RunConfig) -> Path:
 
 
 def _dispatch(config: RunConfig) -> Path:
-    if config.method == "sft":
-        from rewardsft.recipes.sft import train_sft
-
-        return train_sft(config)
-    if config.method == "irft":
+    if isinstance(config, IRFTConfig):
         from rewardsft.recipes.irft import train_irft
 
         return train_irft(config)
-    from rewardsft.recipes.rft import train_rft
+    if isinstance(config, RFTConfig):
+        from rewardsft.recipes.rft import train_rft
 
-    return train_rft(config)
+        return train_rft(config)
+    from rewardsft.recipes.sft import train_sft
+
+    return train_sft(config)

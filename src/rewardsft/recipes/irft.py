@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig
 from rewardsft.generation import end_of_turn_ids
 from rewardsft.logprobs import check_block_mask
 from rewardsft.recipes.common import start_recipe
@@ -28,7 +28,7 @@ from rewardsft.training.run import StepTimer
 from rewardsft.training.step import derive_seed, log_due, optimizer_step
 
 
-def train_irft(config: RunConfig) -> Path:
+def train_irft(config: IRFTConfig) -> Path:
     """Train with IRFT; returns the ``final/`` directory."""
     ic, tc = config.irft, config.train
     start = start_recipe(config)

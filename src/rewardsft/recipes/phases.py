@@ -16,21 +16,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from rewardsft.config import RunConfig, config_from_dict, flatten, sft_phase_config
+from rewardsft.config import RewardLearningConfig, RunConfig, changed_settings, flatten, sft_phase_config
 from rewardsft.errors import ConfigError
-from rewardsft.layout import CONFIG_FILE, FINAL, SFT_PHASE_DIR
+from rewardsft.layout import CONFIG_FILE, FINAL, SFT_PHASE_DIR, run_config
 from rewardsft.training.run import check_output_dir
-
-IGNORED_ON_RESUME = ("resume", "overwrite", "logging")
 
 
 def has_sft_phase(config: RunConfig) -> bool:
-    return config.method != "sft" and config.sft_phase.epochs > 0
+    return isinstance(config, RewardLearningConfig) and config.sft_phase.epochs > 0
 
 
-def run_sft_phase(config: RunConfig) -> RunConfig:
+def run_sft_phase(config: RewardLearningConfig) -> RewardLearningConfig:
     """Train (or resume, or reuse) the SFT phase; returns the reward-learning phase's config, which starts from
     its ``final/`` (the run's ``sft/`` folder is its own: the reward phase neither counts nor clears it)."""
     from rewardsft.recipes.sft import train_sft
@@ -67,13 +63,8 @@ def recorded_as_given(config: RunConfig, given: RunConfig) -> Iterator[None]:
 def check_same_phase(folder: Path, phase: RunConfig) -> None:
     """A stopped or finished SFT phase continues only under the settings it was started with (defaults filled in,
     so a setting added in a later version does not count as a change)."""
-    before = flatten(config_from_dict(yaml.safe_load((folder / CONFIG_FILE).read_text())).to_dict())
-    now = flatten(phase.to_dict())
-    changed = [
-        key
-        for key in sorted(set(before) | set(now))
-        if key.split(".")[0] not in IGNORED_ON_RESUME and before.get(key) != now.get(key)
-    ]
+    before, now = flatten(run_config(folder).to_dict()), flatten(phase.to_dict())
+    changed = changed_settings(before, now)
     if changed:
         key = changed[0]
         raise ConfigError(

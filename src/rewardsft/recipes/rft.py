@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import RunConfig
+from rewardsft.config import RFTConfig
 from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.errors import ConfigError
 from rewardsft.generation import end_of_turn_ids, truncation_warning
@@ -40,7 +40,7 @@ from rewardsft.training.run import StepTimer
 from rewardsft.training.step import log_due, optimizer_step, reduce_metrics
 
 
-def train_rft(config: RunConfig) -> Path:
+def train_rft(config: RFTConfig) -> Path:
     """Train with RFT; returns ``final/`` (the policy). The reward model is saved to ``reward_model/``."""
     rc, tc = config.rft, config.train
     start = start_recipe(config, load_extra=lambda renderer: load_preference_pairs(renderer, config))
@@ -115,7 +115,7 @@ def train_rft(config: RunConfig) -> Path:
     return run.save_final(policy, tokenizer)
 
 
-def build_reward_model(start: RecipeStart, config: RunConfig) -> Any:
+def build_reward_model(start: RecipeStart, config: RFTConfig) -> Any:
     """r_φ from ``reward_model.name_or_path`` or the policy's initial weights; from the checkpoint on resume."""
     run = start.run
     dtype = resolve_dtype(config.model.dtype, run.device)
@@ -144,7 +144,7 @@ def build_reward_model(start: RecipeStart, config: RunConfig) -> Any:
     return model
 
 
-def build_reference(start: RecipeStart, config: RunConfig) -> Any | None:
+def build_reference(start: RecipeStart, config: RFTConfig) -> Any | None:
     """π_init for the KL penalty: None with LoRA (the adapter-disabled policy), else a frozen copy."""
     if is_peft(start.model):
         return None
@@ -156,7 +156,7 @@ def build_reference(start: RecipeStart, config: RunConfig) -> Any | None:
     return reference
 
 
-def load_preference_pairs(renderer: Renderer, config: RunConfig) -> list[tuple[TokenizedExample, TokenizedExample]]:
+def load_preference_pairs(renderer: Renderer, config: RFTConfig) -> list[tuple[TokenizedExample, TokenizedExample]]:
     """Real (chosen, rejected) pairs for the reward step, rendered and truncated exactly like the gap eval."""
     rc, dc = config.rft, config.data
     if rc.preference_path is None or rc.preference_weight == 0:

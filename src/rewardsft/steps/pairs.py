@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig
 from rewardsft.data.collate import batch_on
 from rewardsft.logprobs import TokenLogps, block_mask_problem, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
@@ -29,7 +29,7 @@ class PairLossSpec:
     """``split``, ``joint`` or ``shared`` (``auto`` already resolved)."""
 
     @classmethod
-    def from_config(cls, config: RunConfig, model: Any = None) -> PairLossSpec:
+    def from_config(cls, config: IRFTConfig, model: Any = None) -> PairLossSpec:
         ic = config.irft
         return cls(ic.beta, IRFTLoss(ic.loss), ic.sft_weight, pair_forward(config, model))
 
@@ -81,6 +81,7 @@ def accumulate_irft_step(
         "pairs": sum(len(ids) for ids in micro_batches),
         "tokens": sum(len(pairs[i].demo.response_ids) for ids in micro_batches for i in ids),
     }
+    # A collective on every process, before any backward: each micro-batch's loss is its share of the whole step.
     counts = reduce_metrics(accelerator, local, reduction="sum")
     size = StepSize(counts["pairs"], counts["tokens"], accelerator.num_processes)
     totals = torch.zeros(len(IRFT_METRICS), dtype=torch.float64)
@@ -107,7 +108,7 @@ def accumulate_irft_step(
 PairBackward = tuple[IRFTTerms, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def pair_forward(config: RunConfig, model: Any = None) -> str:
+def pair_forward(config: IRFTConfig, model: Any = None) -> str:
     """Resolve ``irft.pair_forward=auto`` by measurement (docs/performance.md): joint under gradient
     checkpointing; without it, shared on CPU where ``model`` takes the block mask (1.42x SFT's step time against
     split's 2.22x, the same peak memory, at 64+64 tokens), else split. Not yet measured on a GPU: split there."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import GenerationConfig, RunConfig
+from rewardsft.config import GenerationConfig, RFTConfig
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.generation import Generation, as_example, generate, generation_stats
@@ -67,7 +67,7 @@ class RolloutSpec:
     preference_weight: float
 
     @classmethod
-    def from_config(cls, config: RunConfig, pad_id: int, stop_ids: list[int]) -> RolloutSpec:
+    def from_config(cls, config: RFTConfig, pad_id: int, stop_ids: list[int]) -> RolloutSpec:
         rc = config.rft
         return cls(
             samples_per_prompt=rc.samples_per_prompt,
@@ -86,7 +86,7 @@ class RolloutSpec:
         )
 
 
-def iteration_prompts(n_examples: int, config: RunConfig, iteration: int, run: Run) -> list[int]:
+def iteration_prompts(n_examples: int, config: RFTConfig, iteration: int, run: Run) -> list[int]:
     """This process's share of round ``iteration``'s prompts, walking seeded shuffles of the data."""
     per_round = config.rft.prompts_per_iteration
     first = iteration * per_round
@@ -184,6 +184,7 @@ def policy_step(
 ) -> dict[str, float]:
     """Backpropagate one RLOO step over the whole rollout, micro-batched; gradients sync on the last one."""
     device = accelerator.device
+    # The KL to π_init is part of the reward (per sequence), so RLOO's baseline sees it too.
     rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
     rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip, round_moments(accelerator, rewards))
     advantages = rloo_advantages(rewards.view(-1, spec.samples_per_prompt)).view(-1)
@@ -195,7 +196,7 @@ def policy_step(
                 model_token_logps(policy, **batch_on([rollout.gens[i] for i in ids], spec.pad_id, device))
             )
             loss = rloo_policy_loss(logps, rollout.old_logps[ids].to(device), advantages[ids], spec.clip_ratio)
-            accelerator.backward(loss * len(ids) / n)
+            accelerator.backward(loss * len(ids) / n)  # the micro-batch's share of the rollout's mean
         total += float(loss.detach()) * len(ids) / n
     return {"policy/loss": total}
 

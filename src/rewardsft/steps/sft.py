@@ -32,8 +32,8 @@ def accumulate_sft_step(
     for k, examples in enumerate(micro_batches):
         with micro_batch_context(accelerator, model, last=k == len(micro_batches) - 1):
             tokens = micro_batch_logps(model, examples, pad_id, accelerator.device, packing_width)
-            part = sft_nll(tokens, n_tokens=step_tokens)
-            accelerator.backward(part * accelerator.num_processes)
+            part = sft_nll(tokens, n_tokens=step_tokens)  # over the step's tokens on every process, not this batch's
+            accelerator.backward(part * accelerator.num_processes)  # DDP then averages: the sum over processes
         loss += float(part.detach())
     total = reduce_metrics(accelerator, {"loss": loss}, reduction="sum")["loss"]
     return {"train/loss": total, "train/tokens": step_tokens}

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig
 from rewardsft.data import Renderer, TokenizedExample
 from rewardsft.errors import ConfigError
 from rewardsft.generation import Generation, as_example, generate, generation_stats
@@ -47,7 +47,7 @@ class Stage:
         return f"stage-{self.index + 1}"
 
 
-def plan_stages(n_examples: int, config: RunConfig, world_size: int) -> list[Stage]:
+def plan_stages(n_examples: int, config: IRFTConfig, world_size: int) -> list[Stage]:
     """T equal chunks of each epoch's seeded permutation; a stage covers its chunk ``epochs_per_stage`` times.
 
     ``train.max_steps``, when set, caps the total by shortening (and dropping) the last stages.
@@ -72,7 +72,7 @@ def plan_stages(n_examples: int, config: RunConfig, world_size: int) -> list[Sta
 
 
 def stage_optimizers(
-    run: Run, model: Any, config: RunConfig, stage: Stage, n_steps: int, optimizers: Optimizers, step: int
+    run: Run, model: Any, config: IRFTConfig, stage: Stage, n_steps: int, optimizers: Optimizers, step: int
 ) -> Optimizers:
     """The policy's optimiser for ``stage``: one for the whole run (its schedule over all ``n_steps``), or a new
     one per stage with ``irft.reset_optimizer_each_stage`` (its schedule over the stage). ``step`` is where the
@@ -95,7 +95,7 @@ def stage_pairs(
     stage: Stage,
     examples: list[TokenizedExample],
     tokenizer: Any,
-    config: RunConfig,
+    config: IRFTConfig,
     renderer: Renderer,
     stop_ids: list[int],
 ) -> list[Pair]:
@@ -125,7 +125,7 @@ def sample_stage(
     stage: Stage,
     examples: list[TokenizedExample],
     pad_id: int,
-    config: RunConfig,
+    config: IRFTConfig,
     stop_ids: list[int],
 ) -> list[Generation]:
     """Each process samples its share of the prompts; the shares are gathered back into chunk order."""
@@ -173,7 +173,7 @@ def write_generations(
     tmp.replace(path)
 
 
-def sampling_settings(config: RunConfig) -> dict[str, Any]:
+def sampling_settings(config: IRFTConfig) -> dict[str, Any]:
     """What the stage's samples depend on: the ``generation`` section but its batching (prompts per call)."""
     settings = dataclasses.asdict(config.generation)
     settings.pop("batch_size")
@@ -203,7 +203,7 @@ def take_snapshot(
     model: Any,
     stage: Stage,
     pairs: list[Pair],
-    config: RunConfig,
+    config: IRFTConfig,
     pad_id: int,
     reuse_cache: bool,
     forward: str = "split",
@@ -262,15 +262,8 @@ def overfitting(metrics: dict[str, float], last_stage: bool) -> bool:
     ``OVERFIT_NATS_PER_TOKEN`` nats per generated token (``irft/gen_logratio_per_token``): self-play is pushing
     down samples that were already fine, and no later stage will sample from the result and correct it.
 
-    Per token, so one threshold holds at any ``generation.max_new_tokens`` (a sum over tokens grows with the
-    samples' length: a healthy run with long samples would pass a summed threshold, a collapse on short ones
-    never reach it). Validated on the real-data study (docs/results.md, tests/unit/test_guard_rails.py), whose
-    samples were at most 48 tokens: the four collapsed runs (SPIN at lr 1e-5 from the base, two domains, two
-    seeds) reached −2.0 to −2.5 nats per token in their stage; every healthy or stalled run stayed above −0.85
-    in its last stage (β 0.1 and 1, lr 5e-7 to 1e-5, T 1 to 4, sft_weight 0 and 1). An earlier summed rule (−40
-    nats) separated those runs too, at their lengths only. Rules tried before and dropped: accuracy 1 with loss
-    < 0.05 early in any stage (fired on healthy IRFT T=2, whose first stage over-shot and whose second stage
-    corrected it, and on SPIN at β = 1, where the loss saturates without a collapse); the implicit margin above 40
-    nats (fired on SPIN with sft_weight 1, whose anchor raises the demonstrations' side).
+    Validated on the real-data study (the threshold's evidence and the rules tried before it: docs/LOG.md,
+    2026-11-28 second session and 2026-12-01 fifth session; tests/unit/test_guard_rails.py).
     """
+    # Per token, so one threshold holds at any generation.max_new_tokens: a sum grows with the samples' length.
     return last_stage and metrics["irft/gen_logratio_per_token"] < -OVERFIT_NATS_PER_TOKEN

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig, RewardLearningConfig, RFTConfig, RunConfig
 from rewardsft.layout import FINAL, METRICS_FILE
 from rewardsft.studies.plan import Trial, budget_of
 
@@ -81,20 +81,22 @@ def decode_step(study: Study, model: Path) -> float:
 def run_seconds(config: RunConfig, n_train: int, pairs: int, costs: UnitCosts) -> float:
     """Estimated seconds of one run and its gap evaluation on ``pairs`` pairs."""
     budget = budget_of(config, n_train)
-    tc, gen = config.train, config.generation
+    tc = config.train
     generation_batches = 0.0
-    if config.method == "irft":
+    if isinstance(config, IRFTConfig):
         train_s = budget.steps * PAIR_STEP * costs.step_s
-        generation_batches = math.ceil(budget.demonstrations / gen.batch_size)
-    elif config.method == "rft":
+        generation_batches = math.ceil(budget.demonstrations / config.generation.batch_size)
+    elif isinstance(config, RFTConfig):
         rc = config.rft
         samples = rc.iterations * rc.prompts_per_iteration * rc.samples_per_prompt
-        generation_batches = math.ceil(samples / gen.batch_size)
+        generation_batches = math.ceil(samples / config.generation.batch_size)
         sequences = rc.iterations * rc.prompts_per_iteration * (rc.samples_per_prompt + 1)
         train_s = (rc.reward_steps + rc.policy_steps) * sequences / tc.batch_size * costs.step_s
     else:
         train_s = budget.steps * costs.step_s
-    decode_s = generation_batches * gen.max_new_tokens * costs.decode_s if config.method != "sft" else 0.0
+    decode_s = 0.0
+    if isinstance(config, RewardLearningConfig):
+        decode_s = generation_batches * config.generation.max_new_tokens * costs.decode_s
     eval_s = 2 * pairs / tc.batch_size * EVAL_SHARE * costs.step_s + costs.load_s
     return costs.load_s + train_s + decode_s + eval_s
 

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rewardsft.config import RunConfig
+from rewardsft.config import IRFTConfig, RFTConfig, RunConfig
 from rewardsft.errors import ConfigError
 from rewardsft.training.batches import plan_steps, total_steps
 
@@ -106,7 +106,7 @@ def budget_of(config: RunConfig, n_examples: int) -> Budget:
     rows = min(n_examples, config.data.max_rows) if config.data.max_rows is not None else n_examples
     if config.method == "sft":
         return sft_budget(rows, tc.batch_size, tc.grad_accum, tc.epochs, tc.max_steps)
-    if config.method == "irft":
+    if isinstance(config, IRFTConfig):
         from rewardsft.steps.stages import plan_stages
 
         seen = steps = 0
@@ -114,6 +114,7 @@ def budget_of(config: RunConfig, n_examples: int) -> Budget:
             part = sft_budget(len(stage.example_ids), tc.batch_size, tc.grad_accum, 1, stage.steps)
             seen, steps = seen + part.demonstrations, steps + part.steps
         return Budget(seen, steps)
+    assert isinstance(config, RFTConfig)
     rc = config.rft
     return Budget(rc.iterations * rc.prompts_per_iteration, rc.iterations * rc.policy_steps)
 

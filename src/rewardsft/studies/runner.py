@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rewardsft.config import UNUSED_BY_METHOD, GenerationConfig, RunConfig, load_config
+from rewardsft.config import GenerationConfig, IRFTConfig, RunConfig, load_config, reads
 from rewardsft.errors import ConfigError
 from rewardsft.layout import ADAPTER, CHECKPOINTS, EVAL, FINAL, REWARD_MODEL, SUMMARY_FILE, render_settings
 from rewardsft.studies.plan import (
@@ -135,13 +135,6 @@ def check_overrides(overrides: Sequence[str], methods: Sequence[str]) -> None:
             raise ConfigError(f"{key} is read by no method of this study ({', '.join(sorted(set(methods)))})")
 
 
-def reads(method: str, key: str) -> bool:
-    """Whether ``rewardsft train METHOD`` reads the setting ``key`` at all (its rule table's whole sections and
-    named keys; the finer, value-dependent rules still apply when the config is built)."""
-    unused = UNUSED_BY_METHOD[method]
-    return key not in unused and key.split(".")[0] not in unused
-
-
 def routed(overrides: Sequence[str], method: str) -> list[str]:
     """The overrides ``method`` reads: ``generation.*`` goes to IRFT and RFT, ``irft.*`` to IRFT, ..."""
     return [pair for pair in overrides if reads(method, override_key(pair))]
@@ -151,9 +144,9 @@ def config_file_pairs(path: str | None) -> list[str]:
     """A settings YAML as ``KEY=VALUE`` overrides (layered under the command line's)."""
     if path is None:
         return []
-    from rewardsft.config import _read_yaml, flatten
+    from rewardsft.config import flatten, read_yaml
 
-    return [f"{key}={json.dumps(value)}" for key, value in flatten(_read_yaml(Path(path))).items()]
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(read_yaml(Path(path))).items()]
 
 
 def resolve_settings(
@@ -348,10 +341,9 @@ class Study:
 
     def sampling(self) -> GenerationConfig:
         """The runs' own sampling settings (an IRFT config's ``generation`` section as the overrides set it)."""
-        return self.recipe_settings("irft").generation
-
-
-IGNORED_IN_RERUN = ("resume", "overwrite", "logging")
+        irft = self.recipe_settings("irft")
+        assert isinstance(irft, IRFTConfig)
+        return irft.generation
 
 
 def finished(folder: Path, wanted: dict[str, Any]) -> bool:
@@ -377,15 +369,14 @@ def check_same_settings(run: Path, config: RunConfig, root: Path) -> None:
     """A run is reused (or resumed) only with the settings this study would train it with now, so a rerun with
     other overrides never mixes runs of two settings under one name. Paths inside the study folder are compared
     relative to it (the folder may have moved: the run's own ``output_dir`` says where it was)."""
-    import yaml
+    from rewardsft.config import changed_settings, flatten
+    from rewardsft.layout import run_config
 
-    from rewardsft.config import config_from_dict, flatten
-
-    done = flatten(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())).to_dict())
+    done = flatten(run_config(run).to_dict())
     wanted = flatten(config.to_dict())
     old_root = Path(str(done["output_dir"])).parent.parent
     done, wanted = portable(done, old_root), portable(wanted, root)
-    differ = [k for k in wanted if k.split(".")[0] not in IGNORED_IN_RERUN and done.get(k) != wanted[k]]
+    differ = changed_settings(done, wanted)
     if differ:
         key = differ[0]
         raise ConfigError(

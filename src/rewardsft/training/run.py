@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from rewardsft.config import RunConfig, flatten
+from rewardsft.config import IRFTConfig, RewardLearningConfig, RFTConfig, RunConfig, flatten
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
@@ -116,7 +116,7 @@ class Run:
             raise ConfigError("data.path is not set")
         self.config = config
         self.trackers = _check_trackers(config.logging.report_to)
-        self.phase = config.method != "sft" and config.sft_phase.epochs > 0
+        self.phase = isinstance(config, RewardLearningConfig) and config.sft_phase.epochs > 0
         self.output_dir = check_output_dir(config, self.phase)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), log_with=self.trackers or None, project_dir=config.output_dir
@@ -395,7 +395,7 @@ def check_engine(accelerator: Any, config: RunConfig) -> bool:
             "model.dtype=auto (float32 under mixed precision) or float32"
         )
     world = accelerator.num_processes
-    if config.method == "rft" and config.rft.prompts_per_iteration % world:
+    if isinstance(config, RFTConfig) and config.rft.prompts_per_iteration % world:
         # Each process averages its own samples' loss and DDP/FSDP average the processes: uneven shares would
         # weight samples unequally (and hang FSDP, where every forward and backward is a collective).
         raise ConfigError(
@@ -409,7 +409,7 @@ def check_engine(accelerator: Any, config: RunConfig) -> bool:
             "FSDP was requested (ACCELERATE_USE_FSDP) but this is not a distributed launch; start with "
             "`accelerate launch --config_file configs/accelerate/fsdp.yaml` or `torchrun`"
         )
-    if config.method == "irft" and config.irft.snapshot != "cached":
+    if isinstance(config, IRFTConfig) and config.irft.snapshot != "cached":
         raise ConfigError(
             f"irft.snapshot={config.irft.snapshot} is not supported with FSDP (the copy or the merged LoRA base "
             "would have to be sharded too); use irft.snapshot=cached (the default)"

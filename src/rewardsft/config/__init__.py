@@ -1,0 +1,103 @@
+"""Typed run configuration: one config type per method, composed of small dataclass sections; YAML files and
+dotted overrides.
+
+A config is built from (lowest to highest precedence): the dataclass defaults, the method's preset
+defaults, a YAML file, then ``KEY=VALUE`` overrides such as ``optim.lr=1e-6``. Unknown keys and wrongly
+typed values raise :class:`ConfigError` naming the key (and the closest valid key, or what does that job for the
+method), so a typo never silently trains with a default.
+
+``schema`` holds the types, ``loading`` builds and checks them, ``show`` renders them for ``config show``.
+"""
+
+from rewardsft.config.loading import (
+    IGNORED_ON_RESUME,
+    SFT_PHASE_OPTIM,
+    SFT_PHASE_TRAIN,
+    ConfigFile,
+    Overrides,
+    changed_settings,
+    config_from_dict,
+    deep_merge,
+    flatten,
+    load_config,
+    method_defaults,
+    nest_values,
+    parse_overrides,
+    read_yaml,
+    reject_unused,
+    sft_phase_config,
+    validate,
+)
+from rewardsft.config.schema import (
+    CONFIG_TYPES,
+    METHOD_DEFAULTS,
+    METHODS,
+    SECTION_OWNERS,
+    UNUSED_BY_METHOD,
+    DataConfig,
+    GenerationConfig,
+    IRFTConfig,
+    IRFTSettings,
+    LoggingConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    RewardLearningConfig,
+    RewardModelConfig,
+    RFTConfig,
+    RFTSettings,
+    RunConfig,
+    SFTConfig,
+    SFTPhaseConfig,
+    TrainConfig,
+    foreign_section_reason,
+    reads,
+)
+from rewardsft.config.show import COMMENT_WIDTH, field_doc, field_docs, to_commented_yaml
+
+__all__ = [
+    "COMMENT_WIDTH",
+    "CONFIG_TYPES",
+    "IGNORED_ON_RESUME",
+    "METHODS",
+    "METHOD_DEFAULTS",
+    "SECTION_OWNERS",
+    "SFT_PHASE_OPTIM",
+    "SFT_PHASE_TRAIN",
+    "UNUSED_BY_METHOD",
+    "ConfigFile",
+    "DataConfig",
+    "GenerationConfig",
+    "IRFTConfig",
+    "IRFTSettings",
+    "LoggingConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Overrides",
+    "RFTConfig",
+    "RFTSettings",
+    "RewardLearningConfig",
+    "RewardModelConfig",
+    "RunConfig",
+    "SFTConfig",
+    "SFTPhaseConfig",
+    "TrainConfig",
+    "changed_settings",
+    "config_from_dict",
+    "deep_merge",
+    "field_doc",
+    "field_docs",
+    "flatten",
+    "foreign_section_reason",
+    "load_config",
+    "method_defaults",
+    "nest_values",
+    "parse_overrides",
+    "read_yaml",
+    "reads",
+    "reject_unused",
+    "sft_phase_config",
+    "to_commented_yaml",
+    "validate",
+]
