@@ -41,6 +41,7 @@ def domain_examples(model: str, data: Path, rows: int) -> list[Any]:
         dc.path,
         dc.split,
         renderer,
+        fmt=dc.format,
         max_rows=dc.max_rows,
         max_length=dc.max_length,
         max_prompt_length=dc.max_prompt_length,

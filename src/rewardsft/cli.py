@@ -157,7 +157,7 @@ def _eval_gap(args: argparse.Namespace) -> int:
     summary = api.evaluate_gap(
         args.model,
         args.data,
-        out=args.out,
+        out=args.out or None,
         ref_model=args.ref_model,
         beta=args.beta,
         batch_size=args.batch_size,
@@ -179,7 +179,7 @@ def _eval_winrate(args: argparse.Namespace) -> int:
         args.baseline,
         args.prompts,
         args.judge,
-        out=args.out,
+        out=args.out or None,
         n=args.n,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -201,7 +201,7 @@ def _eval_human_likeness(args: argparse.Namespace) -> int:
         args.model,
         args.prompts,
         args.references,
-        out=args.out,
+        out=args.out or None,
         encoder=args.encoder,
         n=args.n,
         max_new_tokens=args.max_new_tokens,
@@ -250,7 +250,7 @@ def _eval_harness(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    print(f"report: {api.report(args.runs, args.out, args.baseline)}")
+    print(f"report: {api.report(args.runs, args.out, args.baseline or None)}")
     return 0
 
 

@@ -62,23 +62,32 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     }
     assert demo_habit and demo_habit == table_habit
     # The paper's protocol: SPIN and IRFT T=2 from each SFT model against SFT continued for exactly the same budget.
-    protocol = [c for c in claims if c.startswith("| SFT")]
-    assert {c.split("|")[1].strip() for c in protocol} == {
+    from rewardsft.layout import run_config
+    from rewardsft.studies.plan import budget_of, control_spec, matched_control, parse_method
+
+    protocol = [c.split("|")[1].strip() for c in claims if c.startswith("| SFT")]
+    n = sum(1 for line in (out / "data" / "demonstrations.jsonl").read_text().splitlines() if line.strip())
+    controls = set()
+    for seed in (1, 2):
+        for method in ("spin-from-sft", "irft-t2-from-sft"):
+            run = runs / f"{method}-s{seed}"
+            config = run_config(run)
+            target = budget_of(config, n)
+            shape = matched_control(target, n, config.train.batch_size)
+            # Its own control: SFT continued from the same SFT model, with the shape that spends its budget.
+            control = runs / f"{control_spec(parse_method(method), shape).name}-lr{config.optim.lr:g}-s{seed}"
+            assert run_config(control).model.name_or_path == config.model.name_or_path
+            assert budget_of(run_config(control), n) == shape.budget and shape.budget.steps == target.steps > 0
+            assert last_step(control) == target.steps == last_step(run)
+            assert (run / "eval" / "accuracy" / "summary.json").is_file()
+            controls.add(f"SFT continued ({shape.max_steps} steps of {shape.batch_size}) vs SFT")
+    assert set(protocol) == {
         "SFT → SPIN",
         "SFT → IRFT (T=2)",
         "SFT → SPIN vs SFT",
         "SFT → IRFT (T=2) vs SFT",
-        "SFT continued (budget of SFT → SPIN) vs SFT",
-        "SFT continued (budget of SFT → IRFT (T=2)) vs SFT",
+        *controls,
     }
-    for seed in (1, 2):
-        controls = {run.name: last_step(run) for run in runs.glob(f"sft-continued-b*-n*-s{seed}")}
-        for method in ("spin-from-sft", "irft-t2-from-sft"):
-            run = runs / f"{method}-s{seed}"
-            steps = last_step(run)
-            # Its control is named by its shape (batch b, n steps) and runs exactly as many steps.
-            assert steps > 0 and any(name.endswith(f"-n{steps}-s{seed}") and n == steps for name, n in controls.items())
-            assert (run / "eval" / "accuracy" / "summary.json").is_file()
     assert "The paper's protocol: SPIN and IRFT T=2 from the SFT model" in report
     for png in ("demo-accuracy.png", "demo-robustness.png", "differences.png"):
         assert (out / "report" / png).is_file()

@@ -54,7 +54,9 @@ def stage_rewards(llama_dir: Path, data: Path, out: Path) -> tuple[torch.Tensor,
     tokenizer = load_tokenizer(config.model)
     renderer = Renderer(tokenizer, config.data.fallback_template, config.data.system_prompt)
     dc = config.data
-    train = load_split(dc.path, dc.split, renderer, max_length=dc.max_length, max_prompt_length=dc.max_prompt_length)
+    train = load_split(
+        dc.path, dc.split, renderer, fmt=dc.format, max_length=dc.max_length, max_prompt_length=dc.max_prompt_length
+    )
     by_index = {ex.index: ex for ex in train.tokenized}
     stage = out / "stages" / "stage-1"
     rows = [json.loads(line) for line in (stage / "generations.jsonl").read_text().splitlines()]

@@ -192,33 +192,61 @@ def test_each_method_has_its_own_config_type_and_show_prints_only_its_keys(capsy
 
 
 @pytest.mark.parametrize(
-    ("dumped", "loaded", "message"),
+    ("dumped", "loaded", "setting", "message"),
     [
-        ("irft", "sft", "'generation.max_new_tokens' is not used by `rewardsft train sft`: SFT does not generate"),
-        ("rft", "irft", "'rft.iterations' is not used by `rewardsft train irft`: the rft section is read by"),
-        ("irft", "rft", "'irft.stages' is not used by `rewardsft train rft`: the irft section is read by"),
+        (
+            "irft",
+            "sft",
+            "generation.max_new_tokens=9",
+            "'generation.max_new_tokens' is not used by `rewardsft train sft`: SFT does not generate",
+        ),
+        (
+            "rft",
+            "irft",
+            "rft.iterations=3",
+            "'rft.iterations' is not used by `rewardsft train irft`: the rft section is read by",
+        ),
+        (
+            "irft",
+            "rft",
+            "irft.stages=3",
+            "'irft.stages' is not used by `rewardsft train rft`: the irft section is read by",
+        ),
     ],
 )
-def test_a_full_dump_loads_for_its_method_and_names_the_first_foreign_key_for_another(
-    tmp_path: Path, dumped: str, loaded: str, message: str
+def test_a_full_dump_loads_for_its_method_and_a_key_of_another_method_names_itself(
+    tmp_path: Path, dumped: str, loaded: str, setting: str, message: str
 ) -> None:
     dump = tmp_path / "dump.yaml"
-    body = {k: v for k, v in load_config(dumped).to_dict().items() if k != "method"}
-    dump.write_text(yaml.safe_dump(body, sort_keys=False))
+    dump.write_text(load_config(dumped).to_yaml())
     assert load_config(dumped, dump).to_dict() == load_config(dumped).to_dict()
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(loaded, dump)
+        load_config(loaded, overrides=[setting])
+    # A file of the other method's full dump with that key set: refused by the same name.
+    body = yaml.safe_load(dump.read_text())
+    body.pop("method")
+    section, key = setting.split("=")[0].split(".")
+    body.setdefault(section, {})[key] = yaml.safe_load(setting.split("=")[1])
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(loaded, mixed)
 
 
 def test_a_run_recorded_with_every_section_still_reads(tmp_path: Path) -> None:
-    """config.yaml files written before each method had its own type carry every section at its defaults."""
+    """config.yaml files written before each method had its own type carry every section at its defaults, some
+    without keys added since (generation.dtype and generation.cache came later): they read, and continue a run."""
     from rewardsft.config import config_from_dict
 
     legacy = load_config("irft").to_dict() | load_config("rft").to_dict() | load_config("sft").to_dict()
     assert {"irft", "rft", "reward_model", "generation"} <= set(legacy)
+    del legacy["generation"]["dtype"], legacy["generation"]["cache"]
     assert config_from_dict(legacy).to_dict() == load_config("sft").to_dict()
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump(legacy))
+    assert load_config("sft", old).to_dict() == load_config("sft").to_dict()
     legacy["rft"]["iterations"] = 3  # a foreign section off its default is not a harmless leftover
-    with pytest.raises(ConfigError, match="'rft' is not used by `rewardsft train sft`"):
+    with pytest.raises(ConfigError, match=re.escape("'rft.iterations' is not used by `rewardsft train sft`")):
         config_from_dict(legacy)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "rewardsft"
 
@@ -53,14 +55,21 @@ def part(module: str) -> str:
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(module, imported names) of every absolute ``rewardsft`` import in the file, function bodies included."""
+    """(module, imported names) of every ``rewardsft`` import in the file, function bodies included; a relative
+    import is refused (the ranks are read from absolute names)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("rewardsft"):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: a relative import; write it as `from rewardsft.... import`")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rewardsft"):
             found.append((node.module or "", [alias.name for alias in node.names]))
         elif isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names if alias.name.startswith("rewardsft")]
     return found
+
+
+def is_part(name: str) -> bool:
+    return (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file()
 
 
 def module_of(path: Path) -> str:
@@ -78,9 +87,10 @@ def test_no_import_runs_up() -> None:
     for path in sorted(PACKAGE.rglob("*.py")):
         here = part(module_of(path))
         for module, names in imports(path):
-            # `from rewardsft import x` names a submodule or a root re-export: rank it by the submodule if one.
-            targets = [f"rewardsft.{n}" for n in names if (PACKAGE / n).exists() or (PACKAGE / f"{n}.py").exists()]
-            for target in targets or [module]:
+            targets = [module]
+            if module == "rewardsft":  # each name is a submodule, else a re-export of the package root
+                targets = [f"rewardsft.{n}" if is_part(n) else "rewardsft" for n in names]
+            for target in targets:
                 there = part(target)
                 if there != here and RANKS[there] >= RANKS[here]:
                     upward.append(
@@ -107,6 +117,7 @@ def test_tests_and_benchmarks_reach_recipes_through_their_entry_points() -> None
                 allowed = RECIPE_ENTRY_POINTS | RECIPE_MODULES
             elif module.startswith("rewardsft.recipes."):
                 allowed = RECIPE_ENTRY_POINTS
+                names = names or [module]  # `import rewardsft.recipes.irft`: the module itself, not an entry point
             else:
                 continue
             reached += [f"{path.relative_to(ROOT)}: {module}.{name}" for name in names if name not in allowed]
@@ -118,3 +129,6 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from rewardsft.eval.paired import compare_runs\n    import rewardsft.recipes\n")
     assert imports(source) == [("rewardsft.eval.paired", ["compare_runs"]), ("rewardsft.recipes", [])]
+    source.write_text("from .schema import RunConfig\n")
+    with pytest.raises(AssertionError, match="relative import"):
+        imports(source)

@@ -132,12 +132,7 @@ def load_config(
     file_method = merged.pop("method", method)
     if file_method != method:
         raise ConfigError(f"config says method: {file_method!r} but the command trains {method!r}")
-    for section, value in merged.items():
-        reason = foreign_section_reason(method, section)
-        if reason is not None:
-            key = next(iter(flatten({section: value})), section)
-            raise ConfigError(f"config key {key!r} is not used by `rewardsft train {method}`: {reason}")
-    resolved: RunConfig = _build(CONFIG_TYPES[method], merged, prefix="")
+    resolved: RunConfig = _build(CONFIG_TYPES[method], without_foreign_defaults(method, merged), prefix="")
     validate(resolved)
     reject_unused(resolved)
     if isinstance(resolved, RewardLearningConfig) and resolved.sft_phase.epochs > 0:
@@ -203,21 +198,35 @@ def method_defaults(method: str) -> RunConfig:
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """A config from a resolved mapping (e.g. a run's ``config.yaml``), type-checked but not re-validated.
-
-    A run recorded before each method had its own type wrote every method's sections, at their defaults where
-    its method did not read them: those are dropped, anything else in them is refused."""
+    """A config from a resolved mapping (e.g. a run's ``config.yaml``), type-checked but not re-validated."""
     method = values.get("method", "sft")
     if method not in CONFIG_TYPES:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    own = {f.name for f in dataclasses.fields(CONFIG_TYPES[method])}
-    legacy = {key for key in values if key not in own and key in SECTION_OWNERS}
-    for key in legacy:
-        section = typing.get_type_hints(CONFIG_TYPES[SECTION_OWNERS[key][0]])[key]()
-        if values[key] != yaml.safe_load(yaml.safe_dump(dataclasses.asdict(section))):
-            raise ConfigError(f"config key {key!r} is not used by `rewardsft train {method}` and is not at its default")
-    config: RunConfig = _build(CONFIG_TYPES[method], {k: v for k, v in values.items() if k not in legacy}, prefix="")
+    config: RunConfig = _build(CONFIG_TYPES[method], without_foreign_defaults(method, values), prefix="")
     return config
+
+
+def without_foreign_defaults(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` less the sections of other methods, which may only hold their defaults: a run folder or a
+    ``config show`` dump written before each method had its own type carries every section (some lacking keys
+    added since). A key set to anything else there is refused, naming it and what does its job."""
+    kept = dict(values)
+    for section in [key for key in values if foreign_section_reason(method, key) is not None]:
+        owner = CONFIG_TYPES[SECTION_OWNERS[section][0]]
+        default = flatten({section: dataclasses.asdict(typing.get_type_hints(owner)[section]())})
+        given = flatten({section: values[section]}) if isinstance(values[section], dict) else {section: values[section]}
+        off = next((k for k, v in given.items() if k not in default or _plain(v) != _plain(default[k])), None)
+        if off is not None:
+            raise ConfigError(
+                f"config key {off!r} is not used by `rewardsft train {method}`: {foreign_section_reason(method, section)}"
+            )
+        del kept[section]
+    return kept
+
+
+def _plain(value: Any) -> Any:
+    """A value as YAML reads it back (tuples as lists), so a default compares equal to its dump."""
+    return yaml.safe_load(yaml.safe_dump(value))
 
 
 def reject_unused(config: RunConfig) -> None:

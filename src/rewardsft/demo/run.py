@@ -250,7 +250,7 @@ def train_protocol(runs: Path, base: Path, data: TaskData, settings: DemoSetting
     evaluated like the main runs."""
     from rewardsft.studies.plan import budget_of, control_spec, matched_control, parse_method
 
-    protocol = Protocol({name: [] for name in FROM_SFT}, {name: [] for name in FROM_SFT})
+    protocol = Protocol({name: [] for name in FROM_SFT}, {name: [] for name in FROM_SFT}, {})
     n = count_rows(data.demonstrations)
     for seed in settings.seeds:
         sft = runs / f"sft-s{seed}"
@@ -263,8 +263,11 @@ def train_protocol(runs: Path, base: Path, data: TaskData, settings: DemoSetting
                 "irft", overrides=[*common, *method_settings, f"output_dir={runs / f'{name}-s{seed}'}"]
             )
             target = budget_of(config, n)
-            control = control_spec(parse_method(name), matched_control(target, n, config.train.batch_size))
-            continued = runs / f"{control.name}-s{seed}"
+            shape = matched_control(target, n, config.train.batch_size)
+            control = control_spec(parse_method(name), shape)
+            # Named by its shape and lr: a second method of the same budget and lr shares it, no other run does.
+            continued = runs / f"{control.name}-lr{config.optim.lr:g}-s{seed}"
+            protocol.control_labels[name] = f"SFT continued ({shape.max_steps} steps of {shape.batch_size})"
             control_config = load_config(
                 "sft", overrides=[*common, f"optim.lr={config.optim.lr}", *control.overrides, f"output_dir={continued}"]
             )
@@ -285,6 +288,8 @@ class Protocol:
 
     runs: Runs
     controls: Runs
+    control_labels: dict[str, str]
+    """Each method's control as the tables name it (by its shape: two methods of one budget share one)."""
 
 
 def protocol_verdicts(protocol: Protocol, sft_runs: list[Path]) -> str:
@@ -296,7 +301,7 @@ def protocol_verdicts(protocol: Protocol, sft_runs: list[Path]) -> str:
     rows, against_sft = [], []
     for name, label in PROTOCOL_LABELS.items():
         method = Group(label, protocol.runs[name])
-        control = Group(f"SFT continued (budget of {label})", protocol.controls[name])
+        control = Group(protocol.control_labels[name], protocol.controls[name])
         rows += compare_groups([method], control, "accuracy")
         against_sft += compare_groups([method, control], sft, "accuracy")
     unique = {(row["group"], row["metric"]): row for row in against_sft}  # one control may serve two methods

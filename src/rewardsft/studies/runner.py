@@ -380,7 +380,7 @@ def check_same_settings(run: Path, config: RunConfig, root: Path) -> None:
     if differ:
         key = differ[0]
         raise ConfigError(
-            f"{run} was trained with {key}={done.get(key)!r}, but this study now sets {wanted[key]!r}: rerun "
+            f"{run} was trained with {key}={done.get(key)!r}, but this study now sets {wanted.get(key)!r}: rerun "
             "with the settings it was started with, or use another --out (or --overwrite)"
         )
 
