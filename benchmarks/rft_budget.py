@@ -9,8 +9,10 @@ fewer policy steps than the reward model needs to separate demonstrations from s
    of the study's dev pairs: no run trained on them, and the test pairs stay unread);
 2. r* = the first evaluation after which the next ``--patience`` evaluations do not beat it (the long run's
    last round if the accuracy was still rising, said so);
-3. runs of r* rounds and of the matched rounds, each evaluated on the study's test pairs and compared, paired by
-   pair, with the study's tuned SFT, SFT continued (the control) and SFT -> SPIN of the same seed.
+3. the policies after r* and after the matched rounds, read from the long run's checkpoints (kept at every
+   evaluation: with no warm-up and no decay, round r's checkpoint is what a run of r rounds ends on, so nothing is
+   trained twice), each evaluated on the study's test pairs and compared, paired by pair, with the study's tuned
+   SFT, SFT continued (the control) and SFT -> SPIN of the same seed.
 
 ``python -m benchmarks.rft_budget --study /work/runs/evidence/tweets --model /work/runs/smollm2
 --out /work/runs/evidence/tweets-rft`` (resumable: finished runs and evaluations are kept), then the results are
@@ -79,8 +81,10 @@ def rft_settings(study: Path, start: Path, out: Path, rounds: int, budget: Budge
         f"rft.iterations={rounds}",
         f"rft.prompts_per_iteration={grid.batch_size}",
         f"rft.samples_per_prompt={budget.samples}",
-        "train.save_every=4",  # a killed long run resumes near where it was
-        "train.keep_checkpoints=1",
+        # A checkpoint at every evaluation, all kept: the fair and matched policies are read from them (and a
+        # killed long run resumes near where it was).
+        f"train.save_every={budget.eval_every}",
+        f"train.keep_checkpoints={rounds // budget.eval_every + 1}",
         "logging.progress=false",
     ]
 
@@ -114,17 +118,33 @@ def plateau(curve: list[tuple[int, float]], patience: int) -> tuple[int, bool]:
     return curve[-1][0], False
 
 
-def check_prefix(run: Path, long: Path) -> None:
-    """A run of r rounds must be the long run's first r rounds: every round's logged training metrics agree."""
+def checkpoint_run(long: Path, rounds: int, folder: Path) -> Path:
+    """The long run as it stood after ``rounds`` rounds, as a run folder of its own: its config (``rft.iterations``
+    = rounds), its metrics up to that round, and ``final/`` = the checkpoint's weights with the run's tokenizer."""
+    import shutil
+
+    import yaml
+
     from rewardsft.training.metrics import read_metrics
 
-    keys = ("rm/loss", "policy/reward", "policy/kl", "eval/rm_accuracy")
-    mine = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
-    theirs = {r["step"]: r for r in read_metrics(long / "metrics.jsonl")}
-    for step, record in mine.items():
-        for key in keys:
-            if key in record and key in theirs.get(step, {}) and abs(record[key] - theirs[step][key]) > 1e-6:
-                raise SystemExit(f"{run}: round {step}'s {key} is {record[key]}, the long run's {theirs[step][key]}")
+    if (folder / "final").is_dir():
+        return folder
+    weights = long / "checkpoints" / f"step-{rounds}" / "model"
+    if not weights.is_dir():
+        raise SystemExit(f"{long} kept no checkpoint of round {rounds}: rerun with --eval-every dividing it")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(weights, tmp / "final")
+    for item in (long / "final").iterdir():
+        if "token" in item.name or item.name == "chat_template.jinja":
+            shutil.copy2(item, tmp / "final" / item.name)
+    config = yaml.safe_load((long / "config.yaml").read_text())
+    config["rft"]["iterations"], config["output_dir"] = rounds, str(folder)
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    kept = [r for r in read_metrics(long / "metrics.jsonl") if r["step"] <= rounds]
+    (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(folder)
+    return folder
 
 
 def accuracy_curve(run: Path) -> list[tuple[int, float]]:
@@ -207,19 +227,18 @@ def main() -> None:
 
     tag = f"lr{budget.lr:g}-rlr{budget.reward_lr:g}-k{budget.samples}-s{budget.seed}"
 
-    def rounds_run(rounds: int) -> Path:
-        return train([*rft_settings(study, sft, out / f"{tag}-r{rounds}", rounds, budget, grid), *eval_flags])
-
-    long = rounds_run(budget.rounds)
+    long = train([*rft_settings(study, sft, out / f"{tag}-r{budget.rounds}", budget.rounds, budget, grid), *eval_flags])
     curve = accuracy_curve(long)
     r_star, stopped = plateau(curve, budget.patience)
     n_train = len((study / "split" / "train.jsonl").read_text().splitlines()[: grid.demonstrations])
     matched = int(rft_overrides(n_train, grid.batch_size, 1)[0].split("=")[1])  # the study's own count
-    runs = {f"rft {matched} rounds (matched)": rounds_run(matched)}
-    runs[f"rft {r_star} rounds (fair)"] = long if r_star == budget.rounds else rounds_run(r_star)
+
+    def after(rounds: int) -> Path:
+        return long if rounds == budget.rounds else checkpoint_run(long, rounds, out / f"{tag}-r{rounds}-of-long")
+
+    runs = {f"rft {matched} rounds (matched)": after(matched), f"rft {r_star} rounds (fair)": after(r_star)}
     for run in runs.values():
         evaluate_test_gap(run, study)
-        check_prefix(run, long)
     baselines = {
         "tuned SFT": sft,
         "SFT continued (control)": chosen_run(study, "sft-continued", budget.seed),

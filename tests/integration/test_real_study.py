@@ -73,7 +73,9 @@ def test_quick_study_trains_evaluates_and_summarises(tmp_path: Path, llama_dir: 
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     record = json.loads((tmp_path / "rft" / "rft_budget.json").read_text())
-    # the 4-round (matched) run is checked, round by round, against the 8-round run's first 4 rounds
+    # the matched policy (4 rounds) is the 8-round run's checkpoint after round 4
     assert [step for step, _ in record["curve"]] == [0, 2, 4, 6, 8] and record["matched"] == 4
+    matched = next((tmp_path / "rft").glob("*-r4-of-long"))
+    assert (matched / "final" / "model.safetensors").is_file() and (matched / "eval" / "test-gap").is_dir()
     assert {r["against"] for r in record["rows"]} == {"tuned SFT", "SFT continued (control)", "SFT -> SPIN"}
     assert "r* = " in (tmp_path / "rft" / "rft_budget.md").read_text()
