@@ -53,6 +53,14 @@ def indexed_token_logps(logits: torch.Tensor, source: torch.Tensor, labels: torc
     return TokenLogps((picked - rows.logsumexp(dim=-1)).masked_fill(~mask, 0.0), mask)
 
 
+def branch_token_logps(logits: torch.Tensor, source: torch.Tensor, labels: torch.Tensor) -> TokenLogps:
+    """:func:`indexed_token_logps` of the K responses of each row (``source``/``labels`` (B, K, L), from
+    :func:`rewardsft.data.collate.collate_branches`) as (B·K, L), response k of row b at b·K + k."""
+    batch, k, width = labels.shape
+    tokens = indexed_token_logps(logits, source.reshape(batch, k * width), labels.reshape(batch, k * width))
+    return TokenLogps(tokens.logps.reshape(batch * k, width), tokens.mask.reshape(batch * k, width))
+
+
 def sequence_logps(tokens: TokenLogps, reduction: Reduction = "sum") -> torch.Tensor:
     """(B,) log p(response | prompt): the sum over response tokens, or their mean (0 for an empty row)."""
     total = tokens.logps.sum(dim=-1)

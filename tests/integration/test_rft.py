@@ -159,6 +159,30 @@ def test_rft_resume_equals_uninterrupted(
     assert [r["step"] for r in read_metrics(tmp_path / "crashed" / "metrics.jsonl") if "rm/loss" in r] == [1, 2, 3, 4]
 
 
+def test_shared_rollout_rows_train_the_same_policy(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """rft.rollout_forward=shared (one row per prompt with its k samples) gives the rounds and the policy of a row
+    per sample: the same samples, rewards, KL and losses, the same weights up to float rounding."""
+    runs = {}
+    for mode in ("separate", "shared"):
+        runs[mode] = tmp_path / mode
+        extra = ["rft.iterations=3", "rft.samples_per_prompt=3", f"rft.rollout_forward={mode}"]
+        assert main(rft_args(llama_dir, split_data, runs[mode], *extra)) == 0
+    records = {
+        mode: [r for r in read_metrics(out / "metrics.jsonl") if "policy/loss" in r] for mode, out in runs.items()
+    }
+    assert len(records["shared"]) == 3
+    for a, b in zip(records["separate"], records["shared"], strict=True):
+        for key in ("policy/kl", "policy/loss", "policy/reward", "rm/loss", "gen/mean_length"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    assert any(r["policy/kl"] != 0 for r in records["shared"][1:])  # the KL term is exercised after round 1
+    left, right = weights(runs["separate"] / "final"), weights(runs["shared"] / "final")
+    assert all(torch.allclose(left[n], right[n], atol=1e-5) for n in left)
+    start = weights(llama_dir)
+    assert any(not torch.equal(start[n], right[n]) for n in right)  # it trained
+
+
 def test_rft_with_lora_policy_and_reward_model(llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "lora"
     prefs = write_jsonl(

@@ -247,3 +247,42 @@ def test_shared_rows_in_bfloat16(tokenizer: Any, attention: str) -> None:
             per_token = (sequence_logps(tokens) - sequence_logps(alone)).abs() / tokens.mask.sum(-1).clamp(min=1)
             assert per_token.max() < 0.05, side
             assert torch.isfinite(tokens.logps).all()
+
+
+def test_branches_layout_worked_by_hand() -> None:
+    """Three samples behind one prompt (RFT's k samples): each restarts at the prompt's end and sees only it."""
+    from rewardsft.data.collate import collate_branches
+
+    batch = collate_branches([([11, 12], [[21, 22], [31], [41, 42, 43]])], pad_id=0)
+    assert batch["input_ids"][0].tolist() == [11, 12, 21, 22, 31, 41, 42, 43]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 2, 2, 3, 4]
+    assert batch["branch"][0].tolist() == [0, 0, 1, 1, 2, 3, 3, 3]
+    assert batch["source"][0].tolist() == [[1, 2, 0], [1, 0, 0], [1, 5, 6]]
+    assert batch["labels"][0].tolist() == [[21, 22, IGNORE_INDEX], [31, IGNORE_INDEX, IGNORE_INDEX], [41, 42, 43]]
+    assert visible(batch, 0)[5] == [1, 1, 0, 0, 0, 1, 0, 0]  # sample 3 sees the prompt and itself only
+    with pytest.raises(ValueError, match="as many responses"):
+        collate_branches([([1], [[2]]), ([1], [[2], [3]])], pad_id=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_k_samples_behind_one_prompt_give_the_logps_of_separate_rows(tokenizer: Any, arch: str, attention: str) -> None:
+    """RFT's rft.rollout_forward=shared reads every sample's per-token log-probs from one row per prompt: the
+    same as a row per sample (an empty sample included)."""
+    from rewardsft.config import load_config
+    from rewardsft.steps.rollout import RolloutSpec, sample_token_logps
+
+    model = sharpened(tiny_model(tokenizer, arch=arch, hidden_size=32, seed=3)).eval()  # type: ignore[arg-type]
+    model.config._attn_implementation = attention
+    pairs = pairs_of(tokenizer)
+    # Three prompts, k = 3 samples each (the demonstration, the generation, and an empty sample).
+    gens = [s for p in pairs[:3] for s in (p.demo, p.gen, TokenizedExample(p.demo.prompt_ids, [], p.demo.index))]
+    config = load_config("rft", overrides=["rft.samples_per_prompt=3", "rft.rollout_forward=shared"])
+    shared = RolloutSpec.from_config(config, tokenizer.pad_token_id, [])
+    separate = RolloutSpec.from_config(load_config("rft", overrides=["rft.samples_per_prompt=3"]), shared.pad_id, [])
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        one, many = (sample_token_logps(model, gens, spec, cpu) for spec in (shared, separate))
+    assert torch.allclose(sequence_logps(one), sequence_logps(many), atol=1e-5)
+    assert one.mask.sum(-1).tolist() == many.mask.sum(-1).tolist() == [len(g.response_ids) for g in gens]
+    assert shared.chunk == 6 and separate.chunk == 8  # whole prompts' samples per micro-batch of train.batch_size=8

@@ -230,6 +230,10 @@ class RFTSettings:
     """Demonstration prompts per round (cycling through a seeded shuffle of the data)."""
     samples_per_prompt: int = 4
     """k responses per prompt; RLOO's leave-one-out baseline needs k >= 2."""
+    rollout_forward: Literal["separate", "shared"] = "separate"
+    """The policy's and the reference's forwards over the rollout: ``separate``, a row per sample; ``shared``,
+    one row per prompt, ``[prompt | sample 1 | ... | sample k]``, the prompt computed once for its k samples (the
+    same log-probs; sdpa or eager attention, no sliding window). The reward model reads its rows separately."""
     reward_steps: int = 1
     """Reward-model optimiser steps per round, each over all (demonstration, generation) pairs of the round."""
     policy_steps: int = 1

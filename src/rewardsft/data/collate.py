@@ -59,54 +59,73 @@ def block_visibility(document: torch.Tensor, branch: torch.Tensor) -> torch.Tens
     return visible | torch.eye(width, dtype=torch.bool, device=document.device)
 
 
-def collate_shared(
-    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_id: int
+def collate_branches(
+    rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """(prompt, first response, second response) triples as one row each: ``[prompt | first | second]``.
+    """(prompt, K responses) as one row each, ``[prompt | response 1 | ... | response K]``: the prompt computed
+    once for all K (RFT's samples of one prompt; IRFT's demonstration and generation, :func:`collate_shared`).
 
-    The second response must be computed as if it followed the prompt alone, so the row carries its own
-    ``position_ids`` (the second response restarts where the first began) and the (B, T) ``document`` and
-    ``branch`` labels of :func:`block_visibility` (the second response never sees the first); the (B, T, T) mask
-    itself is built on the model's device (:func:`rewardsft.logprobs.block_mask_logits`). Rows are right-padded.
+    Each response must be computed as if it followed the prompt alone, so the row carries its own
+    ``position_ids`` (every response restarts where the first began) and the (B, T) ``document`` and ``branch``
+    labels of :func:`block_visibility` (response k is branch k + 1: it sees the prompt and itself, never another
+    response); the (B, T, T) mask itself is built on the model's device
+    (:func:`rewardsft.logprobs.block_mask_logits`). Rows are right-padded.
 
-    ``first_source``/``second_source`` (B, L) hold the position whose logits predict each response token, and
-    ``first_labels``/``second_labels`` (B, L) that token (``IGNORE_INDEX`` past a response's end): a response's
-    first token is predicted from the prompt's last position, which both responses share.
+    ``source`` (B, K, L) holds the position whose logits predict each response token and ``labels`` (B, K, L)
+    that token (``IGNORE_INDEX`` past a response's end): a response's first token is predicted from the prompt's
+    last position, which every response shares.
     """
-    lengths = [len(p) + len(a) + len(b) for p, a, b in triples]
-    width = max(lengths)
-    batch = len(triples)
+    counts = {len(responses) for _, responses in rows}
+    if len(counts) != 1:
+        raise ValueError(f"every row needs as many responses; got {sorted(counts)}")
+    k = counts.pop()
+    lengths = [len(prompt) + sum(len(r) for r in responses) for prompt, responses in rows]
+    width, batch = max(lengths), len(rows)
+    longest = max((len(r) for _, responses in rows for r in responses), default=0)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((batch, width), dtype=torch.long)
     document = torch.full((batch, width), -1, dtype=torch.long)
     branch = torch.zeros((batch, width), dtype=torch.long)
-    sources = [torch.zeros((batch, max(len(t[i]) for t in triples)), dtype=torch.long) for i in (1, 2)]
-    labels = [torch.full(s.shape, IGNORE_INDEX, dtype=torch.long) for s in sources]
-    for row, ((prompt, first, second), n) in enumerate(zip(triples, lengths, strict=True)):
+    source = torch.zeros((batch, k, longest), dtype=torch.long)
+    labels = torch.full((batch, k, longest), IGNORE_INDEX, dtype=torch.long)
+    for row, ((prompt, responses), n) in enumerate(zip(rows, lengths, strict=True)):
         if not prompt:
             raise ValueError("a shared-prefix row needs a prompt of at least one token")
-        start, p, a = 0, len(prompt), len(first)
-        input_ids[row, start : start + n] = torch.tensor([*prompt, *first, *second])
-        position_ids[row, start : start + n] = torch.tensor([*range(p + a), *range(p, p + len(second))])
-        document[row, start : start + n] = 0
-        branch[row, start : start + n] = torch.tensor([0] * p + [1] * a + [2] * len(second))
-        last_prompt = start + p - 1
-        for k, (response, offset) in enumerate(((first, start + p), (second, start + p + a))):
+        p = len(prompt)
+        input_ids[row, :n] = torch.tensor([*prompt, *(t for r in responses for t in r)])
+        position_ids[row, :n] = torch.tensor([*range(p), *(q for r in responses for q in range(p, p + len(r)))])
+        document[row, :n] = 0
+        branch[row, :n] = torch.tensor([0] * p + [b + 1 for b, r in enumerate(responses) for _ in r])
+        offset = p
+        for b, response in enumerate(responses):
             # Token j of a response sits at offset + j and is predicted from the position before it; for j = 0
             # that is the prompt's last token, whichever response it is.
-            positions = [last_prompt, *range(offset, offset + len(response) - 1)][: len(response)]
-            sources[k][row, : len(response)] = torch.tensor(positions, dtype=torch.long)
-            labels[k][row, : len(response)] = torch.tensor(list(response), dtype=torch.long)
+            positions = [p - 1, *range(offset, offset + len(response) - 1)][: len(response)]
+            source[row, b, : len(response)] = torch.tensor(positions, dtype=torch.long)
+            labels[row, b, : len(response)] = torch.tensor(list(response), dtype=torch.long)
+            offset += len(response)
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
         "document": document,
         "branch": branch,
-        "first_source": sources[0],
-        "first_labels": labels[0],
-        "second_source": sources[1],
-        "second_labels": labels[1],
+        "source": source,
+        "labels": labels,
     }
+
+
+def collate_shared(
+    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """(prompt, first response, second response) triples as one row each, ``[prompt | first | second]``
+    (:func:`collate_branches` with K = 2), the two responses' ``source`` and ``labels`` as ``first_*`` and
+    ``second_*`` (B, L) tensors, each as wide as its own longest response."""
+    batch = collate_branches([(prompt, [first, second]) for prompt, first, second in triples], pad_id)
+    source, labels = batch.pop("source"), batch.pop("labels")
+    for k, side in enumerate(("first", "second")):
+        width = max(len(t[k + 1]) for t in triples)
+        batch[f"{side}_source"], batch[f"{side}_labels"] = source[:, k, :width], labels[:, k, :width]
+    return batch
 
 
 def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:

@@ -21,6 +21,7 @@ from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.errors import ConfigError
 from rewardsft.generation import end_of_turn_ids, truncation_warning
 from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
+from rewardsft.logprobs import check_block_mask
 from rewardsft.model_card import write_model_card
 from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, start_recipe
@@ -49,6 +50,8 @@ def train_rft(config: RFTConfig) -> Path:
     reference = build_reference(start, config)
 
     policy = run.prepare(policy)
+    if rc.rollout_forward == "shared":
+        check_block_mask(policy, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
     policy_opt = build_optimizer(policy.parameters(), config.optim)
     policy_sched = build_scheduler(policy_opt, config.optim, rc.iterations * max(rc.policy_steps, 1))
     rm_opt = build_optimizer(reward_model.parameters(), dataclasses.replace(config.optim, lr=config.reward_model.lr))

@@ -11,10 +11,17 @@ import torch
 
 from rewardsft.config import GenerationConfig, RFTConfig
 from rewardsft.data import TokenizedExample
-from rewardsft.data.collate import batch_on
+from rewardsft.data.collate import batch_on, collate_branches
 from rewardsft.generation import Generation, as_example, generate, generation_stats
 from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
-from rewardsft.logprobs import model_token_logps, sequence_logps
+from rewardsft.logprobs import (
+    BLOCK_MASK_KEYS,
+    TokenLogps,
+    block_mask_logits,
+    branch_token_logps,
+    model_token_logps,
+    sequence_logps,
+)
 from rewardsft.losses import (
     kl_penalised_rewards,
     normalise_rewards,
@@ -65,6 +72,23 @@ class RolloutSpec:
     reward_clip: float | None
     clip_ratio: float
     preference_weight: float
+    shared: bool = False
+    """One row per prompt with its k samples (``rft.rollout_forward=shared``)."""
+
+    @property
+    def chunk(self) -> int:
+        """Samples per forward of a micro-batch of ``batch_size``: whole prompts' k samples when shared."""
+        return (
+            max(self.batch_size // self.samples_per_prompt, 1) * self.samples_per_prompt
+            if self.shared
+            else self.batch_size
+        )
+
+    @property
+    def eval_chunk(self) -> int:
+        """The same for the no-grad forwards of ``eval_batch_size``."""
+        k = self.samples_per_prompt
+        return max(self.eval_batch_size // k, 1) * k if self.shared else self.eval_batch_size
 
     @classmethod
     def from_config(cls, config: RFTConfig, pad_id: int, stop_ids: list[int]) -> RolloutSpec:
@@ -83,6 +107,7 @@ class RolloutSpec:
             reward_clip=rc.reward_clip,
             clip_ratio=rc.clip_ratio,
             preference_weight=rc.preference_weight,
+            shared=rc.rollout_forward == "shared",
         )
 
 
@@ -112,20 +137,32 @@ def make_rollout(
     old, kl = [], []
     entropy_sum, n_tokens = 0.0, 0
     with eval_mode(unwrapped):
-        for start in range(0, len(gens), spec.eval_batch_size):
-            batch = batch_on(gens[start : start + spec.eval_batch_size], spec.pad_id, run.device)
-            tokens = model_token_logps(unwrapped, **batch)
+        for start in range(0, len(gens), spec.eval_chunk):
+            chunk = gens[start : start + spec.eval_chunk]
+            tokens = sample_token_logps(unwrapped, chunk, spec, run.device)
             if reference is None:
                 with unwrapped.disable_adapter():
-                    ref_tokens = model_token_logps(unwrapped, **batch)
+                    ref_tokens = sample_token_logps(unwrapped, chunk, spec, run.device)
             else:
-                ref_tokens = model_token_logps(reference, **batch)
+                ref_tokens = sample_token_logps(reference, chunk, spec, run.device)
             old.append(sequence_logps(tokens))
             kl.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
             entropy_sum += float(-(tokens.logps * tokens.mask).sum())
             n_tokens += int(tokens.mask.sum())
     stats = generation_stats(generations, [d.response_ids for d in prompts])
     return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy_sum / max(n_tokens, 1), stats)
+
+
+def sample_token_logps(model: Any, gens: list[TokenizedExample], spec: RolloutSpec, device: torch.device) -> TokenLogps:
+    """Per-token log-probs of rollout samples (whole prompts' k samples, in rollout order): a row each, or with
+    ``spec.shared`` one row per prompt, ``[prompt | sample 1 | ... | sample k]`` (the same log-probs)."""
+    if not spec.shared:
+        return model_token_logps(model, **batch_on(gens, spec.pad_id, device))
+    k = spec.samples_per_prompt
+    rows = [(gens[i].prompt_ids, [g.response_ids for g in gens[i : i + k]]) for i in range(0, len(gens), k)]
+    batch = {key: value.to(device) for key, value in collate_branches(rows, spec.pad_id).items()}
+    logits = block_mask_logits(model, *(batch[key] for key in BLOCK_MASK_KEYS))
+    return branch_token_logps(logits, batch["source"], batch["labels"])
 
 
 def sample_examples(
@@ -188,13 +225,11 @@ def policy_step(
     rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
     rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip, round_moments(accelerator, rewards))
     advantages = rloo_advantages(rewards.view(-1, spec.samples_per_prompt)).view(-1)
-    n, size, total = len(rollout.gens), spec.batch_size, 0.0
+    n, size, total = len(rollout.gens), spec.chunk, 0.0
     for start in range(0, n, size):
         ids = list(range(start, min(start + size, n)))
         with micro_batch_context(accelerator, policy, last=start + size >= n):
-            logps = sequence_logps(
-                model_token_logps(policy, **batch_on([rollout.gens[i] for i in ids], spec.pad_id, device))
-            )
+            logps = sequence_logps(sample_token_logps(policy, [rollout.gens[i] for i in ids], spec, device))
             loss = rloo_policy_loss(logps, rollout.old_logps[ids].to(device), advantages[ids], spec.clip_ratio)
             accelerator.backward(loss * len(ids) / n)  # the micro-batch's share of the rollout's mean
         total += float(loss.detach()) * len(ids) / n
