@@ -5,7 +5,8 @@ same batch size. IRFT and DPO process two sequences per example (demonstration +
 ``irft_cached`` / ``irft_copy`` use the default split pair forward; ``irft_cached_joint`` the joint one;
 ``irft_shared`` the shared-prefix one (one row per pair, the prompt computed once for both responses).
 ``rft_round`` is one whole RFT round (sampling 2 responses per prompt, a reward step, a policy step), timed per
-phase; the paper puts RFT at about two SFTs plus generation.
+phase; the paper puts RFT at about two SFTs plus generation. ``rft_round_shared`` is the same round with
+``rft.rollout_forward=shared`` (a prompt's samples read from one row).
 
     python benchmarks/irft_step.py --out benchmarks/results/irft_step_cpu.json            # SmolLM2-size Llama
     python benchmarks/irft_step.py --size tiny --steps 3 --out /tmp/b.json              # a quick smoke run
@@ -32,7 +33,16 @@ from typing import Any
 
 import torch
 
-METHODS = ("sft", "irft_cached", "irft_cached_joint", "irft_shared", "irft_copy", "trl_dpo", "rft_round")
+METHODS = (
+    "sft",
+    "irft_cached",
+    "irft_cached_joint",
+    "irft_shared",
+    "irft_copy",
+    "trl_dpo",
+    "rft_round",
+    "rft_round_shared",
+)
 PAIR_FORWARD = {"irft_cached_joint": "joint", "irft_shared": "shared"}
 """The pair forward of each IRFT method (the others: split, the CPU default)."""
 SIZES = {
@@ -155,7 +165,9 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     return step_fn
 
 
-def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float], dict[str, float]]:
+def run_rft(
+    args: argparse.Namespace, device: torch.device, rollout_forward: str = "separate"
+) -> tuple[list[float], dict[str, float]]:
     """One RFT round per step: sample k=2 responses for each of ``batch_size`` prompts, one reward step (BT
     on 2·batch_size demo-vs-generation pairs), one RLOO policy step; policy + frozen reference + reward model
     (+ two optimisers) in memory. Returns round times and the mean seconds of each phase."""
@@ -186,6 +198,7 @@ def run_rft(args: argparse.Namespace, device: torch.device) -> tuple[list[float]
             f"generation.batch_size={2 * args.batch_size}",
             f"data.max_length={args.prompt_len + args.response_len}",
             f"data.max_prompt_length={args.prompt_len}",
+            f"rft.rollout_forward={rollout_forward}",
         ],
     )
     run = SimpleNamespace(
@@ -280,8 +293,8 @@ def child(args: argparse.Namespace) -> None:
     if args.method == "trl_dpo":
         with tempfile.TemporaryDirectory() as tmp:
             times = run_trl(args, device, Path(tmp))
-    elif args.method == "rft_round":
-        times, phases = run_rft(args, device)
+    elif args.method in ("rft_round", "rft_round_shared"):
+        times, phases = run_rft(args, device, "shared" if args.method.endswith("shared") else "separate")
     else:
         times = run_ours(args.method, args, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb() - base
@@ -353,6 +366,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "irft_cached_vs_sft_memory": ("irft_cached", "sft", "peak_mb"),
         "irft_copy_vs_sft_memory": ("irft_copy", "sft", "peak_mb"),
         "trl_dpo_vs_sft_memory": ("trl_dpo", "sft", "peak_mb"),
+        "rft_round_shared_vs_rft_round_time": ("rft_round_shared", "rft_round", "median_step_s"),
     }
     for name, (a, b, key) in pairs.items():
         x, y = get(a, key), get(b, key)

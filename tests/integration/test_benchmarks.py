@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_irft_step_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    methods = "irft_cached,irft_cached_joint,irft_shared,rft_round"
+    methods = "irft_cached,irft_cached_joint,irft_shared,rft_round,rft_round_shared"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "irft_step.py"), "--size", "tiny", "--steps", "1"]
     result = subprocess.run(
         [*cmd, "--methods", methods, "--out", str(out)], capture_output=True, text=True, timeout=300
