@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from rewardsft.data import TokenizedExample
-from rewardsft.data.collate import batch_on
+from rewardsft.data.collate import batch_on, block_visibility, collate_branches
 from rewardsft.errors import ConfigError
-from rewardsft.models import eval_mode, original_dropout_config
+from rewardsft.models import block_attention_mask, block_mask_refusal, eval_mode, original_dropout_config
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,49 @@ def rm_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = hidden[rows, read_out_index(input_ids, attention_mask, base.config.pad_token_id)]
     return base.score(last).squeeze(-1).float()  # type: ignore[no-any-return]
+
+
+def shared_rm_scores(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B·K,) rewards of the K responses of each :func:`rewardsft.data.collate.collate_branches` row, response k
+    of row b at b·K + k: the same score head at the same token as a row of its own (:func:`rm_scores`), the
+    prompt's hidden states computed once for all K."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    mask = block_attention_mask(base, block_visibility(batch["document"], batch["branch"]))
+    hidden = backbone(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
+    ).last_hidden_state
+    index = batch["read_out"]  # (B, K)
+    picked = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
+    return base.score(picked).squeeze(-1).float().reshape(-1)  # type: ignore[no-any-return]
+
+
+@torch.no_grad()
+def shared_rm_probe(model: Any) -> float:
+    """Largest |reward| difference between a synthetic [prompt | first | second] row and the two sequences scored
+    on their own: ~0 when the reward model applies the mask and positions as given."""
+    vocab = model.config.vocab_size
+    ids = (torch.randint(1, vocab, (15,), generator=torch.Generator().manual_seed(0))).tolist()
+    prompt, responses = ids[:6], [ids[6:11], ids[11:]]
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        batch = {k: v.to(device) for k, v in collate_branches([(prompt, responses)], 0).items()}
+        shared = shared_rm_scores(model, batch)
+        alone = batch_on([TokenizedExample(prompt, r) for r in responses], 0, device)
+        separate = rm_scores(model, alone["input_ids"], alone["attention_mask"])
+    return float((shared - separate).abs().max())
+
+
+def check_shared_rm(model: Any, setting: str, instead: str) -> None:
+    """Refuse ``setting`` for a reward model that would not score a shared row as its rows on their own."""
+    problem = block_mask_refusal(model)
+    gap = shared_rm_probe(model) if problem is None else 0.0
+    if problem is None and gap > (1e-3 if next(model.parameters()).dtype == torch.float32 else 0.05):
+        problem = (
+            f"needs a reward model that applies a custom attention mask and positions (a probe differs by {gap:.3g})"
+        )
+    if problem is not None:
+        raise ConfigError(f"{setting}: the reward model {problem}: {instead}")
 
 
 def load_reward_model(

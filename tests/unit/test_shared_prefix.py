@@ -286,3 +286,36 @@ def test_k_samples_behind_one_prompt_give_the_logps_of_separate_rows(tokenizer: 
     assert torch.allclose(sequence_logps(one), sequence_logps(many), atol=1e-5)
     assert one.mask.sum(-1).tolist() == many.mask.sum(-1).tolist() == [len(g.response_ids) for g in gens]
     assert shared.chunk == 6 and separate.chunk == 8  # whole prompts' samples per micro-batch of train.batch_size=8
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_shared_row_scores_each_response_as_its_own_row(tokenizer: Any, arch: str, attention: str) -> None:
+    """RFT's reward step with rft.rollout_forward=shared: [prompt | demonstration | samples] gives every response
+    the reward a row of its own gets, read at the same token, also where the pad id closes a response (the
+    tokenizers that pad with EOS) or a response is empty (read at the prompt's last token)."""
+    import tempfile
+
+    from rewardsft.data.collate import collate_branches
+    from rewardsft.reward import load_reward_model, rm_scores, shared_rm_probe, shared_rm_scores
+
+    policy = sharpened(tiny_model(tokenizer, arch=arch, hidden_size=32, seed=3))  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save_pretrained(tmp)
+        model = load_reward_model(tmp, torch.device("cpu"), pad_token_id=tokenizer.pad_token_id).eval()
+    model.config._attn_implementation = attention
+    with torch.no_grad():  # a random head scores ~0 everywhere: make it read the hidden state strongly
+        model.score.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
+    pad = tokenizer.pad_token_id
+    pairs = pairs_of(tokenizer)[:3]
+    rows = [
+        (p.demo.prompt_ids, [p.demo.response_ids, p.gen.response_ids, [*p.gen.response_ids, pad], []]) for p in pairs
+    ]
+    with torch.no_grad():
+        shared = shared_rm_scores(model, collate_branches(rows, pad))
+        alone = [TokenizedExample(prompt, response) for prompt, responses in rows for response in responses]
+        batch = batch_on(alone, pad, torch.device("cpu"))
+        separate = rm_scores(model, batch["input_ids"], batch["attention_mask"])
+    assert separate.std() > 0.1  # the rewards differ from row to row: the comparison can fail
+    assert torch.allclose(shared, separate, atol=1e-4)
+    assert shared_rm_probe(model) < 1e-3

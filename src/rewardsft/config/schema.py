@@ -231,9 +231,11 @@ class RFTSettings:
     samples_per_prompt: int = 4
     """k responses per prompt; RLOO's leave-one-out baseline needs k >= 2."""
     rollout_forward: Literal["separate", "shared"] = "separate"
-    """The policy's and the reference's forwards over the rollout: ``separate``, a row per sample; ``shared``,
-    one row per prompt, ``[prompt | sample 1 | ... | sample k]``, the prompt computed once for its k samples (the
-    same log-probs; sdpa or eager attention, no sliding window). The reward model reads its rows separately."""
+    """The forwards over a round's samples: ``separate``, a row per sample (and per demonstration-sample pair in
+    the reward step); ``shared``, one row per prompt, ``[prompt | sample 1 | ... | sample k]`` for the policy and
+    the reference and ``[prompt | demonstration | sample 1 | ... | sample k]`` for the reward model, the prompt
+    (and the demonstration) computed once (the same log-probs and rewards; sdpa or eager attention, no sliding
+    window)."""
     reward_steps: int = 1
     """Reward-model optimiser steps per round, each over all (demonstration, generation) pairs of the round."""
     policy_steps: int = 1

@@ -73,7 +73,9 @@ def collate_branches(
 
     ``source`` (B, K, L) holds the position whose logits predict each response token and ``labels`` (B, K, L)
     that token (``IGNORE_INDEX`` past a response's end): a response's first token is predicted from the prompt's
-    last position, which every response shares.
+    last position, which every response shares. ``read_out`` (B, K) is where a reward model reads each response:
+    the last of the prompt's and that response's tokens that is not ``pad_id`` (the rule of a row of its own,
+    :func:`rewardsft.reward.read_out_index`).
     """
     counts = {len(responses) for _, responses in rows}
     if len(counts) != 1:
@@ -88,6 +90,7 @@ def collate_branches(
     branch = torch.zeros((batch, width), dtype=torch.long)
     source = torch.zeros((batch, k, longest), dtype=torch.long)
     labels = torch.full((batch, k, longest), IGNORE_INDEX, dtype=torch.long)
+    read_out = torch.zeros((batch, k), dtype=torch.long)
     for row, ((prompt, responses), n) in enumerate(zip(rows, lengths, strict=True)):
         if not prompt:
             raise ValueError("a shared-prefix row needs a prompt of at least one token")
@@ -103,6 +106,8 @@ def collate_branches(
             positions = [p - 1, *range(offset, offset + len(response) - 1)][: len(response)]
             source[row, b, : len(response)] = torch.tensor(positions, dtype=torch.long)
             labels[row, b, : len(response)] = torch.tensor(list(response), dtype=torch.long)
+            seen = [*((i, t) for i, t in enumerate(prompt)), *((offset + j, t) for j, t in enumerate(response))]
+            read_out[row, b] = next((i for i, t in reversed(seen) if t != pad_id), 0)
             offset += len(response)
     return {
         "input_ids": input_ids,
@@ -111,6 +116,7 @@ def collate_branches(
         "branch": branch,
         "source": source,
         "labels": labels,
+        "read_out": read_out,
     }
 
 
@@ -122,6 +128,7 @@ def collate_shared(
     ``second_*`` (B, L) tensors, each as wide as its own longest response."""
     batch = collate_branches([(prompt, [first, second]) for prompt, first, second in triples], pad_id)
     source, labels = batch.pop("source"), batch.pop("labels")
+    batch.pop("read_out")
     for k, side in enumerate(("first", "second")):
         width = max(len(t[k + 1]) for t in triples)
         batch[f"{side}_source"], batch[f"{side}_labels"] = source[:, k, :width], labels[:, k, :width]

@@ -25,7 +25,7 @@ from rewardsft.logprobs import check_block_mask
 from rewardsft.model_card import write_model_card
 from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, start_recipe
-from rewardsft.reward import load_reward_model, save_reward_model, score_examples
+from rewardsft.reward import check_shared_rm, load_reward_model, save_reward_model, score_examples
 from rewardsft.steps.rollout import (
     RolloutSpec,
     held_out_rm_accuracy,
@@ -52,6 +52,7 @@ def train_rft(config: RFTConfig) -> Path:
     policy = run.prepare(policy)
     if rc.rollout_forward == "shared":
         check_block_mask(policy, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
+        check_shared_rm(reward_model, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
     policy_opt = build_optimizer(policy.parameters(), config.optim)
     policy_sched = build_scheduler(policy_opt, config.optim, rc.iterations * max(rc.policy_steps, 1))
     rm_opt = build_optimizer(reward_model.parameters(), dataclasses.replace(config.optim, lr=config.reward_model.lr))

@@ -31,7 +31,7 @@ from rewardsft.losses import (
     sequence_kl,
 )
 from rewardsft.models import eval_mode, is_peft
-from rewardsft.reward import rm_scores, save_reward_model, score_examples
+from rewardsft.reward import rm_scores, save_reward_model, score_examples, shared_rm_scores
 from rewardsft.training.batches import epoch_permutation
 from rewardsft.training.run import Run
 from rewardsft.training.step import derive_seed, micro_batch_context, reduce_metrics
@@ -193,9 +193,12 @@ def reward_step(
     k = spec.samples_per_prompt
     pairs = [(rollout.demos[i // k], gen) for i, gen in enumerate(rollout.gens)]
     totals = torch.zeros(3, dtype=torch.float64)
-    for start in range(0, len(pairs), spec.batch_size):
-        chunk = pairs[start : start + spec.batch_size]
-        terms = bt_terms(reward_model, chunk, spec.pad_id, run.device)
+    for start in range(0, len(pairs), spec.chunk):
+        chunk = pairs[start : start + spec.chunk]  # whole prompts' pairs when shared
+        if spec.shared:
+            terms = shared_bt_terms(reward_model, chunk, k, spec.pad_id, run.device)
+        else:
+            terms = bt_terms(reward_model, chunk, spec.pad_id, run.device)
         loss = terms.loss.sum() / len(pairs)
         if preference:
             pick = [preference[(iteration * len(pairs) + start + j) % len(preference)] for j in range(len(chunk))]
@@ -214,6 +217,20 @@ def bt_terms(
     batch = batch_on([p[0] for p in pairs] + [p[1] for p in pairs], pad_id, device)
     scores = rm_scores(reward_model, batch["input_ids"], batch["attention_mask"])
     return reward_bt_loss(scores[: len(pairs)], scores[len(pairs) :])
+
+
+def shared_bt_terms(
+    reward_model: Any, pairs: list[tuple[TokenizedExample, TokenizedExample]], k: int, pad_id: int, device: torch.device
+) -> Any:
+    """:func:`bt_terms` of whole prompts' pairs (prompt p's k pairs at p·k ... p·k + k − 1) from one row per
+    prompt, ``[prompt | demonstration | sample 1 | ... | sample k]``: the demonstration scored once, not k times."""
+    rows = [
+        (pairs[i][0].prompt_ids, [pairs[i][0].response_ids, *(gen.response_ids for _, gen in pairs[i : i + k])])
+        for i in range(0, len(pairs), k)
+    ]
+    batch = {key: value.to(device) for key, value in collate_branches(rows, pad_id).items()}
+    scores = shared_rm_scores(reward_model, batch).view(len(rows), k + 1)
+    return reward_bt_loss(scores[:, 0].repeat_interleave(k), scores[:, 1:].reshape(-1))
 
 
 def policy_step(
