@@ -53,12 +53,22 @@ def indexed_token_logps(logits: torch.Tensor, source: torch.Tensor, labels: torc
     return TokenLogps((picked - rows.logsumexp(dim=-1)).masked_fill(~mask, 0.0), mask)
 
 
-def branch_token_logps(logits: torch.Tensor, source: torch.Tensor, labels: torch.Tensor) -> TokenLogps:
-    """:func:`indexed_token_logps` of the K responses of each row (``source``/``labels`` (B, K, L), from
-    :func:`rewardsft.data.collate.collate_branches`) as (B·K, L), response k of row b at b·K + k."""
-    batch, k, width = labels.shape
-    tokens = indexed_token_logps(logits, source.reshape(batch, k * width), labels.reshape(batch, k * width))
-    return TokenLogps(tokens.logps.reshape(batch * k, width), tokens.mask.reshape(batch * k, width))
+def branch_token_logps(
+    logits: torch.Tensor, source: torch.Tensor, labels: torch.Tensor, row_of: torch.Tensor | None = None
+) -> TokenLogps:
+    """Log-probabilities of the K responses of each group of a :func:`rewardsft.data.collate.collate_branches`
+    batch (``source``/``labels`` (G, K, L), group g in row ``row_of[g]`` of ``logits``; default: row g) as
+    (G·K, L), response k of group g at g·K + k. Only the positions that predict a token are gathered."""
+    groups, k, width = labels.shape
+    rows = row_of if row_of is not None else torch.arange(groups, device=logits.device)
+    flat = logits.reshape(-1, logits.shape[-1])
+    index = (rows.to(logits.device)[:, None, None] * logits.shape[1] + source.to(logits.device)).reshape(-1)
+    picked_rows = flat.index_select(0, index).float()  # (G·K·L, V)
+    mask = labels.reshape(-1) != IGNORE_INDEX
+    target = labels.reshape(-1).masked_fill(~mask, 0).to(logits.device)
+    picked = picked_rows.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    logps = (picked - picked_rows.logsumexp(dim=-1)).masked_fill(~mask.to(logits.device), 0.0)
+    return TokenLogps(logps.reshape(groups * k, width), mask.to(logits.device).reshape(groups * k, width))
 
 
 def sequence_logps(tokens: TokenLogps, reduction: Reduction = "sum") -> torch.Tensor:

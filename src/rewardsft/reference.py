@@ -18,12 +18,12 @@ from typing import Any, Protocol
 import torch
 
 from rewardsft.data import TokenizedExample
-from rewardsft.data.collate import batch_on, collate_shared
+from rewardsft.data.collate import batch_on, collate_branches
 from rewardsft.logprobs import (
     BLOCK_MASK_KEYS,
     TokenLogps,
     block_mask_logits,
-    indexed_token_logps,
+    branch_token_logps,
     model_token_logps,
     sequence_logps,
 )
@@ -51,14 +51,17 @@ def split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return logps[:half], logps[half:]
 
 
-def shared_pair_batch(pairs: Sequence[Pair], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """One row per pair, ``[prompt | demonstration | generation]`` (:func:`collate_shared`): the prompt is
-    computed once for both responses. The generation was sampled from the very prompt of its demonstration."""
+def shared_pair_batch(
+    pairs: Sequence[Pair], pad_id: int, device: torch.device, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """A row per pair, ``[prompt | demonstration | generation]`` (:func:`collate_branches`): the prompt is
+    computed once for both responses; with ``width`` several pairs packed to a row of up to that many tokens
+    (``train.packing``). The generation was sampled from the very prompt of its demonstration."""
     for p in pairs:
         if p.gen.prompt_ids != p.demo.prompt_ids:
             raise ValueError(f"pair {p.demo.index}: the generation's prompt differs from its demonstration's")
-    triples = [(p.demo.prompt_ids, p.demo.response_ids, p.gen.response_ids) for p in pairs]
-    return {key: value.to(device) for key, value in collate_shared(triples, pad_id).items()}
+    groups = [(p.demo.prompt_ids, [p.demo.response_ids, p.gen.response_ids]) for p in pairs]
+    return {key: value.to(device) for key, value in collate_branches(groups, pad_id, width).items()}
 
 
 def pair_logps(
@@ -75,9 +78,8 @@ def pair_logps(
 def shared_split_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[TokenLogps, TokenLogps]:
     """Per-token log-probs (demonstrations, generations) of a :func:`shared_pair_batch` from one forward."""
     logits = block_mask_logits(model, *(batch[k] for k in BLOCK_MASK_KEYS))
-    demo = indexed_token_logps(logits, batch["first_source"], batch["first_labels"])
-    gen = indexed_token_logps(logits, batch["second_source"], batch["second_labels"])
-    return demo, gen
+    both = branch_token_logps(logits, batch["source"], batch["labels"], batch["row_of"])  # pair g at 2g, 2g + 1
+    return TokenLogps(both.logps[0::2], both.mask[0::2]), TokenLogps(both.logps[1::2], both.mask[1::2])
 
 
 class Snapshot(Protocol):

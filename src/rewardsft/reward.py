@@ -47,8 +47,8 @@ def rm_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 
 def shared_rm_scores(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B·K,) rewards of the K responses of each :func:`rewardsft.data.collate.collate_branches` row, response k
-    of row b at b·K + k: the same score head at the same token as a row of its own (:func:`rm_scores`), the
+    """(G·K,) rewards of the K responses of each :func:`rewardsft.data.collate.collate_branches` group, response
+    k of group g at g·K + k: the same score head at the same token as a row of its own (:func:`rm_scores`), the
     prompt's hidden states computed once for all K."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
@@ -56,9 +56,9 @@ def shared_rm_scores(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor
     hidden = backbone(
         input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
     ).last_hidden_state
-    index = batch["read_out"]  # (B, K)
-    picked = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
-    return base.score(picked).squeeze(-1).float().reshape(-1)  # type: ignore[no-any-return]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    index = (batch["row_of"][:, None] * hidden.shape[1] + batch["read_out"]).reshape(-1)  # (G·K,) in flat rows
+    return base.score(flat.index_select(0, index)).squeeze(-1).float()  # type: ignore[no-any-return]
 
 
 @torch.no_grad()

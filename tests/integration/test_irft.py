@@ -350,3 +350,33 @@ def test_shared_pair_forward_trains_as_split_does(llama_dir: Path, builtin_jsonl
     gap = max(float((a[n] - b[n]).abs().max()) for n in a)  # 2.8e-6 when written
     moved = min(float((a[n] - initial[n]).abs().max()) for n in a)  # every tensor moved (5e-3 at the least)
     assert gap < 1e-4 < moved
+
+
+def test_packed_shared_pairs_train_as_a_row_per_pair(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.packing=true with irft.pair_forward=shared: pairs packed several to a row train the same model."""
+    from rewardsft.steps import pairs as pair_step
+
+    original = pair_step.shared_pair_batch
+    rows: dict[str, list[tuple[int, int]]] = {"false": [], "true": []}
+    common = ["irft.stages=2", "irft.sft_weight=0.5", "data.max_rows=16", "train.max_steps=4"]
+    outs = {packing: tmp_path / f"packing-{packing}" for packing in ("false", "true")}
+    for packing, out in outs.items():
+
+        def counted(chunk: Any, *args: Any, seen: list[tuple[int, int]] = rows[packing]) -> Any:
+            batch = original(chunk, *args)
+            seen.append((len(chunk), batch["input_ids"].shape[0]))  # pairs, rows
+            return batch
+
+        monkeypatch.setattr(pair_step, "shared_pair_batch", counted)
+        settings = [*common, "irft.pair_forward=shared", f"train.packing={packing}"]
+        assert main(irft_args(llama_dir, builtin_jsonl, out, *settings)) == 0
+    assert all(n == r for n, r in rows["false"]) and any(r < n for n, r in rows["true"])  # it packed
+    losses = [
+        [r["irft/loss"] for r in read_metrics(out / "metrics.jsonl") if "irft/loss" in r] for out in outs.values()
+    ]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    a, b, initial = (weights(path) for path in (outs["false"] / "final", outs["true"] / "final", llama_dir))
+    gap = max(float((a[n] - b[n]).abs().max()) for n in a)
+    assert gap < 1e-4 < min(float((a[n] - initial[n]).abs().max()) for n in a)

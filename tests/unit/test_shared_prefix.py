@@ -319,3 +319,35 @@ def test_a_shared_row_scores_each_response_as_its_own_row(tokenizer: Any, arch: 
     assert separate.std() > 0.1  # the rewards differ from row to row: the comparison can fail
     assert torch.allclose(shared, separate, atol=1e-4)
     assert shared_rm_probe(model) < 1e-3
+
+
+def test_packed_branch_groups_worked_by_hand() -> None:
+    """Two pairs packed into one row of width 9: each pair a document, positions restarting per pair, each
+    response read from its own row positions."""
+    from rewardsft.data.collate import collate_branches
+
+    batch = collate_branches([([11, 12], [[21], [31, 32]]), ([13], [[22, 23], [33]])], pad_id=0, width=9)
+    assert batch["input_ids"].tolist() == [[11, 12, 21, 31, 32, 13, 22, 23, 33]]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 2, 3, 0, 1, 2, 1]
+    assert batch["document"][0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert batch["row_of"].tolist() == [0, 0]
+    assert batch["source"][1].tolist() == [[5, 6], [5, 0]]  # the second pair's prompt ends at position 5
+    assert visible(batch, 0)[8] == [0, 0, 0, 0, 0, 1, 0, 0, 1]  # its generation sees its prompt and itself only
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_pair_rows_give_the_logps_of_a_row_per_pair(tokenizer: Any, arch: str, attention: str) -> None:
+    """IRFT's train.packing with irft.pair_forward=shared: pairs packed several to a row read the same log-probs."""
+    model = sharpened(tiny_model(tokenizer, arch=arch, hidden_size=32, seed=3)).eval()  # type: ignore[arg-type]
+    model.config._attn_implementation = attention
+    pairs = pairs_of(tokenizer)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        packed_batch = shared_pair_batch(pairs, tokenizer.pad_token_id, cpu, width=64)
+        assert packed_batch["input_ids"].shape[0] < len(pairs)  # packing did put pairs together
+        packed = shared_split_logps(model, packed_batch)
+        one_each = shared_split_logps(model, shared_pair_batch(pairs, tokenizer.pad_token_id, cpu))
+    for a, b in zip(packed, one_each, strict=True):
+        assert torch.allclose(sequence_logps(a), sequence_logps(b), atol=1e-5)
+        assert a.mask.sum(-1).tolist() == b.mask.sum(-1).tolist()

@@ -244,6 +244,8 @@ def reject_unused(config: RunConfig) -> None:
             unused["train.eval_batch_size"] = (
                 "SFT uses it for held-out data only; set data.eval_path or data.eval_split"
             )
+    if isinstance(config, IRFTConfig) and config.irft.pair_forward != "shared":
+        unused["train.packing"] = "IRFT packs its shared pair rows only: set irft.pair_forward=shared as well"
     if config.optim.name == "rmsprop":
         unused["optim.betas"] = "RMSprop has no betas (optim.name=adamw uses them)"
     if isinstance(config, RewardLearningConfig):

@@ -99,7 +99,8 @@ class TrainConfig:
     packing: bool = False
     """SFT: pack the examples of each micro-batch into rows of up to ``data.max_length`` tokens, each example
     attending only to itself with its own positions: less padding is computed, and the step (its examples, its
-    loss) is unchanged (docs/performance.md). Needs sdpa or eager attention and no sliding window."""
+    loss) is unchanged (docs/performance.md). IRFT with ``irft.pair_forward=shared``: the same for its pair rows (rows of up to twice ``data.max_length``).
+    Needs sdpa or eager attention and no sliding window."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient L2 norm to this before each optimiser step; None: no clipping."""
     save_every: int = 500
@@ -380,7 +381,7 @@ FOREIGN_SECTION_REASONS: dict[str, dict[str, str]] = {
 # anything but its default) is an error: a recipe never ignores a setting silently.
 UNUSED_BY_METHOD: dict[str, dict[str, str]] = {
     "sft": {},
-    "irft": {"train.packing": "IRFT's rows are pairs; irft.pair_forward=shared computes each pair's prompt once"},
+    "irft": {},
     "rft": {
         "train.packing": "packing is SFT's; RFT's rollouts are not packed",
         "train.epochs": "RFT runs rft.iterations rounds of rft.prompts_per_iteration prompts; set rft.iterations",

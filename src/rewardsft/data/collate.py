@@ -60,60 +60,73 @@ def block_visibility(document: torch.Tensor, branch: torch.Tensor) -> torch.Tens
 
 
 def collate_branches(
-    rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], pad_id: int
+    groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], pad_id: int, width: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """(prompt, K responses) as one row each, ``[prompt | response 1 | ... | response K]``: the prompt computed
-    once for all K (RFT's samples of one prompt; IRFT's demonstration and generation, :func:`collate_shared`).
+    """(prompt, K responses) groups laid out ``[prompt | response 1 | ... | response K]``: the prompt computed once
+    for all K (RFT's samples of one prompt; IRFT's demonstration and generation, :func:`collate_shared`). One
+    group per row, or with ``width`` packed several to a row (:func:`tightest_packing`, each group a document of
+    its own), so that less padding is computed.
 
-    Each response must be computed as if it followed the prompt alone, so the row carries its own
-    ``position_ids`` (every response restarts where the first began) and the (B, T) ``document`` and ``branch``
-    labels of :func:`block_visibility` (response k is branch k + 1: it sees the prompt and itself, never another
-    response); the (B, T, T) mask itself is built on the model's device
+    Each response must be computed as if it followed the prompt alone, so the rows carry their own
+    ``position_ids`` (every response restarts where the first began) and the (R, T) ``document`` and ``branch``
+    labels of :func:`block_visibility` (response k is branch k + 1: it sees its prompt and itself, never another
+    response or group); the (R, T, T) mask itself is built on the model's device
     (:func:`rewardsft.logprobs.block_mask_logits`). Rows are right-padded.
 
-    ``source`` (B, K, L) holds the position whose logits predict each response token and ``labels`` (B, K, L)
-    that token (``IGNORE_INDEX`` past a response's end): a response's first token is predicted from the prompt's
-    last position, which every response shares. ``read_out`` (B, K) is where a reward model reads each response:
-    the last of the prompt's and that response's tokens that is not ``pad_id`` (the rule of a row of its own,
-    :func:`rewardsft.reward.read_out_index`).
+    Per group g, in input order: ``row_of`` (G,) its row; ``source`` (G, K, L) the position in that row whose
+    logits predict each response token and ``labels`` (G, K, L) that token (``IGNORE_INDEX`` past a response's
+    end): a response's first token is predicted from the prompt's last position, which every response shares;
+    ``read_out`` (G, K) where a reward model reads each response: the last of the prompt's and that response's
+    tokens that is not ``pad_id`` (the rule of a row of its own, :func:`rewardsft.reward.read_out_index`).
     """
-    counts = {len(responses) for _, responses in rows}
+    counts = {len(responses) for _, responses in groups}
     if len(counts) != 1:
         raise ValueError(f"every row needs as many responses; got {sorted(counts)}")
     k = counts.pop()
-    lengths = [len(prompt) + sum(len(r) for r in responses) for prompt, responses in rows]
-    width, batch = max(lengths), len(rows)
-    longest = max((len(r) for _, responses in rows for r in responses), default=0)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((batch, width), dtype=torch.long)
-    document = torch.full((batch, width), -1, dtype=torch.long)
-    branch = torch.zeros((batch, width), dtype=torch.long)
-    source = torch.zeros((batch, k, longest), dtype=torch.long)
-    labels = torch.full((batch, k, longest), IGNORE_INDEX, dtype=torch.long)
-    read_out = torch.zeros((batch, k), dtype=torch.long)
-    for row, ((prompt, responses), n) in enumerate(zip(rows, lengths, strict=True)):
-        if not prompt:
-            raise ValueError("a shared-prefix row needs a prompt of at least one token")
-        p = len(prompt)
-        input_ids[row, :n] = torch.tensor([*prompt, *(t for r in responses for t in r)])
-        position_ids[row, :n] = torch.tensor([*range(p), *(q for r in responses for q in range(p, p + len(r)))])
-        document[row, :n] = 0
-        branch[row, :n] = torch.tensor([0] * p + [b + 1 for b, r in enumerate(responses) for _ in r])
-        offset = p
-        for b, response in enumerate(responses):
-            # Token j of a response sits at offset + j and is predicted from the position before it; for j = 0
-            # that is the prompt's last token, whichever response it is.
-            positions = [p - 1, *range(offset, offset + len(response) - 1)][: len(response)]
-            source[row, b, : len(response)] = torch.tensor(positions, dtype=torch.long)
-            labels[row, b, : len(response)] = torch.tensor(list(response), dtype=torch.long)
-            seen = [*((i, t) for i, t in enumerate(prompt)), *((offset + j, t) for j, t in enumerate(response))]
-            read_out[row, b] = next((i for i, t in reversed(seen) if t != pad_id), 0)
-            offset += len(response)
+    lengths = [len(prompt) + sum(len(r) for r in responses) for prompt, responses in groups]
+    rows = tightest_packing(lengths, width) if width is not None else [[g] for g in range(len(groups))]
+    row_width = max(sum(lengths[g] for g in row) for row in rows)
+    longest = max((len(r) for _, responses in groups for r in responses), default=0)
+    input_ids = torch.full((len(rows), row_width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), row_width), dtype=torch.long)
+    document = torch.full((len(rows), row_width), -1, dtype=torch.long)
+    branch = torch.zeros((len(rows), row_width), dtype=torch.long)
+    row_of = torch.zeros(len(groups), dtype=torch.long)
+    source = torch.zeros((len(groups), k, longest), dtype=torch.long)
+    labels = torch.full((len(groups), k, longest), IGNORE_INDEX, dtype=torch.long)
+    read_out = torch.zeros((len(groups), k), dtype=torch.long)
+    for row, members in enumerate(rows):
+        at = 0
+        for doc, g in enumerate(members):
+            prompt, responses = groups[g]
+            if not prompt:
+                raise ValueError("a shared-prefix row needs a prompt of at least one token")
+            p, n, end = len(prompt), lengths[g], at + lengths[g]
+            input_ids[row, at:end] = torch.tensor([*prompt, *(t for r in responses for t in r)])
+            position_ids[row, at:end] = torch.tensor([*range(p), *(q for r in responses for q in range(p, p + len(r)))])
+            document[row, at:end] = doc
+            branch[row, at:end] = torch.tensor([0] * p + [b + 1 for b, r in enumerate(responses) for _ in r])
+            row_of[g] = row
+            offset = at + p
+            for b, response in enumerate(responses):
+                # Token j of a response sits at offset + j and is predicted from the position before it; for j = 0
+                # that is the prompt's last token, whichever response it is.
+                positions = [at + p - 1, *range(offset, offset + len(response) - 1)][: len(response)]
+                source[g, b, : len(response)] = torch.tensor(positions, dtype=torch.long)
+                labels[g, b, : len(response)] = torch.tensor(list(response), dtype=torch.long)
+                seen = [
+                    *((at + i, t) for i, t in enumerate(prompt)),
+                    *((offset + j, t) for j, t in enumerate(response)),
+                ]
+                read_out[g, b] = next((i for i, t in reversed(seen) if t != pad_id), at)
+                offset += len(response)
+            at += n
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
         "document": document,
         "branch": branch,
+        "row_of": row_of,
         "source": source,
         "labels": labels,
         "read_out": read_out,
@@ -128,7 +141,7 @@ def collate_shared(
     ``second_*`` (B, L) tensors, each as wide as its own longest response."""
     batch = collate_branches([(prompt, [first, second]) for prompt, first, second in triples], pad_id)
     source, labels = batch.pop("source"), batch.pop("labels")
-    batch.pop("read_out")
+    batch.pop("read_out"), batch.pop("row_of")  # one group per row: row b is pair b
     for k, side in enumerate(("first", "second")):
         width = max(len(t[k + 1]) for t in triples)
         batch[f"{side}_source"], batch[f"{side}_labels"] = source[:, k, :width], labels[:, k, :width]

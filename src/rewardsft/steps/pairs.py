@@ -27,11 +27,15 @@ class PairLossSpec:
     sft_weight: float
     pair_forward: str
     """``split``, ``joint`` or ``shared`` (``auto`` already resolved)."""
+    packing_width: int | None = None
+    """``shared`` rows packed several pairs to a row of up to this many tokens (``train.packing``): twice
+    ``data.max_length``, the longest a pair's row can be (prompt and two responses of up to that length each)."""
 
     @classmethod
     def from_config(cls, config: IRFTConfig, model: Any = None) -> PairLossSpec:
         ic = config.irft
-        return cls(ic.beta, IRFTLoss(ic.loss), ic.sft_weight, pair_forward(config, model))
+        width = 2 * config.data.max_length if config.train.packing else None
+        return cls(ic.beta, IRFTLoss(ic.loss), ic.sft_weight, pair_forward(config, model), width)
 
 
 IRFT_METRICS = (
@@ -138,17 +142,23 @@ def pair_loss(
     return terms, loss
 
 
-def joint_tokens(model: Any, chunk: list[Pair], pad_id: int, device: torch.device) -> tuple[TokenLogps, TokenLogps]:
+def joint_tokens(
+    model: Any, chunk: list[Pair], pad_id: int, device: torch.device, width: int | None = None
+) -> tuple[TokenLogps, TokenLogps]:
     """Demonstrations and generations in one forward of 2B rows: fastest, twice SFT's activation memory."""
+    assert width is None, "only shared rows are packed (the config refuses train.packing otherwise)"
     tokens = model_token_logps(model, **pair_batch(chunk, pad_id, device))
     half = len(chunk)
     return TokenLogps(tokens.logps[:half], tokens.mask[:half]), TokenLogps(tokens.logps[half:], tokens.mask[half:])
 
 
-def shared_tokens(model: Any, chunk: list[Pair], pad_id: int, device: torch.device) -> tuple[TokenLogps, TokenLogps]:
+def shared_tokens(
+    model: Any, chunk: list[Pair], pad_id: int, device: torch.device, width: int | None = None
+) -> tuple[TokenLogps, TokenLogps]:
     """One row per pair, ``[prompt | demonstration | generation]``, with a mask that hides the demonstration from
-    the generation: the prompt's forward (and its activations) is shared by both."""
-    return shared_split_logps(model, shared_pair_batch(chunk, pad_id, device))
+    the generation: the prompt's forward (and its activations) is shared by both; with ``width`` several pairs
+    packed to a row (less padding computed, the same log-probs)."""
+    return shared_split_logps(model, shared_pair_batch(chunk, pad_id, device, width))
 
 
 def one_pass_backward(
@@ -157,7 +167,7 @@ def one_pass_backward(
     """Both halves' log-probs from one forward (``read``: :func:`joint_tokens` or :func:`shared_tokens`), one
     backward of the micro-batch's share of the step loss."""
     with micro_batch_context(step.accelerator, step.model, last):
-        demo_tokens, gen_tokens = read(step.model, chunk, step.pad_id, step.accelerator.device)
+        demo_tokens, gen_tokens = read(step.model, chunk, step.pad_id, step.accelerator.device, step.spec.packing_width)
         demo_logps, gen_logps = sequence_logps(demo_tokens, "sum"), sequence_logps(gen_tokens, "sum")
         terms, loss = pair_loss(demo_logps, gen_logps, ref_demo, ref_gen, demo_tokens, step.spec, step.size)
         step.accelerator.backward(loss * step.size.processes)

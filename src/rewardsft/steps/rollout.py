@@ -162,7 +162,7 @@ def sample_token_logps(model: Any, gens: list[TokenizedExample], spec: RolloutSp
     rows = [(gens[i].prompt_ids, [g.response_ids for g in gens[i : i + k]]) for i in range(0, len(gens), k)]
     batch = {key: value.to(device) for key, value in collate_branches(rows, spec.pad_id).items()}
     logits = block_mask_logits(model, *(batch[key] for key in BLOCK_MASK_KEYS))
-    return branch_token_logps(logits, batch["source"], batch["labels"])
+    return branch_token_logps(logits, batch["source"], batch["labels"], batch["row_of"])
 
 
 def sample_examples(
