@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not TORCHRU
 
 LOSS_REL, LOSS_ABS, WEIGHT_ABS = 1e-5, 1e-6, 1e-5
 COMMON = ["optim.name=adamw", "optim.lr=2e-3"]
-PORTS = {"sft": 29547, "irft": 29548}
+PORTS = {"sft": 29547, "irft": 29548, "irft-shared": 29549}
 METHOD_ARGS = {
     # 48 rows, global batch 8: 6 steps per epoch.
     "sft": ["train.epochs=2"],
@@ -50,9 +50,12 @@ METHOD_ARGS = {
     # random model, whose top logits are close, can flip on such differences.)
     "irft": ["data.max_rows=32", "irft.stages=2", "generation.do_sample=false", "generation.batch_size=1"],
 }
+# The shared-prefix pair rows, packed (issue 23), under DDP: the same as one process too.
+METHOD_ARGS["irft-shared"] = [*METHOD_ARGS["irft"], "irft.pair_forward=shared", "train.packing=true"]
 STEP_METRICS = {
     "sft": ["train/loss", "train/grad_norm", "train/tokens"],
     "irft": ["irft/loss", "irft/margin", "train/grad_norm"],
+    "irft-shared": ["irft/loss", "irft/margin", "train/grad_norm"],
 }
 
 # Before f8f990e SFT failed both checks: it logged rank 0's local loss and token count (step 1: train/loss
@@ -90,7 +93,7 @@ def step_records(out: Path, key: str) -> list[dict[str, Any]]:
     return [r for r in read_metrics(out / "metrics.jsonl") if key in r]
 
 
-@pytest.mark.parametrize("runs", ["sft", "irft"], indirect=True)
+@pytest.mark.parametrize("runs", ["sft", "irft", "irft-shared"], indirect=True)
 def test_same_metrics_every_step(runs: tuple[str, Path, Path]) -> None:
     method, one, two = runs
     keys = STEP_METRICS[method]
@@ -105,7 +108,7 @@ def test_same_metrics_every_step(runs: tuple[str, Path, Path]) -> None:
     assert mismatches == []
 
 
-@pytest.mark.parametrize("runs", ["sft", "irft"], indirect=True)
+@pytest.mark.parametrize("runs", ["sft", "irft", "irft-shared"], indirect=True)
 def test_same_final_weights(runs: tuple[str, Path, Path], llama_dir: Path) -> None:
     _, one, two = runs
     initial = load_file(str(llama_dir / "model.safetensors"))
