@@ -60,15 +60,16 @@ def branch_token_logps(
     batch (``source``/``labels`` (G, K, L), group g in row ``row_of[g]`` of ``logits``; default: row g) as
     (G·K, L), response k of group g at g·K + k. Only the positions that predict a token are gathered."""
     groups, k, width = labels.shape
-    rows = row_of if row_of is not None else torch.arange(groups, device=logits.device)
-    flat = logits.reshape(-1, logits.shape[-1])
-    index = (rows.to(logits.device)[:, None, None] * logits.shape[1] + source.to(logits.device)).reshape(-1)
-    picked_rows = flat.index_select(0, index).float()  # (G·K·L, V)
-    mask = labels.reshape(-1) != IGNORE_INDEX
-    target = labels.reshape(-1).masked_fill(~mask, 0).to(logits.device)
-    picked = picked_rows.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    logps = (picked - picked_rows.logsumexp(dim=-1)).masked_fill(~mask.to(logits.device), 0.0)
-    return TokenLogps(logps.reshape(groups * k, width), mask.to(logits.device).reshape(groups * k, width))
+    device = logits.device
+    rows = row_of.to(device) if row_of is not None else torch.arange(groups, device=device)
+    mask = (labels != IGNORE_INDEX).to(device).reshape(-1)
+    index = (rows[:, None, None] * logits.shape[1] + source.to(device)).reshape(-1)[mask]
+    # Only the positions that predict a real token are upcast (responses shorter than the longest are not).
+    picked_rows = logits.reshape(-1, logits.shape[-1]).index_select(0, index).float()
+    target = labels.to(device).reshape(-1)[mask]
+    picked = picked_rows.gather(-1, target.unsqueeze(-1)).squeeze(-1) - picked_rows.logsumexp(dim=-1)
+    logps = torch.zeros(groups * k * width, device=device, dtype=picked.dtype).masked_scatter(mask, picked)
+    return TokenLogps(logps.reshape(groups * k, width), mask.reshape(groups * k, width))
 
 
 def sequence_logps(tokens: TokenLogps, reduction: Reduction = "sum") -> torch.Tensor:

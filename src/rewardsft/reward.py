@@ -65,14 +65,17 @@ def shared_rm_scores(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor
 def shared_rm_probe(model: Any) -> float:
     """Largest |reward| difference between a synthetic [prompt | first | second] row and the two sequences scored
     on their own: ~0 when the reward model applies the mask and positions as given."""
-    vocab = model.config.vocab_size
-    ids = (torch.randint(1, vocab, (15,), generator=torch.Generator().manual_seed(0))).tolist()
-    prompt, responses = ids[:6], [ids[6:11], ids[11:]]
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    draw = torch.randint(1, config.vocab_size, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = [t for t in draw if t != pad][:15]
+    # The third response is closed by the pad id (tokenizers that pad with EOS): read at the token before it.
+    prompt, responses = ids[:6], [ids[6:11], ids[11:], [*ids[11:13], pad]]
     device = next(model.parameters()).device
     with eval_mode(model):
-        batch = {k: v.to(device) for k, v in collate_branches([(prompt, responses)], 0).items()}
+        batch = {k: v.to(device) for k, v in collate_branches([(prompt, responses)], pad).items()}
         shared = shared_rm_scores(model, batch)
-        alone = batch_on([TokenizedExample(prompt, r) for r in responses], 0, device)
+        alone = batch_on([TokenizedExample(prompt, r) for r in responses], pad, device)
         separate = rm_scores(model, alone["input_ids"], alone["attention_mask"])
     return float((shared - separate).abs().max())
 

@@ -159,6 +159,8 @@ def sample_token_logps(model: Any, gens: list[TokenizedExample], spec: RolloutSp
     if not spec.shared:
         return model_token_logps(model, **batch_on(gens, spec.pad_id, device))
     k = spec.samples_per_prompt
+    if len(gens) % k or any(gens[i].prompt_ids != gens[i - i % k].prompt_ids for i in range(len(gens))):
+        raise ValueError(f"shared rows need whole prompts' {k} samples, in rollout order")
     rows = [(gens[i].prompt_ids, [g.response_ids for g in gens[i : i + k]]) for i in range(0, len(gens), k)]
     batch = {key: value.to(device) for key, value in collate_branches(rows, spec.pad_id).items()}
     logits = block_mask_logits(model, *(batch[key] for key in BLOCK_MASK_KEYS))
@@ -224,6 +226,10 @@ def shared_bt_terms(
 ) -> Any:
     """:func:`bt_terms` of whole prompts' pairs (prompt p's k pairs at p·k ... p·k + k − 1) from one row per
     prompt, ``[prompt | demonstration | sample 1 | ... | sample k]``: the demonstration scored once, not k times."""
+    if len(pairs) % k or any(
+        demo is not pairs[i - i % k][0] or gen.prompt_ids != demo.prompt_ids for i, (demo, gen) in enumerate(pairs)
+    ):
+        raise ValueError(f"shared rows need whole prompts' {k} pairs, each sampled from its demonstration's prompt")
     rows = [
         (pairs[i][0].prompt_ids, [pairs[i][0].response_ids, *(gen.response_ids for _, gen in pairs[i : i + k])])
         for i in range(0, len(pairs), k)
