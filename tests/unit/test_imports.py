@@ -132,3 +132,10 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     source.write_text("from .schema import RunConfig\n")
     with pytest.raises(AssertionError, match="relative import"):
         imports(source)
+
+
+def test_every_package_folder_is_a_regular_package() -> None:
+    """setuptools' find_packages ships only folders with an __init__.py: a namespace folder works in an editable
+    install and is missing from a wheel."""
+    folders = {path.parent for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts}
+    assert sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").is_file()) == []
