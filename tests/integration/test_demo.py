@@ -61,7 +61,7 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         if line.startswith("| ") and "| sample_habit ↓ |" in line
     }
     assert demo_habit and demo_habit == table_habit
-    # The paper's protocol: SPIN and IRFT T=2 from each SFT model against SFT continued for exactly the same budget.
+    # The paper's protocol: SPIN and IRFT T=2/T=4 from each SFT model against SFT continued for exactly the same budget.
     from rewardsft.layout import run_config
     from rewardsft.studies.plan import budget_of, control_spec, matched_control, parse_method
 
@@ -69,7 +69,7 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     n = sum(1 for line in (out / "data" / "demonstrations.jsonl").read_text().splitlines() if line.strip())
     controls = set()
     for seed in (1, 2):
-        for method in ("spin-from-sft", "irft-t2-from-sft"):
+        for method in ("spin-from-sft", "irft-t2-from-sft", "irft-t4-from-sft"):
             run = runs / f"{method}-s{seed}"
             config = run_config(run)
             target = budget_of(config, n)
@@ -84,11 +84,13 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(protocol) == {
         "SFT → SPIN",
         "SFT → IRFT (T=2)",
+        "SFT → IRFT (T=4)",
         "SFT → SPIN vs SFT",
         "SFT → IRFT (T=2) vs SFT",
+        "SFT → IRFT (T=4) vs SFT",
         *controls,
     }
-    assert "The paper's protocol: SPIN and IRFT T=2 from the SFT model" in report
+    assert "The paper's protocol: SPIN and IRFT T=2/T=4 from the SFT model" in report
     for png in ("demo-accuracy.png", "demo-robustness.png", "differences.png"):
         assert (out / "report" / png).is_file()
     assert "demo-robustness.png" in (out / "report" / "report.html").read_text()
