@@ -48,13 +48,21 @@ def noisy_data(out: Path, seed: int, share: float) -> Path:
 
 
 def measure(scores: list[dict[str, Any]], rows: list[dict[str, Any]], share: float) -> dict[str, Any]:
-    from rewardsft.audits.folds import flag, precision_recall
     from rewardsft.demo.task import is_habit
 
-    by_line = [rows[e["row"] - 1] for e in scores]
-    bad = [is_habit(r["prompt"], r["completion"]) for r in by_line]
+    bad = [is_habit(rows[e["row"] - 1]["prompt"], rows[e["row"] - 1]["completion"]) for e in scores]
+    return against_baselines(scores, rows, bad, share)
+
+
+def against_baselines(
+    scores: list[dict[str, Any]], rows: list[dict[str, Any]], bad: list[bool], share: float
+) -> dict[str, Any]:
+    """Precision and recall against the known ``bad`` rows (aligned with ``scores``) of the audit's flagged share
+    and of the baselines a user tries first: the base model's per-token likelihood (both ends) and length."""
+    from rewardsft.audits.folds import flag, precision_recall
+
     likelihood = [e["baseline_logp_per_token"] if e["baseline_logp_per_token"] is not None else -1e9 for e in scores]
-    length = [float(len(r["completion"])) for r in by_line]
+    length = [float(len(rows[e["row"] - 1]["completion"])) for e in scores]
     flagged = {
         "audit": [e["flagged"] for e in scores],
         "least likely under the base": flag(likelihood, share),

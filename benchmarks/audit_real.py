@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.audit_evidence import summary_markdown
+from benchmarks.audit_evidence import against_baselines, summary_markdown
 from benchmarks.real_study import RENDER
 
 KINDS = ("negative", "off-topic")
@@ -53,21 +53,8 @@ def noisy_rows(data: Path, domain: str, kind: str, share: float, n: int, seed: i
 
 
 def measure(scores: list[dict[str, Any]], rows: list[dict[str, Any]], bad: set[int], share: float) -> dict[str, Any]:
-    from rewardsft.audits.folds import flag, precision_recall
-
-    injected = [e["row"] - 1 in bad for e in scores]  # "row" counts the file's rows from 1
-    likelihood = [e["baseline_logp_per_token"] if e["baseline_logp_per_token"] is not None else -1e9 for e in scores]
-    length = [float(len(rows[e["row"] - 1]["completion"])) for e in scores]
-    flagged = {
-        "audit": [e["flagged"] for e in scores],
-        "least likely under the base": flag(likelihood, share),
-        "most likely under the base": flag([-v for v in likelihood], share),
-        "shortest": flag(length, share),
-    }
-    return {
-        name: dict(zip(("precision", "recall"), precision_recall(f, injected), strict=True))
-        for name, f in flagged.items()
-    }
+    # "row" counts the file's rows from 1; ``bad`` holds 0-based indices of the injected rows.
+    return against_baselines(scores, rows, [e["row"] - 1 in bad for e in scores], share)
 
 
 def spin_lr(domain: str) -> float:
