@@ -204,7 +204,7 @@ def run_rft(
     run = SimpleNamespace(
         device=device, accelerator=Accelerator(cpu=device.type == "cpu"), rank=0, average_gradients=lambda model: None
     )
-    spec = RolloutSpec.from_config(config, pad_id=0, stop_ids=[2])
+    spec = RolloutSpec.from_config(config, pad_id=0, stop_ids=[2], shared=rollout_forward == "shared")
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, policy.config.vocab_size)
     times, phases = [], {"generate_s": 0.0, "reward_step_s": 0.0, "policy_step_s": 0.0}
     for step in range(args.steps + 1):

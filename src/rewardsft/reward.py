@@ -80,14 +80,21 @@ def shared_rm_probe(model: Any) -> float:
     return float((shared - separate).abs().max())
 
 
-def check_shared_rm(model: Any, setting: str, instead: str) -> None:
-    """Refuse ``setting`` for a reward model that would not score a shared row as its rows on their own."""
+def shared_rm_problem(model: Any) -> str | None:
+    """Why the reward model would not score a shared row as its rows on their own (by its config, then by
+    :func:`shared_rm_probe`), or None when it would."""
     problem = block_mask_refusal(model)
-    gap = shared_rm_probe(model) if problem is None else 0.0
-    if problem is None and gap > (1e-3 if next(model.parameters()).dtype == torch.float32 else 0.05):
-        problem = (
-            f"needs a reward model that applies a custom attention mask and positions (a probe differs by {gap:.3g})"
-        )
+    if problem is not None:
+        return problem
+    gap = shared_rm_probe(model)
+    if gap > (1e-3 if next(model.parameters()).dtype == torch.float32 else 0.05):
+        return f"needs a reward model that applies a custom attention mask and positions (a probe differs by {gap:.3g})"
+    return None
+
+
+def check_shared_rm(model: Any, setting: str, instead: str) -> None:
+    """Refuse ``setting`` for a reward model with a :func:`shared_rm_problem`."""
+    problem = shared_rm_problem(model)
     if problem is not None:
         raise ConfigError(f"{setting}: the reward model {problem}: {instead}")
 

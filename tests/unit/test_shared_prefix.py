@@ -277,8 +277,8 @@ def test_k_samples_behind_one_prompt_give_the_logps_of_separate_rows(tokenizer: 
     pairs = pairs_of(tokenizer)
     # Three prompts, k = 3 samples each (the demonstration, the generation, and an empty sample).
     gens = [s for p in pairs[:3] for s in (p.demo, p.gen, TokenizedExample(p.demo.prompt_ids, [], p.demo.index))]
-    config = load_config("rft", overrides=["rft.samples_per_prompt=3", "rft.rollout_forward=shared"])
-    shared = RolloutSpec.from_config(config, tokenizer.pad_token_id, [])
+    config = load_config("rft", overrides=["rft.samples_per_prompt=3"])
+    shared = RolloutSpec.from_config(config, tokenizer.pad_token_id, [], shared=True)
     separate = RolloutSpec.from_config(load_config("rft", overrides=["rft.samples_per_prompt=3"]), shared.pad_id, [])
     cpu = torch.device("cpu")
     with torch.no_grad():
@@ -319,6 +319,34 @@ def test_a_shared_row_scores_each_response_as_its_own_row(tokenizer: Any, arch: 
     assert separate.std() > 0.1  # the rewards differ from row to row: the comparison can fail
     assert torch.allclose(shared, separate, atol=1e-4)
     assert shared_rm_probe(model) < 1e-3
+
+
+def test_rollout_forward_auto_is_shared_on_cpu_where_both_models_take_the_mask(tokenizer: Any) -> None:
+    """``rft.rollout_forward=auto``: shared on CPU where the policy and the reward model apply the block mask;
+    separate as soon as either would not (asked for explicitly, shared is refused naming the model instead)."""
+    import tempfile
+
+    from rewardsft.config import load_config
+    from rewardsft.reward import load_reward_model
+    from rewardsft.steps.rollout import rollout_forward
+
+    policy = tiny_model(tokenizer, hidden_size=32)
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save_pretrained(tmp)
+        reward_model = load_reward_model(tmp, torch.device("cpu"), pad_token_id=tokenizer.pad_token_id)
+    auto, asked = load_config("rft"), load_config("rft", overrides=["rft.rollout_forward=shared"])
+    assert rollout_forward(auto, policy, reward_model) == "shared"
+    separate = load_config("rft", overrides=["rft.rollout_forward=separate"])
+    assert rollout_forward(separate, policy, reward_model) == "separate"
+    reward_model.config._attn_implementation = "flash_attention_2"
+    assert rollout_forward(auto, policy, reward_model) == "separate"
+    with pytest.raises(ConfigError, match="the reward model"):
+        rollout_forward(asked, policy, reward_model)
+    reward_model.config._attn_implementation = "sdpa"
+    policy.config._attn_implementation = "flash_attention_2"
+    assert rollout_forward(auto, policy, reward_model) == "separate"
+    with pytest.raises(ConfigError, match=r"rft\.rollout_forward=shared"):
+        rollout_forward(asked, policy, reward_model)
 
 
 def test_packed_branch_groups_worked_by_hand() -> None:

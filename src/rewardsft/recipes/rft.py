@@ -21,11 +21,10 @@ from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.errors import ConfigError
 from rewardsft.generation import end_of_turn_ids, truncation_warning
 from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
-from rewardsft.logprobs import check_block_mask
 from rewardsft.model_card import write_model_card
 from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, start_recipe
-from rewardsft.reward import check_shared_rm, load_reward_model, save_reward_model, score_examples
+from rewardsft.reward import load_reward_model, save_reward_model, score_examples
 from rewardsft.steps.rollout import (
     RolloutSpec,
     held_out_rm_accuracy,
@@ -33,6 +32,7 @@ from rewardsft.steps.rollout import (
     make_rollout,
     policy_step,
     reward_step,
+    rollout_forward,
     save_reward_weights,
 )
 from rewardsft.training.checkpoint import Optimizers
@@ -50,9 +50,7 @@ def train_rft(config: RFTConfig) -> Path:
     reference = build_reference(start, config)
 
     policy = run.prepare(policy)
-    if rc.rollout_forward == "shared":
-        check_block_mask(policy, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
-        check_shared_rm(reward_model, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
+    shared = rollout_forward(config, policy, reward_model) == "shared"
     policy_opt = build_optimizer(policy.parameters(), config.optim)
     policy_sched = build_scheduler(policy_opt, config.optim, rc.iterations * max(rc.policy_steps, 1))
     rm_opt = build_optimizer(reward_model.parameters(), dataclasses.replace(config.optim, lr=config.reward_model.lr))
@@ -63,7 +61,7 @@ def train_rft(config: RFTConfig) -> Path:
 
     pad_id = tokenizer.pad_token_id
     stop_ids = end_of_turn_ids(start.renderer, run.accelerator.unwrap_model(policy))
-    spec = RolloutSpec.from_config(config, pad_id, stop_ids)
+    spec = RolloutSpec.from_config(config, pad_id, stop_ids, shared)
     held_out = start.eval_data.tokenized if start.eval_data is not None else []
     if start.eval_data is not None and state["step"] == 0:
         # Step 0: how well the untrained reward model separates held-out demonstrations from generations.

@@ -18,7 +18,9 @@ from rewardsft.logprobs import (
     BLOCK_MASK_KEYS,
     TokenLogps,
     block_mask_logits,
+    block_mask_problem,
     branch_token_logps,
+    check_block_mask,
     model_token_logps,
     sequence_logps,
 )
@@ -31,7 +33,14 @@ from rewardsft.losses import (
     sequence_kl,
 )
 from rewardsft.models import eval_mode, is_peft
-from rewardsft.reward import rm_scores, save_reward_model, score_examples, shared_rm_scores
+from rewardsft.reward import (
+    check_shared_rm,
+    rm_scores,
+    save_reward_model,
+    score_examples,
+    shared_rm_problem,
+    shared_rm_scores,
+)
 from rewardsft.training.batches import epoch_permutation
 from rewardsft.training.run import Run
 from rewardsft.training.step import derive_seed, micro_batch_context, reduce_metrics
@@ -91,7 +100,8 @@ class RolloutSpec:
         return max(self.eval_batch_size // k, 1) * k if self.shared else self.eval_batch_size
 
     @classmethod
-    def from_config(cls, config: RFTConfig, pad_id: int, stop_ids: list[int]) -> RolloutSpec:
+    def from_config(cls, config: RFTConfig, pad_id: int, stop_ids: list[int], shared: bool = False) -> RolloutSpec:
+        """``shared``: the resolved ``rft.rollout_forward`` (:func:`rollout_forward`) is ``shared``."""
         rc = config.rft
         return cls(
             samples_per_prompt=rc.samples_per_prompt,
@@ -107,8 +117,23 @@ class RolloutSpec:
             reward_clip=rc.reward_clip,
             clip_ratio=rc.clip_ratio,
             preference_weight=rc.preference_weight,
-            shared=rc.rollout_forward == "shared",
+            shared=shared,
         )
+
+
+def rollout_forward(config: RFTConfig, policy: Any, reward_model: Any) -> str:
+    """``rft.rollout_forward`` resolved: ``shared`` asked for is checked (refused, with the mode to use, where the
+    policy or the reward model would not apply the mask); ``auto`` is shared on CPU where both take it, by
+    measurement (docs/performance.md: 0.53-0.73x the round's time on CPU), else separate (no GPU measured)."""
+    asked = config.rft.rollout_forward
+    if asked == "shared":
+        check_block_mask(policy, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
+        check_shared_rm(reward_model, "rft.rollout_forward=shared", "use rft.rollout_forward=separate")
+    if asked != "auto":
+        return asked
+    on_cpu = next(policy.parameters()).device.type == "cpu"
+    takes_mask = on_cpu and block_mask_problem(policy) is None and shared_rm_problem(reward_model) is None
+    return "shared" if takes_mask else "separate"
 
 
 def iteration_prompts(n_examples: int, config: RFTConfig, iteration: int, run: Run) -> list[int]:
