@@ -133,6 +133,7 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     from rewardsft.losses import sft_nll
     from rewardsft.reference import CachedSnapshot, CopySnapshot, compute_ref_logps
     from rewardsft.steps.pairs import PAIR_BACKWARDS, PairLossSpec, PairStep, StepSize
+    from rewardsft.training.engine import AccelerateEngine
 
     model = build(args.size, device, args.gradient_checkpointing, getattr(torch, getattr(args, "dtype", "float32")))
     model.train()
@@ -142,7 +143,7 @@ def prepare_ours(method: str, args: argparse.Namespace, device: torch.device) ->
     accelerator = Accelerator(cpu=device.type == "cpu")
     size = StepSize(pairs=args.batch_size, tokens=args.batch_size * args.response_len, processes=1)
     backward = PAIR_BACKWARDS[PAIR_FORWARD.get(method, "split")]
-    pair_step = PairStep(accelerator, model, spec, size, pad_id=0)
+    pair_step = PairStep(AccelerateEngine(accelerator), model, spec, size, pad_id=0)
     snapshot: Any = None
     if method.startswith("irft_cached") or method == "irft_shared":
         snapshot = CachedSnapshot(compute_ref_logps(model, pairs, args.batch_size, pad_id=0))
@@ -179,6 +180,7 @@ def run_rft(
     from rewardsft.config import load_config
     from rewardsft.reward import load_reward_model, score_examples
     from rewardsft.steps.rollout import RolloutSpec, make_rollout, policy_step, reward_step
+    from rewardsft.training.engine import AccelerateEngine
 
     policy = build(args.size, device, args.gradient_checkpointing)
     policy.train()
@@ -202,7 +204,10 @@ def run_rft(
         ],
     )
     run = SimpleNamespace(
-        device=device, accelerator=Accelerator(cpu=device.type == "cpu"), rank=0, average_gradients=lambda model: None
+        device=device,
+        engine=AccelerateEngine(Accelerator(cpu=device.type == "cpu")),
+        rank=0,
+        average_gradients=lambda model: None,
     )
     spec = RolloutSpec.from_config(config, pad_id=0, stop_ids=[2], shared=rollout_forward == "shared")
     pairs = make_pairs(args.batch_size * (args.steps + 1), args.prompt_len, args.response_len, policy.config.vocab_size)
@@ -217,7 +222,7 @@ def run_rft(
         rm_opt.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
         scores = torch.tensor(score_examples(reward_model, rollout.gens, 2 * args.batch_size, 0))
-        policy_step(run.accelerator, policy, rollout, scores, spec)
+        policy_step(run.engine, policy, rollout, scores, spec)
         policy_opt.step()
         policy_opt.zero_grad(set_to_none=True)
         sync(device)

@@ -67,15 +67,16 @@ def time_mode(model_path: str, batches: list[list[Any]], width: int | None, pad_
     from transformers import AutoModelForCausalLM
 
     from rewardsft.steps.sft import accumulate_sft_step
+    from rewardsft.training.engine import AccelerateEngine
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    accelerator = Accelerator(cpu=True)
+    engine = AccelerateEngine(Accelerator(cpu=True))
     times = []
     for batch in batches:
         start = time.perf_counter()
-        accumulate_sft_step(accelerator, model, [batch], pad_id, width)
+        accumulate_sft_step(engine, model, [batch], pad_id, width)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)

@@ -13,6 +13,7 @@ import torch
 from rewardsft.cli import main
 from rewardsft.errors import NonFiniteError
 from rewardsft.recipes import sft
+from rewardsft.training.engine import AccelerateEngine
 from rewardsft.training.metrics import read_metrics
 from rewardsft.training.step import optimizer_step
 from tests.integration.test_sft import sft_args, weights
@@ -118,7 +119,7 @@ def check_scaler_steps(accelerator: Any, on_nonfinite: str) -> None:
 
     def step(loss_value: float) -> Any:
         accelerator.backward((param * loss_value).sum())
-        return optimizer_step(accelerator, [param], optimizer, scheduler, 1.0, on_nonfinite)
+        return optimizer_step(AccelerateEngine(accelerator), [param], optimizer, scheduler, 1.0, on_nonfinite)
 
     first = step(math.nan)  # at scale 2: the scaler skips it and halves the scale
     assert first.skipped and first.loss_scale == 2.0 and first.metrics()["train/nonfinite_skipped"] == 1.0

@@ -192,18 +192,20 @@ def pair_gradients(
     from accelerate import Accelerator
 
     from rewardsft.steps.pairs import PAIR_BACKWARDS, PairStep, StepSize
+    from rewardsft.training.engine import AccelerateEngine
     from tests.amp import install_scaler
 
     accelerator = Accelerator(cpu=True)
     if loss_scale is not None:
         install_scaler(accelerator, loss_scale)
+    engine = AccelerateEngine(accelerator)
     ref_demo, ref_gen = torch.tensor([-40.0, -30.0, -35.0]), torch.tensor([-20.0, -25.0, -10.0])
     grads, outs = [], []
     for backward in (PAIR_BACKWARDS[mode] for mode in ("joint", "split", "shared")):
         model = copy.deepcopy(base).train()
         torch.manual_seed(0)
         size = StepSize(pairs=2 * len(pairs), tokens=40.0, processes=1)  # this chunk as half of a step
-        outs.append(backward(PairStep(accelerator, model, spec, size, pad_id), pairs, ref_demo, ref_gen, True))
+        outs.append(backward(PairStep(engine, model, spec, size, pad_id), pairs, ref_demo, ref_gen, True))
         grads.append({n: p.grad / (loss_scale or 1.0) for n, p in model.named_parameters() if p.grad is not None})
     return grads, outs
 
@@ -371,13 +373,16 @@ def test_the_step_loss_at_a_stage_start_is_log_2_plus_the_anchor_token_mean_nll(
 
     from rewardsft.config import load_config
     from rewardsft.steps.pairs import PairLossSpec, accumulate_irft_step
+    from rewardsft.training.engine import AccelerateEngine
 
     pairs, w = make_pairs(tokenizer), 0.5
     model = tiny_model(tokenizer, hidden_size=32, seed=5).train()
     pad_id = tokenizer.pad_token_id
     snapshot = CachedSnapshot(compute_ref_logps(model, pairs, batch_size=3, pad_id=pad_id))
     spec = PairLossSpec.from_config(load_config("irft", overrides=[f"irft.sft_weight={w}"]))
-    metrics = accumulate_irft_step(Accelerator(cpu=True), model, snapshot, pairs, [[0], [1, 2]], pad_id, spec)
+    metrics = accumulate_irft_step(
+        AccelerateEngine(Accelerator(cpu=True)), model, snapshot, pairs, [[0], [1, 2]], pad_id, spec
+    )
 
     nll, tokens = 0.0, 0
     with torch.no_grad():

@@ -4,6 +4,7 @@ accelerate configs. The sharded training itself is in tests/integration/test_fsd
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,13 +98,33 @@ class FakeAccelerator:
         self.distributed_type = DistributedType.MULTI_CPU
         self.num_processes = processes
         self.mixed_precision = mixed_precision
+        self.device = torch.device("cpu")
+
+
+def engine_rules(method: str) -> Any:
+    """The rules ``method``'s recipe adds to the engine's (None for SFT)."""
+    from rewardsft.steps.rollout import RFT_RULES
+    from rewardsft.steps.stages import IRFT_RULES
+
+    return {"irft": IRFT_RULES, "rft": RFT_RULES}.get(method)
+
+
+def open_engine(accelerator: Any, config: Any) -> Any:
+    """The engine a run of ``config`` gets on ``accelerator``, its method's rules checked (what ``Run`` does)."""
+    from rewardsft.training.engine import engine_for
+
+    engine = engine_for(accelerator, config)
+    rules = engine_rules(config.method)
+    if rules is not None and rules.check is not None:
+        rules.check(engine, config)
+    return engine
 
 
 @pytest.mark.parametrize(
     ("method", "overrides", "accelerator", "message"),
     [
         ("rft", {"rft": {"prompts_per_iteration": 7}}, FakeAccelerator(), "does not split evenly over 2"),
-        ("irft", {"irft": {"snapshot": "copy"}}, FakeAccelerator(), "irft.snapshot=copy"),
+        ("irft", {"irft": {"snapshot": "copy"}}, FakeAccelerator(), "irft.snapshot=copy is not supported with fsdp2"),
         ("sft", {"lora": {"enabled": True}}, FakeAccelerator(), "lora"),
         ("sft", {}, FakeAccelerator(mixed_precision="fp16"), "mixed_precision=fp16"),
     ],
@@ -112,32 +133,33 @@ def test_fsdp_runs_refuse_what_they_cannot_do(
     method: str, overrides: dict, accelerator: FakeAccelerator, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rewardsft.config import load_config
-    from rewardsft.training.run import check_engine
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     config = load_config(method, None, overrides)
     with pytest.raises(ConfigError, match=message):
-        check_engine(accelerator, config)
-    assert check_engine(FakeAccelerator(), load_config("sft", None, {})) is True
+        open_engine(accelerator, config)
+    engine = open_engine(FakeAccelerator(), load_config("sft", None, {}))
+    assert (engine.name, engine.sharded) == ("fsdp2", True)
+    assert open_engine(FakeAccelerator(), load_config("irft", None, {})).sharded  # the cached snapshot is fine
 
 
 def test_fsdp_without_a_distributed_launch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from rewardsft.config import load_config
-    from rewardsft.training.run import check_engine
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match="not a distributed launch"):
-        check_engine(FakeAccelerator(1), load_config("sft", None, {}))
+        open_engine(FakeAccelerator(1), load_config("sft", None, {}))
 
 
 def test_uneven_rft_rounds_are_refused_without_fsdp_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under DDP an uneven split would not hang, but each process averages its own samples, so samples on the
     process with fewer would weigh more than in one process."""
     from rewardsft.config import load_config
-    from rewardsft.training.run import check_engine
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     with pytest.raises(ConfigError, match="choose a multiple of the number of processes"):
-        check_engine(FakeAccelerator(2), load_config("rft", None, {"rft": {"prompts_per_iteration": 7}}))
-    assert check_engine(FakeAccelerator(2), load_config("rft", None, {"rft": {"prompts_per_iteration": 8}})) is False
+        open_engine(FakeAccelerator(2), load_config("rft", None, {"rft": {"prompts_per_iteration": 7}}))
+    engine = open_engine(FakeAccelerator(2), load_config("rft", None, {"rft": {"prompts_per_iteration": 8}}))
+    assert (engine.name, engine.sharded) == ("ddp", False)
+    assert not engine_rules("rft").data_plan and engine_rules("irft").data_plan  # RFT resumes under any batch

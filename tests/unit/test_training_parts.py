@@ -74,19 +74,20 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path: Path) 
 def test_optimizer_step_clips_and_reports_the_norm_before_clipping(prepared: bool) -> None:
     from accelerate import Accelerator
 
+    from rewardsft.training.engine import AccelerateEngine
     from rewardsft.training.step import optimizer_step
 
-    accelerator = Accelerator(cpu=True) if prepared else None  # None: a model accelerate does not manage
+    engine = AccelerateEngine(Accelerator(cpu=True)) if prepared else None  # None: a model no engine manages
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([param], lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5**s)
     param.grad = torch.tensor([3.0, 4.0])  # norm 5
-    stats = optimizer_step(accelerator, [param], optimizer, scheduler, max_grad_norm=1.0)
+    stats = optimizer_step(engine, [param], optimizer, scheduler, max_grad_norm=1.0)
     assert stats.grad_norm == pytest.approx(5.0) and stats.lr == 1.0
     assert param.detach().tolist() == pytest.approx([-0.6, -0.8])  # one step along the clipped gradient (norm 1)
     assert param.grad is None and scheduler.get_last_lr() == [0.5]
     param.grad = torch.tensor([3.0, 4.0])
-    stats = optimizer_step(accelerator, [param], optimizer, scheduler, max_grad_norm=None)
+    stats = optimizer_step(engine, [param], optimizer, scheduler, max_grad_norm=None)
     assert stats.grad_norm == pytest.approx(5.0) and stats.lr == 0.5
     assert param.detach().tolist() == pytest.approx([-0.6 - 1.5, -0.8 - 2.0])  # unclipped
 

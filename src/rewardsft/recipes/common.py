@@ -12,6 +12,7 @@ from rewardsft.data import LoadedSplit, Renderer, load_split
 from rewardsft.data.tokenize import verbatim_text_prompt_warning
 from rewardsft.layout import render_settings
 from rewardsft.models import disable_dropout, load_policy, load_tokenizer
+from rewardsft.training.engine import EngineRules
 from rewardsft.training.run import Run, check_room
 
 
@@ -28,13 +29,16 @@ class RecipeStart:
     """What the recipe's ``load_extra`` returned."""
 
 
-def start_recipe(config: RunConfig, load_extra: Callable[[Renderer], Any] | None = None) -> RecipeStart:
+def start_recipe(
+    config: RunConfig, load_extra: Callable[[Renderer], Any] | None = None, rules: EngineRules | None = None
+) -> RecipeStart:
     """Check the config, load and validate every row, then create the output dir and load the policy.
 
     The data (and whatever ``load_extra`` loads, e.g. RFT's preference pairs) is validated before anything is
-    written, so bad input never leaves a half-made run behind.
+    written, so bad input never leaves a half-made run behind. ``rules``: what the method adds to the engine's
+    own rules (checked as the run opens).
     """
-    run = Run(config)
+    run = Run(config, rules)
     tokenizer = load_tokenizer(config.model)
     renderer = Renderer.from_settings(tokenizer, render_settings(config.data))
     train_data, eval_data = load_data(config, renderer)

@@ -15,6 +15,7 @@ from rewardsft.logprobs import check_block_mask
 from rewardsft.recipes.common import start_recipe
 from rewardsft.steps.pairs import PairLossSpec, accumulate_irft_step
 from rewardsft.steps.stages import (
+    IRFT_RULES,
     overfit_warning,
     overfitting,
     plan_stages,
@@ -31,7 +32,7 @@ from rewardsft.training.step import derive_seed, log_due, optimizer_step
 def train_irft(config: IRFTConfig) -> Path:
     """Train with IRFT; returns the ``final/`` directory."""
     ic, tc = config.irft, config.train
-    start = start_recipe(config)
+    start = start_recipe(config, rules=IRFT_RULES)
     run, tokenizer, model, renderer = start.run, start.tokenizer, start.model, start.renderer
     train_data, eval_data = start.train_data, start.eval_data
     stages = plan_stages(len(train_data.tokenized), config, run.world_size)
@@ -44,7 +45,7 @@ def train_irft(config: IRFTConfig) -> Path:
     run.print(f"irft: pair forward {spec.pair_forward}")
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
-    stop_ids = end_of_turn_ids(renderer, run.accelerator.unwrap_model(model))
+    stop_ids = end_of_turn_ids(renderer, run.engine.unwrap(model))
     for stage in stages:
         if stage.first_step + stage.steps <= state["step"]:
             continue  # finished before the checkpoint
@@ -68,9 +69,9 @@ def train_irft(config: IRFTConfig) -> Path:
         )
         warned, timer = False, StepTimer()
         for batches in run.progress(plan, total=stage.steps, initial=done, desc=f"irft {stage.name}"):
-            metrics = accumulate_irft_step(run.accelerator, model, snapshot, pairs, batches.micro_batches, pad_id, spec)
+            metrics = accumulate_irft_step(run.engine, model, snapshot, pairs, batches.micro_batches, pad_id, spec)
             stats = optimizer_step(
-                run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
+                run.engine, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
             )
             step = stage.first_step + batches.step + 1
             metrics |= {

@@ -26,6 +26,7 @@ from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_l
 from rewardsft.recipes.common import RecipeStart, start_recipe
 from rewardsft.reward import load_reward_model, save_reward_model, score_examples
 from rewardsft.steps.rollout import (
+    RFT_RULES,
     RolloutSpec,
     held_out_rm_accuracy,
     iteration_prompts,
@@ -38,13 +39,13 @@ from rewardsft.steps.rollout import (
 from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import StepTimer
-from rewardsft.training.step import log_due, optimizer_step, reduce_metrics
+from rewardsft.training.step import log_due, optimizer_step
 
 
 def train_rft(config: RFTConfig) -> Path:
     """Train with RFT; returns ``final/`` (the policy). The reward model is saved to ``reward_model/``."""
     rc, tc = config.rft, config.train
-    start = start_recipe(config, load_extra=lambda renderer: load_preference_pairs(renderer, config))
+    start = start_recipe(config, load_extra=lambda renderer: load_preference_pairs(renderer, config), rules=RFT_RULES)
     run, tokenizer, policy, preference = start.run, start.tokenizer, start.model, start.extra
     reward_model = build_reward_model(start, config)
     reference = build_reference(start, config)
@@ -60,7 +61,7 @@ def train_rft(config: RFTConfig) -> Path:
     state = run.resume(optimizers, policy)
 
     pad_id = tokenizer.pad_token_id
-    stop_ids = end_of_turn_ids(start.renderer, run.accelerator.unwrap_model(policy))
+    stop_ids = end_of_turn_ids(start.renderer, run.engine.unwrap(policy))
     spec = RolloutSpec.from_config(config, pad_id, stop_ids, shared)
     held_out = start.eval_data.tokenized if start.eval_data is not None else []
     if start.eval_data is not None and state["step"] == 0:
@@ -84,9 +85,9 @@ def train_rft(config: RFTConfig) -> Path:
             metrics |= stats.metrics("rm")
         scores = torch.tensor(score_examples(reward_model, rollout.gens, spec.eval_batch_size, pad_id))
         for _ in range(rc.policy_steps):
-            metrics |= policy_step(run.accelerator, policy, rollout, scores, spec)
+            metrics |= policy_step(run.engine, policy, rollout, scores, spec)
             stats = optimizer_step(
-                run.accelerator, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm, tc.on_nonfinite
+                run.engine, policy.parameters(), policy_opt, policy_sched, tc.max_grad_norm, tc.on_nonfinite
             )
             metrics |= stats.metrics()
         gen_tokens = sum(len(g.response_ids) for g in rollout.gens)
@@ -105,7 +106,7 @@ def train_rft(config: RFTConfig) -> Path:
         metrics["time/iteration_s"] = timer.lap()
         if log_due(step, tc.log_every, step == rc.iterations, metrics):
             # Means over processes are the round's means: every process holds as many samples (rounds split evenly).
-            run.log(step, reduce_metrics(run.accelerator, metrics) | reduce_metrics(run.accelerator, counts, "sum"))
+            run.log(step, run.engine.reduce(metrics) | run.engine.reduce(counts, "sum"))
         if run.checkpoint_due(step % tc.save_every == 0 or step == rc.iterations):
             run.save_checkpoint(
                 policy, optimizers, {"step": step}, extra=lambda tmp: save_reward_weights(tmp, reward_model, tokenizer)

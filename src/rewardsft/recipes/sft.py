@@ -46,10 +46,8 @@ def train_sft(config: RunConfig) -> Path:
     for batches in run.progress(plan, total=n_steps, initial=start_step, desc="sft"):
         micro = [[train_data.tokenized[i] for i in idx] for idx in batches.micro_batches]
         width = config.data.max_length if tc.packing else None
-        metrics = accumulate_sft_step(run.accelerator, model, micro, tokenizer.pad_token_id, width)
-        stats = optimizer_step(
-            run.accelerator, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite
-        )
+        metrics = accumulate_sft_step(run.engine, model, micro, tokenizer.pad_token_id, width)
+        stats = optimizer_step(run.engine, model.parameters(), optimizer, scheduler, tc.max_grad_norm, tc.on_nonfinite)
         step = batches.step + 1
         metrics |= {
             **stats.metrics(),

@@ -15,7 +15,7 @@ from rewardsft.data.collate import batch_on
 from rewardsft.logprobs import TokenLogps, block_mask_problem, model_token_logps, sequence_logps
 from rewardsft.losses import IRFTLoss, IRFTTerms, irft_loss, sft_nll
 from rewardsft.reference import Pair, Snapshot, pair_batch, shared_pair_batch, shared_split_logps
-from rewardsft.training.step import micro_batch_context, reduce_metrics
+from rewardsft.training.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class StepSize:
 class PairStep:
     """What every micro-batch of one optimiser step shares: where it runs, the objective and the step's size."""
 
-    accelerator: Any
+    engine: Engine
     model: Any
     spec: PairLossSpec
     size: StepSize
@@ -72,7 +72,7 @@ class PairStep:
 
 
 def accumulate_irft_step(
-    accelerator: Any,
+    engine: Engine,
     model: Any,
     snapshot: Snapshot,
     pairs: list[Pair],
@@ -86,23 +86,23 @@ def accumulate_irft_step(
         "tokens": sum(len(pairs[i].demo.response_ids) for ids in micro_batches for i in ids),
     }
     # A collective on every process, before any backward: each micro-batch's loss is its share of the whole step.
-    counts = reduce_metrics(accelerator, local, reduction="sum")
-    size = StepSize(counts["pairs"], counts["tokens"], accelerator.num_processes)
+    counts = engine.reduce(local, reduction="sum")
+    size = StepSize(counts["pairs"], counts["tokens"], engine.world_size)
     totals = torch.zeros(len(IRFT_METRICS), dtype=torch.float64)
     backward = PAIR_BACKWARDS[spec.pair_forward]
-    step = PairStep(accelerator, model, spec, size, pad_id)
+    step = PairStep(engine, model, spec, size, pad_id)
     for k, ids in enumerate(micro_batches):
         chunk = [pairs[i] for i in ids]
-        ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, accelerator.device)
+        ref_demo, ref_gen = snapshot.logps(ids, chunk, pad_id, engine.device)
         terms, loss, demo_logps, gen_logps = backward(step, chunk, ref_demo, ref_gen, k == len(micro_batches) - 1)
         # The loss part is already this micro-batch's share of the step's loss; the rest are per-pair sums.
         parts = [loss * size.pairs, terms.demo_reward.sum(), terms.gen_reward.sum(), terms.margin.sum()]
         parts += [(terms.margin > 0).float().sum(), demo_logps.sum(), gen_logps.sum()]
         totals += torch.stack([p.double().cpu() for p in parts])
-    summed = reduce_metrics(accelerator, dict(zip(IRFT_METRICS, totals.tolist(), strict=True)), reduction="sum")
+    summed = engine.reduce(dict(zip(IRFT_METRICS, totals.tolist(), strict=True)), reduction="sum")
     metrics = {name: value / max(size.pairs, 1.0) for name, value in summed.items()}
     local_gen = sum(len(pairs[i].gen.response_ids) for ids in micro_batches for i in ids)
-    gen_tokens = reduce_metrics(accelerator, {"t": local_gen}, reduction="sum")["t"]
+    gen_tokens = engine.reduce({"t": local_gen}, reduction="sum")["t"]
     metrics["train/tokens"] = size.tokens + gen_tokens
     # log π_θ(ỹ) − log π_ref(ỹ) over every generated token of the step: the overfit rule's length-free measure.
     metrics["irft/gen_logratio_per_token"] = summed["irft/gen_reward"] / spec.beta / max(gen_tokens, 1.0)
@@ -166,11 +166,11 @@ def one_pass_backward(
 ) -> PairBackward:
     """Both halves' log-probs from one forward (``read``: :func:`joint_tokens` or :func:`shared_tokens`), one
     backward of the micro-batch's share of the step loss."""
-    with micro_batch_context(step.accelerator, step.model, last):
-        demo_tokens, gen_tokens = read(step.model, chunk, step.pad_id, step.accelerator.device, step.spec.packing_width)
+    with step.engine.accumulate(step.model, last):
+        demo_tokens, gen_tokens = read(step.model, chunk, step.pad_id, step.engine.device, step.spec.packing_width)
         demo_logps, gen_logps = sequence_logps(demo_tokens, "sum"), sequence_logps(gen_tokens, "sum")
         terms, loss = pair_loss(demo_logps, gen_logps, ref_demo, ref_gen, demo_tokens, step.spec, step.size)
-        step.accelerator.backward(loss * step.size.processes)
+        step.engine.backward(loss * step.size.processes)
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
 
 
@@ -190,22 +190,22 @@ def split_pair_backward(
     and backward that coefficient times their log-probs. This needs the two generation forwards to agree,
     which is why dropout is off in IRFT (``train.dropout``).
     """
-    demo_batch = batch_on([p.demo for p in chunk], step.pad_id, step.accelerator.device)
-    gen_batch = batch_on([p.gen for p in chunk], step.pad_id, step.accelerator.device)
+    demo_batch = batch_on([p.demo for p in chunk], step.pad_id, step.engine.device)
+    gen_batch = batch_on([p.gen for p in chunk], step.pad_id, step.engine.device)
     # The no-grad pass goes first so its logits are freed before the demonstrations' graph is built.
     with torch.no_grad():
         gen_leaf = sequence_logps(model_token_logps(step.model, **gen_batch), "sum").requires_grad_(True)
-    with micro_batch_context(step.accelerator, step.model, last=False):
+    with step.engine.accumulate(step.model, last=False):
         demo_tokens = model_token_logps(step.model, **demo_batch)
         demo_logps = sequence_logps(demo_tokens, "sum")
         terms, loss = pair_loss(demo_logps, gen_leaf, ref_demo, ref_gen, demo_tokens, step.spec, step.size)
-        # The coefficient is taken from the loss itself, not from gen_leaf.grad after step.accelerator.backward: under
+        # The coefficient is taken from the loss itself, not from gen_leaf.grad after the engine's backward: under
         # an fp16 GradScaler that grad already carries the loss scale, and the second backward would scale it again.
         (coef,) = torch.autograd.grad(loss * step.size.processes, gen_leaf, retain_graph=True)
-        step.accelerator.backward(loss * step.size.processes)
-    with micro_batch_context(step.accelerator, step.model, last):
+        step.engine.backward(loss * step.size.processes)
+    with step.engine.accumulate(step.model, last):
         gen_logps = sequence_logps(model_token_logps(step.model, **gen_batch), "sum")
-        step.accelerator.backward((coef.detach() * gen_logps).sum())
+        step.engine.backward((coef.detach() * gen_logps).sum())
     return terms, loss.detach(), demo_logps.detach(), gen_logps.detach()
 
 

@@ -12,6 +12,7 @@ import torch
 from rewardsft.config import GenerationConfig, RFTConfig
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_branches
+from rewardsft.errors import ConfigError
 from rewardsft.generation import Generation, as_example, generate, generation_stats
 from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
 from rewardsft.logprobs import (
@@ -42,8 +43,25 @@ from rewardsft.reward import (
     shared_rm_scores,
 )
 from rewardsft.training.batches import epoch_permutation
+from rewardsft.training.engine import Engine, EngineRules
 from rewardsft.training.run import Run
-from rewardsft.training.step import derive_seed, micro_batch_context, reduce_metrics
+from rewardsft.training.step import derive_seed
+
+
+def check_rft_engine(engine: Engine, config: RFTConfig) -> None:
+    """RFT's rule beyond the engine's own: a round's prompts split evenly over the processes. Each process averages
+    its own samples' loss and the engine averages the processes: uneven shares would weight samples unequally (and
+    hang a sharded policy, where every forward and backward is a collective)."""
+    prompts, world = config.rft.prompts_per_iteration, engine.world_size
+    if prompts % world:
+        raise ConfigError(
+            f"rft.prompts_per_iteration={prompts} does not split evenly over {world} processes; choose a multiple "
+            "of the number of processes"
+        )
+
+
+# A round is set in prompts, not in a share of the data: a checkpoint resumes under any global batch.
+RFT_RULES = EngineRules(check=check_rft_engine, data_plan=False)
 
 
 @dataclass
@@ -156,7 +174,7 @@ def make_rollout(
 ) -> Rollout:
     """Sample k responses per prompt; log-probs under the sampler and the initial policy, computed once."""
     k = spec.samples_per_prompt
-    unwrapped = run.accelerator.unwrap_model(policy)
+    unwrapped = run.engine.unwrap(policy)
     prompts = [d for d in demos for _ in range(k)]
     generations, gens = sample_examples(run, policy, prompts, spec, "rft/generate", iteration)
     old, kl = [], []
@@ -197,14 +215,15 @@ def sample_examples(
 ) -> tuple[list[Generation], list[TokenizedExample]]:
     """One sample per prompt from the current policy, seeded per purpose, step and process; also as examples
     (prompt + response cut to ``data.max_length``) ready to score or train on."""
-    generations = generate(
-        run.accelerator.unwrap_model(policy),
-        [p.prompt_ids for p in prompts],
-        spec.generation,
-        pad_id=spec.pad_id,
-        eos_ids=spec.stop_ids,
-        seed=derive_seed(spec.seed, purpose, step, run.rank),
-    )
+    with run.engine.decoding(policy) as decoder:
+        generations = generate(
+            decoder,
+            [p.prompt_ids for p in prompts],
+            spec.generation,
+            pad_id=spec.pad_id,
+            eos_ids=spec.stop_ids,
+            seed=derive_seed(spec.seed, purpose, step, run.rank),
+        )
     return generations, [as_example(p, g, spec.max_length) for p, g in zip(prompts, generations, strict=True)]
 
 
@@ -265,31 +284,31 @@ def shared_bt_terms(
 
 
 def policy_step(
-    accelerator: Any, policy: Any, rollout: Rollout, scores: torch.Tensor, spec: RolloutSpec
+    engine: Engine, policy: Any, rollout: Rollout, scores: torch.Tensor, spec: RolloutSpec
 ) -> dict[str, float]:
     """Backpropagate one RLOO step over the whole rollout, micro-batched; gradients sync on the last one."""
-    device = accelerator.device
+    device = engine.device
     # The KL to π_init is part of the reward (per sequence), so RLOO's baseline sees it too.
     rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
-    rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip, round_moments(accelerator, rewards))
+    rewards = normalise_rewards(rewards, spec.reward_norm, spec.reward_clip, round_moments(engine, rewards))
     advantages = rloo_advantages(rewards.view(-1, spec.samples_per_prompt)).view(-1)
     n, size, total = len(rollout.gens), spec.chunk, 0.0
     for start in range(0, n, size):
         ids = list(range(start, min(start + size, n)))
-        with micro_batch_context(accelerator, policy, last=start + size >= n):
+        with engine.accumulate(policy, last=start + size >= n):
             logps = sequence_logps(sample_token_logps(policy, [rollout.gens[i] for i in ids], spec, device))
             loss = rloo_policy_loss(logps, rollout.old_logps[ids].to(device), advantages[ids], spec.clip_ratio)
-            accelerator.backward(loss * len(ids) / n)  # the micro-batch's share of the rollout's mean
+            engine.backward(loss * len(ids) / n)  # the micro-batch's share of the rollout's mean
         total += float(loss.detach()) * len(ids) / n
     return {"policy/loss": total}
 
 
-def round_moments(accelerator: Any, rewards: torch.Tensor) -> tuple[float, float] | None:
+def round_moments(engine: Engine, rewards: torch.Tensor) -> tuple[float, float] | None:
     """Mean and (unbiased) std of the whole round's rewards over every process; None in one process."""
-    if accelerator.num_processes == 1:
+    if engine.world_size == 1:
         return None
     local = {"n": rewards.numel(), "sum": float(rewards.sum()), "squares": float((rewards.double() ** 2).sum())}
-    total = reduce_metrics(accelerator, local, reduction="sum")
+    total = engine.reduce(local, reduction="sum")
     mean = total["sum"] / total["n"]
     variance = (total["squares"] - total["n"] * mean**2) / max(total["n"] - 1, 1.0)
     return mean, max(variance, 0.0) ** 0.5
@@ -304,7 +323,7 @@ def held_out_rm_accuracy(
     demo_scores = score_examples(reward_model, demos, spec.eval_batch_size, spec.pad_id)
     gen_scores = score_examples(reward_model, gens, spec.eval_batch_size, spec.pad_id)
     wins = sum(d > g for d, g in zip(demo_scores, gen_scores, strict=True))
-    totals = reduce_metrics(run.accelerator, {"wins": wins, "n": len(demos)}, reduction="sum")
+    totals = run.engine.reduce({"wins": wins, "n": len(demos)}, reduction="sum")
     return totals["wins"] / max(totals["n"], 1.0)
 
 

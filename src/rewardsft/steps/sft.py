@@ -10,11 +10,11 @@ from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_packed
 from rewardsft.logprobs import BLOCK_MASK_KEYS, TokenLogps, block_mask_logits, model_token_logps, token_logps
 from rewardsft.losses import sft_nll
-from rewardsft.training.step import micro_batch_context, reduce_metrics
+from rewardsft.training.engine import Engine
 
 
 def accumulate_sft_step(
-    accelerator: Any,
+    engine: Engine,
     model: Any,
     micro_batches: list[list[TokenizedExample]],
     pad_id: int,
@@ -27,15 +27,15 @@ def accumulate_sft_step(
     step's global token count (and multiplied by the process count, which DDP's gradient mean divides out).
     """
     local_tokens = sum(sum(len(ex.response_ids) for ex in examples) for examples in micro_batches)
-    step_tokens = reduce_metrics(accelerator, {"tokens": local_tokens}, reduction="sum")["tokens"]
+    step_tokens = engine.reduce({"tokens": local_tokens}, reduction="sum")["tokens"]
     loss = 0.0
     for k, examples in enumerate(micro_batches):
-        with micro_batch_context(accelerator, model, last=k == len(micro_batches) - 1):
-            tokens = micro_batch_logps(model, examples, pad_id, accelerator.device, packing_width)
+        with engine.accumulate(model, last=k == len(micro_batches) - 1):
+            tokens = micro_batch_logps(model, examples, pad_id, engine.device, packing_width)
             part = sft_nll(tokens, n_tokens=step_tokens)  # over the step's tokens on every process, not this batch's
-            accelerator.backward(part * accelerator.num_processes)  # DDP then averages: the sum over processes
+            engine.backward(part * engine.world_size)  # DDP then averages: the sum over processes
         loss += float(part.detach())
-    total = reduce_metrics(accelerator, {"loss": loss}, reduction="sum")["loss"]
+    total = engine.reduce({"loss": loss}, reduction="sum")["loss"]
     return {"train/loss": total, "train/tokens": step_tokens}
 
 

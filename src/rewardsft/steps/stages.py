@@ -27,11 +27,25 @@ from rewardsft.reference import (
 )
 from rewardsft.training.batches import epoch_permutation, steps_per_epoch
 from rewardsft.training.checkpoint import Optimizers
+from rewardsft.training.engine import Engine, EngineRules
 from rewardsft.training.optim import build_optimizer, build_scheduler
 from rewardsft.training.run import Run
 from rewardsft.training.step import derive_seed
 
 OVERFIT_NATS_PER_TOKEN = 1.2
+
+
+def check_irft_engine(engine: Engine, config: IRFTConfig) -> None:
+    """IRFT's rules beyond the engine's own: a sharded policy keeps its snapshot as cached log-probs (a frozen copy
+    or a merged LoRA base would have to be sharded too)."""
+    if engine.sharded and config.irft.snapshot != "cached":
+        raise ConfigError(
+            f"irft.snapshot={config.irft.snapshot} is not supported with {engine.name} (the copy or the merged LoRA "
+            "base would have to be sharded too); use irft.snapshot=cached (the default)"
+        )
+
+
+IRFT_RULES = EngineRules(check=check_irft_engine)
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,7 @@ def stage_pairs(
         stats = generation_stats(generations, [ex.response_ids for ex in examples])
         if run.is_main:
             write_generations(path, stage, examples, generations, tokenizer, renderer, stats, sampling_settings(config))
-        run.accelerator.wait_for_everyone()
+        run.engine.barrier()
         # No truncation warning here (RFT keeps one): in the real-data study IRFT stages whose samples were 66-94%
         # cut by the cap were healthy, since pushing down rambling samples is what teaches the policy to stop
         # (docs/results.md); the warning fired on a healthy IRFT run and never on the collapsed one.
@@ -130,14 +144,15 @@ def sample_stage(
 ) -> list[Generation]:
     """Each process samples its share of the prompts; the shares are gathered back into chunk order."""
     mine = list(range(run.rank, len(examples), run.world_size))
-    local = generate(
-        run.accelerator.unwrap_model(model),
-        [examples[i].prompt_ids for i in mine],
-        config.generation,
-        pad_id=pad_id,
-        eos_ids=stop_ids,
-        seed=derive_seed(config.seed, "irft/generate", stage.index, run.rank),
-    )
+    with run.engine.decoding(model) as decoder:
+        local = generate(
+            decoder,
+            [examples[i].prompt_ids for i in mine],
+            config.generation,
+            pad_id=pad_id,
+            eos_ids=stop_ids,
+            seed=derive_seed(config.seed, "irft/generate", stage.index, run.rank),
+        )
     gathered = run.gather(list(zip(mine, local, strict=True)))
     by_position = dict(gathered)
     return [by_position[i] for i in range(len(examples))]
@@ -218,7 +233,7 @@ def take_snapshot(
         if not cache_path.is_file():
             raise ConfigError(f"cannot resume inside {stage.name}: its snapshot cache {cache_path} is missing")
         return CachedSnapshot(torch.load(cache_path, weights_only=True))
-    policy = run.accelerator.unwrap_model(model)
+    policy = run.engine.unwrap(model)
     if config.irft.snapshot == "lora":
         merge_lora_into_base(policy)
     shared = forward == "shared"

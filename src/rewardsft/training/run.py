@@ -1,7 +1,7 @@
-"""A training run's plumbing shared by every recipe: output dir, accelerator, metrics, checkpoints.
+"""A training run's plumbing shared by every recipe: output dir, engine, metrics, checkpoints.
 
-Recipes stay readable by calling these few methods; ``training/`` and ``recipes/`` are the only code that
-touches the ``Accelerator``.
+Recipes stay readable by calling these few methods and the run's :class:`~rewardsft.training.engine.Engine`;
+``training/`` is the only code that touches the ``Accelerator``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from rewardsft.config import IRFTConfig, RewardLearningConfig, RFTConfig, RunConfig, flatten
+from rewardsft.config import RewardLearningConfig, RunConfig, flatten
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on
 from rewardsft.errors import ConfigError
@@ -27,11 +27,11 @@ from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE, SFT_PHASE_DI
 from rewardsft.logprobs import model_token_logps
 from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
-from rewardsft.sharding import fsdp_requested, full_model_state, lockstep, shard_model
+from rewardsft.sharding import lockstep
 from rewardsft.training import checkpoint as ckpt
+from rewardsft.training.engine import Engine, EngineRules, make_engine
 from rewardsft.training.metrics import MetricsLogger
 from rewardsft.training.signals import STOP, Preempted
-from rewardsft.training.step import reduce_metrics
 
 T = TypeVar("T")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
@@ -104,25 +104,24 @@ def _weight_bytes(model: Any) -> int:
 
 
 class Run:
-    """Accelerator, metrics and checkpoint handling for one ``output_dir``."""
+    """Engine, metrics and checkpoint handling for one ``output_dir``."""
 
-    def __init__(self, config: RunConfig):
-        """Check the config and output dir and set up the accelerator; writes nothing yet (see ``begin``)."""
-        from accelerate import Accelerator
-
+    def __init__(self, config: RunConfig, rules: EngineRules | None = None):
+        """Check the config and output dir and set up the engine; writes nothing yet (see ``begin``)."""
         if not config.model.name_or_path:
             raise ConfigError("model.name_or_path is not set")
         if not config.data.path:
             raise ConfigError("data.path is not set")
         self.config = config
+        self.rules = rules or EngineRules()
         self.trackers = _check_trackers(config.logging.report_to)
         self.phase = isinstance(config, RewardLearningConfig) and config.sft_phase.epochs > 0
         self.output_dir = check_output_dir(config, self.phase)
-        self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), log_with=self.trackers or None, project_dir=config.output_dir
-        )
-        self.is_main = self.accelerator.is_main_process
-        self.sharded = check_engine(self.accelerator, config)
+        self.engine: Engine = make_engine(config, self.trackers)
+        if self.rules.check is not None:
+            self.rules.check(self.engine, config)
+        self.accelerator = self.engine.accelerator  # trackers only; everything else goes through the engine
+        self.is_main = self.engine.is_main
         self.checkpoint: Path | None = None
         self.metrics = MetricsLogger(self.output_dir, enabled=False, tracker_log=None)
 
@@ -143,7 +142,7 @@ class Run:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / CONFIG_FILE).write_text(self.config.to_yaml())
             (self.output_dir / RUN_FILE).write_text(json.dumps(self.environment(), indent=2))
-        self.accelerator.wait_for_everyone()
+        self.engine.barrier()
         set_seed(self.config.seed)
         self.checkpoint = ckpt.latest_checkpoint(self.output_dir) if self.config.resume else None
         if self.trackers:
@@ -161,7 +160,8 @@ class Run:
         return {
             "method": self.config.method,
             "world_size": self.world_size,
-            "sharding": "fsdp2" if self.sharded else "none",
+            "engine": self.engine.name,
+            "sharding": self.engine.name if self.engine.sharded else "none",
             "device": str(self.device),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {
@@ -174,15 +174,15 @@ class Run:
 
     @property
     def device(self) -> torch.device:
-        return self.accelerator.device  # type: ignore[no-any-return]
+        return self.engine.device
 
     @property
     def rank(self) -> int:
-        return self.accelerator.process_index  # type: ignore[no-any-return]
+        return self.engine.rank
 
     @property
     def world_size(self) -> int:
-        return self.accelerator.num_processes  # type: ignore[no-any-return]
+        return self.engine.world_size
 
     def print(self, message: str) -> None:
         if self.is_main:
@@ -229,23 +229,20 @@ class Run:
 
     @property
     def global_batch(self) -> int | None:
-        """Examples per optimiser step over all processes (SFT, IRFT); None for RFT, whose rounds sample per
-        process and are not tied to a data plan."""
-        if self.config.method == "rft":
+        """Examples per optimiser step over all processes; None for a recipe whose steps are not tied to a data
+        plan (:attr:`EngineRules.data_plan`: RFT)."""
+        if not self.rules.data_plan:
             return None
         tc = self.config.train
         return tc.batch_size * tc.grad_accum * self.world_size
 
     def prepare(self, model: Any) -> Any:
-        """The policy ready to train: sharded with FSDP2 when the launch asks for it (:mod:`rewardsft.sharding`),
-        else prepared by accelerate (DDP over several processes). Build its optimiser afterwards, from the
-        returned model's parameters, and pass it to :meth:`prepare_optimizer`."""
-        if self.sharded:
-            return shard_model(model.to(self.device))
-        return self.accelerator.prepare(model)
+        """The policy ready to train on this run's engine; build its optimiser afterwards, from the returned
+        model's parameters, and pass it to :meth:`prepare_optimizer`."""
+        return self.engine.prepare(model)
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
-        return optimizer if self.sharded else self.accelerator.prepare(optimizer)
+        return self.engine.prepare_optimizer(optimizer)
 
     def restore_optimizers(self, optimizers: ckpt.Optimizers, model: Any) -> None:
         """Load the named optimisers' and schedules' state from the checkpoint being resumed (if any);
@@ -260,20 +257,16 @@ class Run:
         return state
 
     def average_gradients(self, model: torch.nn.Module) -> None:
-        """Mean gradients over processes, for a model that is not wrapped in DDP (e.g. the reward model)."""
+        """Mean gradients over processes, for a model the engine does not manage (RFT's reward model)."""
         if self.world_size == 1:
             return
         for param in model.parameters():
             if param.grad is not None:
-                param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+                param.grad = self.engine.reduce_tensor(param.grad, reduction="mean")
 
     def gather(self, items: list[T]) -> list[T]:
         """Concatenate a picklable list from every process, in rank order."""
-        if self.world_size == 1:
-            return items
-        from accelerate.utils import gather_object
-
-        return list(gather_object(items))  # type: ignore[no-untyped-call]
+        return self.engine.gather(items)
 
     def checkpoint_due(self, scheduled: bool) -> bool:
         """Write a checkpoint now: when the recipe's schedule says so, or when a SIGTERM/SIGINT asked the run to
@@ -285,7 +278,7 @@ class Run:
         A process that got no signal itself adopts SIGTERM, so all of them stop together."""
         requested = STOP.signum is not None
         if self.world_size > 1:
-            requested = reduce_metrics(self.accelerator, {"stop": float(requested)}, reduction="sum")["stop"] > 0
+            requested = self.engine.reduce({"stop": float(requested)}, reduction="sum")["stop"] > 0
             if requested and STOP.signum is None:
                 STOP.signum = signal.SIGTERM  # another process got the notice
         return requested
@@ -304,18 +297,18 @@ class Run:
         saves the base weights, or a resume would rebuild the policy on the original base. ``extra`` writes
         recipe-specific files (e.g. the reward model) into the checkpoint folder before it is committed.
         """
-        weights = full_model_state(model) if self.sharded else self.accelerator.get_state_dict(model)
+        weights = self.engine.full_weights(model)
         # Every process takes part in gathering sharded optimiser state; rank 0 writes it.
-        states = ckpt.optimizer_states(optimizers, model if self.sharded else None)
+        states = ckpt.optimizer_states(optimizers, model if self.engine.sharded else None)
         state = {**state, "world_size": self.world_size, "global_batch": self.global_batch}
         if self.is_main:
             tmp = ckpt.begin_checkpoint(self.output_dir, state["step"])
-            save_policy(self.accelerator.unwrap_model(model), tmp, state_dict=weights, with_base=with_base)
+            save_policy(self.engine.unwrap(model), tmp, state_dict=weights, with_base=with_base)
             if extra is not None:
                 extra(tmp)
             ckpt.write_training_state(tmp, states, state)
             ckpt.commit_checkpoint(self.output_dir, tmp, state["step"], self.config.train.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+        self.engine.barrier()
         # Agreed again: a signal that reached one process during the save must stop all of them here, or that one
         # would exit while the others went on into the next collective and waited for it forever.
         if self.stop_agreed():
@@ -330,8 +323,8 @@ class Run:
         adapter reproduces ``final/``, i.e. not when training changed the base weights (IRFT ``snapshot=lora``).
         """
         final = self.output_dir / FINAL
-        weights = full_model_state(model) if self.sharded else None
-        model = self.accelerator.unwrap_model(model)
+        weights = self.engine.full_weights(model)
+        model = self.engine.unwrap(model)
         if self.is_main:
             tmp = self.output_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -345,7 +338,7 @@ class Run:
             write_model_card(tmp, self.config.to_dict(), self.output_dir.name)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-        self.accelerator.wait_for_everyone()
+        self.engine.barrier()
         # Trackers only: the process group outlives a run (an SFT phase is followed by the reward phase in the
         # same processes, and accelerate's state would not set a destroyed group up again); run_recipe ends it.
         for tracker in self.accelerator.trackers:
@@ -363,7 +356,7 @@ class Run:
                 if real:
                     nll += float(-tokens.logps.sum())
                     n_tokens += int(tokens.mask.sum())
-        totals = reduce_metrics(self.accelerator, {"nll": nll, "tokens": n_tokens}, reduction="sum")
+        totals = self.engine.reduce({"nll": nll, "tokens": n_tokens}, reduction="sum")
         return totals["nll"] / max(totals["tokens"], 1.0)
 
 
@@ -375,53 +368,6 @@ class StepTimer:
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
-
-
-def check_engine(accelerator: Any, config: RunConfig) -> bool:
-    """Whether this run shards its policy (FSDP2); refuses engines and settings that are not supported with it,
-    and RFT rounds that do not split evenly over the processes."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "DeepSpeed is not supported: it was never run here (no DeepSpeed build on the machines this was tested "
-            "on). Shard with FSDP2 instead: configs/accelerate/fsdp.yaml (full shard, like ZeRO-3) or "
-            "fsdp_grad_op.yaml (like ZeRO-2)"
-        )
-    if accelerator.mixed_precision == "fp16" and config.model.dtype in ("float16", "bfloat16"):
-        raise ConfigError(
-            f"mixed_precision=fp16 with model.dtype={config.model.dtype}: fp16 mixed precision trains float32 "
-            "weights under autocast with a loss scaler, which cannot unscale half-precision gradients; set "
-            "model.dtype=auto (float32 under mixed precision) or float32"
-        )
-    world = accelerator.num_processes
-    if isinstance(config, RFTConfig) and config.rft.prompts_per_iteration % world:
-        # Each process averages its own samples' loss and DDP/FSDP average the processes: uneven shares would
-        # weight samples unequally (and hang FSDP, where every forward and backward is a collective).
-        raise ConfigError(
-            f"rft.prompts_per_iteration={config.rft.prompts_per_iteration} does not split evenly over {world} "
-            "processes; choose a multiple of the number of processes"
-        )
-    if not fsdp_requested():
-        return False
-    if not torch.distributed.is_initialized():
-        raise ConfigError(
-            "FSDP was requested (ACCELERATE_USE_FSDP) but this is not a distributed launch; start with "
-            "`accelerate launch --config_file configs/accelerate/fsdp.yaml` or `torchrun`"
-        )
-    if isinstance(config, IRFTConfig) and config.irft.snapshot != "cached":
-        raise ConfigError(
-            f"irft.snapshot={config.irft.snapshot} is not supported with FSDP (the copy or the merged LoRA base "
-            "would have to be sharded too); use irft.snapshot=cached (the default)"
-        )
-    if config.lora.enabled:
-        raise ConfigError("lora.enabled=true with FSDP is not supported yet; train LoRA with DDP (ddp.yaml)")
-    if accelerator.mixed_precision != "no":
-        raise ConfigError(
-            f"mixed_precision={accelerator.mixed_precision} with FSDP is not supported (the model is loaded in "
-            "model.dtype itself: bf16 on GPU by default); set mixed_precision: 'no' in the accelerate config"
-        )
-    return True
 
 
 def _check_trackers(names: list[str]) -> list[str]:

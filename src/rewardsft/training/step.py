@@ -1,11 +1,11 @@
 """The one step idiom every recipe uses.
 
-A recipe's optimiser step is: for each micro-batch, :func:`micro_batch_context` (gradients sync across
-processes on the last micro-batch only) around forward + ``accelerator.backward``; then :func:`optimizer_step`
-(clip, step, schedule, zero); then :func:`reduce_metrics` so every process logs the same numbers, and
-:func:`log_due` decides when. Batches go to the device through ``data.collate.batch_on``, models switch mode
-through ``models.eval_mode``, and every random stream (data order, sampling) gets its seed from
-:func:`derive_seed`.
+A recipe's optimiser step is: for each micro-batch, the engine's ``accumulate`` (gradients sync across
+processes on the last micro-batch only) around forward + ``engine.backward``; then :func:`optimizer_step`
+(clip, step, schedule, zero); then ``engine.reduce`` so every process logs the same numbers, and
+:func:`log_due` decides when (the engine: :mod:`rewardsft.training.engine`). Batches go to the device through
+``data.collate.batch_on``, models switch mode through ``models.eval_mode``, and every random stream (data order,
+sampling) gets its seed from :func:`derive_seed`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import math
 import re
 import warnings
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from rewardsft.errors import NonFiniteError
-from rewardsft.sharding import is_sharded
+from rewardsft.training.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,8 @@ class StepStats:
         return out | ({f"{prefix}/nonfinite_skipped": 1.0} if self.skipped else {})
 
 
-def micro_batch_context(accelerator: Any, model: Any, last: bool) -> Any:
-    """Gradient accumulation: skip the cross-process all-reduce on every micro-batch but the step's last.
-
-    A sharded (FSDP2) model reduce-scatters every micro-batch's gradients into its shards instead (the sum is the
-    same; DDP's ``no_sync`` does not apply to it)."""
-    return nullcontext() if last or is_sharded(model) else accelerator.no_sync(model)
-
-
 def optimizer_step(
-    accelerator: Any | None,
+    engine: Engine | None,
     params: Any,
     optimizer: Any,
     scheduler: Any,
@@ -64,7 +55,7 @@ def optimizer_step(
 ) -> StepStats:
     """Clip the gradients (``None``: measure only), step the optimiser and the schedule, zero the gradients.
 
-    ``accelerator``: the one that prepared this model and optimiser (it unscales fp16 gradients and clips sharded
+    ``engine``: the one that prepared this model and optimiser (it unscales fp16 gradients and clips sharded
     parameters); None for a model it does not manage (RFT's reward model), clipped by plain torch.
     A NaN or infinite gradient norm (the norm is global, so every process decides alike) raises
     :class:`NonFiniteError` before anything is applied (``on_nonfinite="stop"``), or skips the optimiser step
@@ -78,12 +69,10 @@ def optimizer_step(
     scaler = loss_scaler(optimizer)
     scale = float(scaler.get_scale()) if scaler is not None else None
     limit = max_grad_norm if max_grad_norm is not None else math.inf
-    if accelerator is None:
+    if engine is None:
         grad_norm: Any = torch.nn.utils.clip_grad_norm_(list(params), limit)
     else:
-        grad_norm = accelerator.clip_grad_norm_(params, limit)
-    if hasattr(grad_norm, "full_tensor"):
-        grad_norm = grad_norm.full_tensor()  # FSDP2: the norm is a DTensor over the shards
+        grad_norm = engine.clip_grad_norm(params, limit)
     lr = float(scheduler.get_last_lr()[0])
     # DeepSpeed clips inside its own step and returns no norm here: nothing to check.
     norm = float("nan") if grad_norm is None else float(grad_norm)
@@ -117,18 +106,6 @@ def optimizer_step(
 def loss_scaler(optimizer: Any) -> Any | None:
     """The fp16 ``GradScaler`` accelerate attached to this (prepared) optimiser, or None."""
     return getattr(optimizer, "scaler", None)
-
-
-def reduce_metrics(
-    accelerator: Any, metrics: Mapping[str, float], reduction: Literal["mean", "sum"] = "mean"
-) -> dict[str, float]:
-    """The same numbers on every process: each metric's mean (or sum) over processes."""
-    if accelerator.num_processes == 1 or not metrics:
-        return dict(metrics)
-    names = sorted(metrics)
-    values = torch.tensor([float(metrics[n]) for n in names], dtype=torch.float64, device=accelerator.device)
-    reduced = accelerator.reduce(values, reduction=reduction)
-    return dict(zip(names, reduced.tolist(), strict=True))
 
 
 def log_due(step: int, log_every: int, last: bool, metrics: Mapping[str, float]) -> bool:
