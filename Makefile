@@ -12,6 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# DeepSpeed (tests/integration/test_deepspeed.py runs ZeRO-2/3 over two CPU processes): --no-deps, so that pip
+	# never resolves a torch of its own; the packages it needs that .[dev] does not bring are named here.
+	$(BIN)/pip install -q --no-deps deepspeed==0.19.8 einops hjson msgpack ninja py-cpuinfo
 	touch $@
 
 setup: $(BIN)/.installed

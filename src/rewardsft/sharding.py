@@ -135,7 +135,7 @@ def full_optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(model, _inner(optimizer), options=options)
+    return get_optimizer_state_dict(model, torch_optimizer(optimizer), options=options)
 
 
 def load_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
@@ -148,7 +148,7 @@ def load_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> N
         return
     if not keyed_by_name(state):
         state = _by_name(model, state)
-    set_optimizer_state_dict(model, _inner(optimizer), state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, torch_optimizer(optimizer), state, options=StateDictOptions(full_state_dict=True))
 
 
 def keyed_by_name(state: dict[str, Any]) -> bool:
@@ -181,8 +181,9 @@ def _by_position(model: Any, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _inner(optimizer: Any) -> Any:
-    """The torch optimiser under accelerate's wrapper."""
+def torch_optimizer(optimizer: Any) -> Any:
+    """The torch optimiser under an engine's wrapper (accelerate's, DeepSpeed's ZeRO optimiser): what a learning-rate
+    schedule is built on and what holds the parameter groups."""
     while hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     return optimizer

@@ -99,13 +99,28 @@ def test_same_metrics_every_step(runs: tuple[str, Path, Path]) -> None:
     keys = STEP_METRICS[method]
     single, double = step_records(one, keys[0]), step_records(two, keys[0])
     assert [r["step"] for r in single] == [r["step"] for r in double] == list(range(1, 13 if method == "sft" else 5))
-    mismatches = [
-        f"step {a['step']} {key}: one process {a[key]!r}, two processes {b[key]!r}"
+    assert mismatches(single, double, keys, "two processes") == []
+
+
+def mismatches(single: list[dict[str, Any]], double: list[dict[str, Any]], keys: list[str], label: str) -> list[str]:
+    """Each logged value of ``keys`` where the two runs differ beyond the tolerances above, step by step."""
+    return [
+        f"step {a['step']} {key}: one process {a[key]!r}, {label} {b[key]!r}"
         for a, b in zip(single, double, strict=True)
         for key in keys
         if b[key] != pytest.approx(a[key], rel=LOSS_REL, abs=LOSS_ABS)
     ]
-    assert mismatches == []
+
+
+def accelerate_launch(config_name: str, port: int, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch --config_file configs/accelerate/<config_name>.yaml --num_processes 2 -m rewardsft.cli
+    ARGS`` as the README writes it, in a clean environment (no FSDP_/ACCELERATE_ variables of the test run)."""
+    accelerate = TORCHRUN.with_name("accelerate")
+    config = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / f"{config_name}.yaml"
+    cmd = [str(accelerate), "launch", "--config_file", str(config), "--num_processes", "2"]
+    cmd += ["--main_process_port", str(port), "-m", "rewardsft.cli", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSDP_", "ACCELERATE_"))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("runs", ["sft", "irft", "irft-shared"], indirect=True)

@@ -19,7 +19,6 @@ training breaks silently (hangs, wrong gradients, unloadable checkpoints), so it
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,7 +31,15 @@ from transformers import AutoModelForCausalLM
 
 from rewardsft.cli import main
 from rewardsft.training.metrics import read_metrics
-from tests.integration.test_distributed import LOSS_ABS, LOSS_REL, STEP_METRICS, TORCHRUN, WEIGHT_ABS, torchrun
+from tests.integration.test_distributed import (
+    LOSS_ABS,
+    LOSS_REL,
+    STEP_METRICS,
+    TORCHRUN,
+    WEIGHT_ABS,
+    accelerate_launch,
+    torchrun,
+)
 from tests.integration.test_irft import irft_args
 from tests.integration.test_rft import rft_args
 from tests.integration.test_sft import sft_args
@@ -207,14 +214,9 @@ def test_shipped_accelerate_configs_launch(
 ) -> None:
     """``accelerate launch --config_file configs/accelerate/<name>.yaml --num_processes 2`` as the README writes it
     (on CPU the GPU configs fall back to gloo): two processes, sharded or not as the file says, a loadable final/."""
-    accelerate = TORCHRUN.with_name("accelerate")
     out = tmp_path / name
-    config = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / f"{name}.yaml"
-    cmd = [str(accelerate), "launch", "--config_file", str(config), "--num_processes", "2"]
-    cmd += ["--main_process_port", str(PORTS[name]), "-m", "rewardsft.cli"]
-    cmd += sft_args(llama_dir, builtin_jsonl, out, "train.batch_size=4", "train.max_steps=2")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSDP_", "ACCELERATE_"))}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    args = sft_args(llama_dir, builtin_jsonl, out, "train.batch_size=4", "train.max_steps=2")
+    result = accelerate_launch(name, PORTS[name], args)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert (run["world_size"], run["sharding"]) == (2, sharding)

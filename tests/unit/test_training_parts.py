@@ -7,6 +7,7 @@ import torch
 from rewardsft.config import OptimConfig
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.batches import plan_steps, steps_per_epoch, total_steps
+from rewardsft.training.engine import Engine
 from rewardsft.training.optim import build_optimizer, build_scheduler, lr_factor
 
 
@@ -58,9 +59,11 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path: Path) 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    engine = Engine(accelerator=None)  # one plain process: the optimiser's own state_dict
     for step in (2, 4, 6):
         tmp = ckpt.begin_checkpoint(tmp_path, step)
-        ckpt.write_training_state(tmp, ckpt.optimizer_states({"policy": (optimizer, scheduler)}), {"step": step})
+        states = ckpt.optimizer_states({"policy": (optimizer, scheduler)}, engine, policy=None)
+        ckpt.write_training_state(tmp, states, {"step": step})
         ckpt.commit_checkpoint(tmp_path, tmp, step, keep=2)
     half = ckpt.begin_checkpoint(tmp_path, 8)  # a run killed while writing step 8
     (tmp_path / "checkpoints" / "step-10").mkdir()  # a folder without state.json is incomplete

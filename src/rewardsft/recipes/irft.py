@@ -25,6 +25,7 @@ from rewardsft.steps.stages import (
 )
 from rewardsft.training.batches import plan_steps
 from rewardsft.training.checkpoint import Optimizers
+from rewardsft.training.optim import build_optimizer
 from rewardsft.training.run import StepTimer
 from rewardsft.training.step import derive_seed, log_due, optimizer_step
 
@@ -38,7 +39,7 @@ def train_irft(config: IRFTConfig) -> Path:
     stages = plan_stages(len(train_data.tokenized), config, run.world_size)
     n_steps = stages[-1].first_step + stages[-1].steps
     state = run.resume_state()
-    model = run.prepare(model)
+    model, first_optimizer = run.prepare(model, lambda params: build_optimizer(params, config.optim))
     if ic.pair_forward == "shared":
         check_block_mask(model, "irft.pair_forward=shared", "use irft.pair_forward=joint or split")
     spec = PairLossSpec.from_config(config, model)
@@ -50,7 +51,7 @@ def train_irft(config: IRFTConfig) -> Path:
         if stage.first_step + stage.steps <= state["step"]:
             continue  # finished before the checkpoint
         resuming_in_stage = state["step"] > stage.first_step
-        optimizers = stage_optimizers(run, model, config, stage, n_steps, optimizers, state["step"])
+        optimizers = stage_optimizers(run, model, first_optimizer, config, stage, n_steps, optimizers, state["step"])
         optimizer, scheduler = optimizers["policy"]
 
         examples = [train_data.tokenized[i] for i in stage.example_ids]

@@ -7,6 +7,7 @@ from pathlib import Path
 from rewardsft.config import RunConfig
 from rewardsft.logprobs import check_block_mask
 from rewardsft.recipes.common import start_recipe
+from rewardsft.sharding import torch_optimizer
 from rewardsft.steps.sft import accumulate_sft_step
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
@@ -19,16 +20,14 @@ def train_sft(config: RunConfig) -> Path:
     start = start_recipe(config)
     run, tokenizer, model = start.run, start.tokenizer, start.model
     train_data, eval_data = start.train_data, start.eval_data
-    model = run.prepare(model)
+    model, optimizer = run.prepare(model, lambda params: build_optimizer(params, config.optim))
     if config.train.packing:
         check_block_mask(model, "train.packing", "set train.packing=false")
-    optimizer = build_optimizer(model.parameters(), config.optim)
     tc = config.train
     n_steps = total_steps(
         len(train_data.tokenized), tc.batch_size, tc.grad_accum, run.world_size, tc.epochs, tc.max_steps
     )
-    scheduler = build_scheduler(optimizer, config.optim, n_steps)
-    optimizer = run.prepare_optimizer(optimizer)
+    scheduler = build_scheduler(torch_optimizer(optimizer), config.optim, n_steps)
     optimizers = {"policy": (optimizer, scheduler)}
     start_step = run.resume(optimizers, model)["step"]
 

@@ -25,6 +25,7 @@ from rewardsft.reference import (
     compute_ref_logps,
     merge_lora_into_base,
 )
+from rewardsft.sharding import torch_optimizer
 from rewardsft.training.batches import epoch_permutation, steps_per_epoch
 from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.engine import Engine, EngineRules
@@ -86,18 +87,30 @@ def plan_stages(n_examples: int, config: IRFTConfig, world_size: int) -> list[St
 
 
 def stage_optimizers(
-    run: Run, model: Any, config: IRFTConfig, stage: Stage, n_steps: int, optimizers: Optimizers, step: int
+    run: Run,
+    model: Any,
+    prepared: Any,
+    config: IRFTConfig,
+    stage: Stage,
+    n_steps: int,
+    optimizers: Optimizers,
+    step: int,
 ) -> Optimizers:
-    """The policy's optimiser for ``stage``: one for the whole run (its schedule over all ``n_steps``), or a new
-    one per stage with ``irft.reset_optimizer_each_stage`` (its schedule over the stage). ``step`` is where the
-    run stands; a resumed run restores the checkpoint's optimiser state into the one it continues, but not
-    into a stage's fresh one when the checkpoint ended the previous stage."""
+    """The policy's optimiser for ``stage``: one for the whole run (``prepared``, the optimiser the engine prepared
+    with the model; its schedule over all ``n_steps``), or a fresh one per stage with
+    ``irft.reset_optimizer_each_stage`` (its schedule over the stage). ``step`` is where the run stands; a resumed
+    run restores the checkpoint's optimiser state into the one it continues, but not into a stage's fresh one when
+    the checkpoint ended the previous stage."""
     reset = config.irft.reset_optimizer_each_stage
     if optimizers and not reset:
         return optimizers
-    optimizer = build_optimizer(model.parameters(), config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, stage.steps if reset else n_steps)
-    fresh: Optimizers = {"policy": (run.prepare_optimizer(optimizer), scheduler)}
+    optimizer = prepared
+    if optimizers:  # a stage after the first, with a reset
+        optimizer = run.engine.fresh_optimizer(
+            model, optimizers["policy"][0], lambda p: build_optimizer(p, config.optim)
+        )
+    scheduler = build_scheduler(torch_optimizer(optimizer), config.optim, stage.steps if reset else n_steps)
+    fresh: Optimizers = {"policy": (optimizer, scheduler)}
     if step > 0 and (step > stage.first_step or not reset):
         run.restore_optimizers(fresh, model)
     return fresh

@@ -18,7 +18,7 @@ import torch
 
 from rewardsft.errors import ConfigError
 from rewardsft.layout import CHECKPOINTS
-from rewardsft.sharding import full_optimizer_state, load_optimizer_state
+from rewardsft.training.engine import Engine
 from rewardsft.training.step import loss_scaler
 
 STATE_FILE = "state.json"
@@ -64,24 +64,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
+def tmp_dir(output_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before it is committed (the same path on every process)."""
+    return output_dir / CHECKPOINTS / f".tmp-step-{step}"
+
+
 def begin_checkpoint(output_dir: Path, step: int) -> Path:
     """A fresh temporary folder to write checkpoint ``step`` into."""
-    tmp = output_dir / CHECKPOINTS / f".tmp-step-{step}"
+    tmp = tmp_dir(output_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return tmp
 
 
-def optimizer_states(optimizers: Optimizers, sharded_policy: Any | None = None) -> dict[str, Any]:
-    """Each named optimiser's and schedule's state. With ``sharded_policy`` (FSDP) the ``policy`` optimiser's state
-    is gathered in full and keyed by parameter name (a collective: every process calls this; rank 0 gets it)."""
+def optimizer_states(optimizers: Optimizers, engine: Engine, policy: Any) -> dict[str, Any]:
+    """Each named optimiser's and schedule's state; the ``policy`` optimiser's as ``engine`` keeps it (gathered in
+    full and keyed by parameter name where it is sharded: a collective, every process calls this; rank 0 gets it)."""
     states = {}
     for name, (opt, sched) in optimizers.items():
-        if name == POLICY and sharded_policy is not None:
-            optimizer_state = full_optimizer_state(sharded_policy, opt)
-        else:
-            optimizer_state = opt.state_dict()
+        optimizer_state = engine.optimizer_state(policy, opt) if name == POLICY else opt.state_dict()
         states[name] = {"optimizer": optimizer_state, "scheduler": sched.state_dict()}
         scaler = loss_scaler(opt)
         if scaler is not None:
@@ -113,10 +115,10 @@ def read_training_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())  # type: ignore[no-any-return]
 
 
-def restore_optimizers(checkpoint: Path, optimizers: Optimizers, policy: Any) -> None:
+def restore_optimizers(checkpoint: Path, optimizers: Optimizers, engine: Engine, policy: Any) -> None:
     """Load each named optimiser's and schedule's state from ``checkpoint``; ``policy`` is the model the ``policy``
-    optimiser trains (its state may be keyed by parameter name, written by a sharded run, and is sharded again
-    when ``policy`` is)."""
+    optimiser trains, restored by ``engine`` (its state may be keyed by parameter name, written by a sharded run,
+    and is sharded again when ``policy`` is)."""
     if not (checkpoint / OPTIMIZERS_FILE).is_file():
         raise ConfigError(
             f"{checkpoint} has no {OPTIMIZERS_FILE}: it was written by an older rewardsft and cannot be resumed; "
@@ -126,7 +128,7 @@ def restore_optimizers(checkpoint: Path, optimizers: Optimizers, policy: Any) ->
     states = torch.load(checkpoint / OPTIMIZERS_FILE, weights_only=True, map_location="cpu")
     for name, (optimizer, scheduler) in optimizers.items():
         if name == POLICY:
-            load_optimizer_state(policy, optimizer, states[name]["optimizer"])
+            engine.load_optimizer_state(policy, optimizer, states[name]["optimizer"], checkpoint)
         else:
             optimizer.load_state_dict(states[name]["optimizer"])
         scheduler.load_state_dict(states[name]["scheduler"])

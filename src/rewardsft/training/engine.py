@@ -8,6 +8,8 @@ saves full weights, all through an :class:`Engine`. Each backend is a subclass:
   accelerate prepares them; fp16/bf16 mixed precision and its loss scaler come from accelerate too.
 - :class:`FSDP2Engine`: parameters sharded with ``fully_shard`` (:mod:`rewardsft.sharding`, which says why
   rewardsft shards itself instead of through ``accelerator.prepare``); every forward is a collective.
+- :class:`DeepSpeedEngine`: ZeRO-2 or ZeRO-3, DeepSpeed called directly with settings read from the launch
+  (:mod:`rewardsft.deepspeed`).
 
 Adding an engine is one subclass and a line in :func:`make_engine`. The rules an engine imposes on every method
 live here; the rules a method adds (IRFT's snapshot modes under sharding, RFT's even rounds) live in its recipe
@@ -16,26 +18,37 @@ live here; the rules a method adds (IRFT's snapshot modes under sharding, RFT's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import torch
 
 from rewardsft.config import RunConfig
 from rewardsft.errors import ConfigError
-from rewardsft.sharding import fsdp_requested, full_model_state, shard_model
+from rewardsft.sharding import (
+    fsdp_requested,
+    full_model_state,
+    full_optimizer_state,
+    load_optimizer_state,
+    shard_model,
+    torch_optimizer,
+)
+from rewardsft.training.zero import DEEPSPEED_ENV, deepspeed_requested, deepspeed_settings, environment_without
 
 T = TypeVar("T")
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+"""Builds an optimiser from the parameters it trains (``training.optim.build_optimizer`` with the run's settings)."""
 
 
 class Engine:
     """Processes, devices and the model/optimiser plumbing of one run (the plain-process and DDP behaviour; the
     sharded backends override what differs)."""
 
-    name: ClassVar[str] = "none"
-    sharded: ClassVar[bool] = False
+    name: str = "none"
+    sharded: bool = False
     """Parameters are split over the processes: every forward is a collective, and full weights and optimiser
     state must be gathered to be saved."""
 
@@ -58,12 +71,16 @@ class Engine:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process  # type: ignore[no-any-return]
 
-    def prepare(self, model: Any) -> Any:
-        """The policy ready to train; build its optimiser from the returned model's parameters afterwards."""
-        return self.accelerator.prepare(model)
+    def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
+        """The policy and its optimiser ready to train: ``make_optimizer`` builds the optimiser from the parameters
+        the engine trains (shards under FSDP2; DeepSpeed takes the two together). Build the learning-rate schedule
+        on :func:`torch_optimizer` of the returned optimiser."""
+        model = self.accelerator.prepare(model)
+        return model, self.accelerator.prepare(make_optimizer(model.parameters()))
 
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
-        return self.accelerator.prepare(optimizer)
+    def fresh_optimizer(self, model: Any, optimizer: Any, make_optimizer: OptimizerFactory) -> Any:
+        """An optimiser with no state for the prepared ``model`` (IRFT's ``irft.reset_optimizer_each_stage``)."""
+        return self.accelerator.prepare(make_optimizer(model.parameters()))
 
     def unwrap(self, model: Any) -> Any:
         """The module itself (no DDP wrapper): what generation and saving read."""
@@ -79,8 +96,32 @@ class Engine:
 
     def clip_grad_norm(self, params: Any, limit: float) -> torch.Tensor | None:
         """Clip to ``limit`` (``inf``: measure only) and return the global norm before clipping, unscaling fp16
-        gradients first; None where the engine clips inside its own step."""
+        gradients first; None where the engine clips inside its own step (:meth:`apply_step` then reports it)."""
         return self.accelerator.clip_grad_norm_(params, limit)  # type: ignore[no-any-return]
+
+    def apply_step(self, optimizer: Any) -> tuple[float | None, bool]:
+        """Apply the optimiser step; returns the gradient norm where the engine measured it inside its step (else
+        None) and whether the step was skipped (an fp16 loss scaler's overflow)."""
+        optimizer.step()
+        return None, bool(getattr(optimizer, "step_was_skipped", False))
+
+    def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
+        """The policy optimiser's state for a checkpoint (a collective where it is sharded; rank 0's is written);
+        None where the engine keeps it in its own files (:meth:`save_engine_state`)."""
+        return full_optimizer_state(model, optimizer) if self.sharded else optimizer.state_dict()
+
+    def load_optimizer_state(self, model: Any, optimizer: Any, state: dict[str, Any] | None, checkpoint: Path) -> None:
+        """Restore what :meth:`optimizer_state` (or another engine's) wrote."""
+        if state is None:
+            raise ConfigError(
+                f"{checkpoint} keeps its optimiser state in DeepSpeed's own files; resume it with DeepSpeed on as many "
+                "processes as wrote it"
+            )
+        load_optimizer_state(model, optimizer, state)
+
+    def save_engine_state(self, model: Any, folder: Path) -> None:
+        """Files of the engine's own inside a checkpoint being written (every process calls it, after ``folder``
+        exists); nothing for engines whose state :meth:`optimizer_state` returns."""
 
     def reduce(self, metrics: Mapping[str, float], reduction: Literal["mean", "sum"] = "mean") -> dict[str, float]:
         """The same numbers on every process: each metric's mean (or sum) over processes (a collective)."""
@@ -122,7 +163,7 @@ class AccelerateEngine(Engine):
 
     def __init__(self, accelerator: Any):
         super().__init__(accelerator)
-        self.name = "ddp" if accelerator.num_processes > 1 else "none"  # type: ignore[misc]
+        self.name = "ddp" if accelerator.num_processes > 1 else "none"
 
 
 class FSDP2Engine(Engine):
@@ -131,11 +172,12 @@ class FSDP2Engine(Engine):
     name = "fsdp2"
     sharded = True
 
-    def prepare(self, model: Any) -> Any:
-        return shard_model(model.to(self.device))
+    def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
+        model = shard_model(model.to(self.device))
+        return model, make_optimizer(model.parameters())
 
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
-        return optimizer
+    def fresh_optimizer(self, model: Any, optimizer: Any, make_optimizer: OptimizerFactory) -> Any:
+        return make_optimizer(model.parameters())
 
     def accumulate(self, model: Any, last: bool) -> AbstractContextManager[Any]:
         # Every micro-batch reduce-scatters its gradients into the shards (the sum is the same; no_sync is DDP's).
@@ -149,14 +191,114 @@ class FSDP2Engine(Engine):
         return full_model_state(model)
 
 
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO-2 (optimiser state and gradients partitioned) or ZeRO-3 (parameters too), called directly:
+    accelerate's own integration does not engage on CPU (it silently runs DDP there), so one path serves gloo/CPU
+    and NCCL/GPU, as :class:`FSDP2Engine` does (docs/LOG.md, 2026-12-01).
+
+    What differs from the other engines, and why:
+
+    - the policy's forwards with gradients go through DeepSpeed's engine (under ZeRO-3 a forward of the bare module
+      accumulates wrong gradients over micro-batches: measured); recipes hold the engine as their model;
+    - rewardsft accumulates micro-batches itself (``gradient_accumulation_steps`` is 1) and marks the step's last
+      backward as DeepSpeed's accumulation boundary, so IRFT's split backward (two backwards per micro-batch) and
+      uneven last steps need nothing of their own;
+    - DeepSpeed clips inside its step (``gradient_clipping`` = ``train.max_grad_norm``) and reports the norm after;
+    - the optimiser state lives in DeepSpeed's own checkpoint files (``checkpoints/step-N/deepspeed/``), one per
+      process: a checkpoint resumes with DeepSpeed on as many processes as wrote it.
+    """
+
+    def __init__(self, accelerator: Any, settings: dict[str, Any]):
+        super().__init__(accelerator)
+        self.settings = settings
+        self.stage = int(settings["zero_optimization"]["stage"])
+        self.name = f"deepspeed-zero{self.stage}"
+        self.sharded = self.stage == 3
+        self.ds: Any = None
+
+    def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
+        import deepspeed
+
+        if self.ds is not None:
+            raise RuntimeError("DeepSpeedEngine prepares one policy per run")
+        model = model.to(self.device)
+        optimizer = make_optimizer(model.parameters())
+        self.ds, ds_optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.settings, dist_init_required=False
+        )
+        return self.ds, ds_optimizer
+
+    def fresh_optimizer(self, model: Any, optimizer: Any, make_optimizer: OptimizerFactory) -> Any:
+        # DeepSpeed takes its optimiser once, at initialize: emptying the torch optimiser's state (moments, step
+        # counts) under the ZeRO wrapper is what a new optimiser would be.
+        torch_optimizer(optimizer).state.clear()
+        return optimizer
+
+    def unwrap(self, model: Any) -> Any:
+        return model.module if model is self.ds else model
+
+    def accumulate(self, model: Any, last: bool) -> AbstractContextManager[Any]:
+        if model is self.ds:
+            self.ds.set_gradient_accumulation_boundary(last)
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def clip_grad_norm(self, params: Any, limit: float) -> torch.Tensor | None:
+        return None  # clipped inside DeepSpeed's step, at train.max_grad_norm (the settings' gradient_clipping)
+
+    def apply_step(self, optimizer: Any) -> tuple[float | None, bool]:
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        return (None if norm is None else float(norm)), not self.ds.was_step_applied()
+
+    def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
+        if not self.sharded:
+            return None  # ZeRO-2 keeps whole parameters in every process
+        # A collective: every process gathers, rank 0 keeps the weights (in the parameters' own dtype).
+        weights = self.ds._zero3_consolidated_16bit_state_dict()
+        return {name: tensor.cpu() for name, tensor in (weights or {}).items()}
+
+    def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
+        return None  # in DeepSpeed's own files, written by save_engine_state
+
+    def save_engine_state(self, model: Any, folder: Path) -> None:
+        self.ds.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
+
+    def load_optimizer_state(self, model: Any, optimizer: Any, state: dict[str, Any] | None, checkpoint: Path) -> None:
+        files = sorted((checkpoint / DEEPSPEED_TAG).glob("*optim_states.pt"))
+        if state is not None or not files:
+            raise ConfigError(
+                f"{checkpoint} was not written by DeepSpeed: resume it under the engine that wrote it (its run.json "
+                "names it), or start again with overwrite=true"
+            )
+        if len(files) != self.world_size:
+            raise ConfigError(
+                f"{checkpoint} holds DeepSpeed optimiser state for {len(files)} processes; resume it on "
+                f"{len(files)} processes (DeepSpeed's ZeRO shards are per process; its ds_to_universal.py converts "
+                "them for another count), or start again with overwrite=true"
+            )
+        self.ds.load_checkpoint(
+            str(checkpoint), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+
+
+DEEPSPEED_TAG = "deepspeed"
+"""The folder of DeepSpeed's own files inside ``checkpoints/step-N/``."""
+
+
 def make_engine(config: RunConfig, trackers: list[str] | None = None) -> Engine:
     """The engine the launch asks for (accelerate's config and environment), after the rules every method shares.
     ``trackers``: the run's (checked) ``logging.report_to``, which accelerate takes at construction."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=config.output_dir
-    )
+    # Under DeepSpeed accelerate only sets up processes and devices: its own DeepSpeed integration stays out of the
+    # way (it would prepare the model itself on GPU and run DDP on CPU), and DeepSpeed is called directly.
+    with environment_without(DEEPSPEED_ENV if deepspeed_requested() else None):
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=config.output_dir
+        )
     return engine_for(accelerator, config)
 
 
@@ -166,8 +308,8 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError(
-            "DeepSpeed is not supported yet; shard with FSDP2 instead: configs/accelerate/fsdp.yaml (full shard, "
-            "like ZeRO-3) or fsdp_grad_op.yaml (like ZeRO-2)"
+            "accelerate prepared DeepSpeed itself; rewardsft calls DeepSpeed directly: launch with the "
+            "configs/accelerate/zero*.yaml files or set ACCELERATE_USE_DEEPSPEED=true under torchrun"
         )
     if accelerator.mixed_precision == "fp16" and config.model.dtype in ("float16", "bfloat16"):
         raise ConfigError(
@@ -175,6 +317,11 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
             "weights under autocast with a loss scaler, which cannot unscale half-precision gradients; set "
             "model.dtype=auto (float32 under mixed precision) or float32"
         )
+    if deepspeed_requested():
+        if fsdp_requested():
+            raise ConfigError("both DeepSpeed and FSDP were requested (ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_FSDP)")
+        check_sharded_launch(accelerator, config, "DeepSpeed", "ACCELERATE_USE_DEEPSPEED", "zero3.yaml")
+        return DeepSpeedEngine(accelerator, deepspeed_settings(config, accelerator.num_processes))
     if not fsdp_requested():
         return AccelerateEngine(accelerator)
     check_fsdp(accelerator, config)
@@ -183,16 +330,21 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
 
 def check_fsdp(accelerator: Any, config: RunConfig) -> None:
     """Refuse FSDP2 outside a distributed launch and with the settings it does not support."""
+    check_sharded_launch(accelerator, config, "FSDP", "ACCELERATE_USE_FSDP", "fsdp.yaml")
+
+
+def check_sharded_launch(accelerator: Any, config: RunConfig, engine: str, variable: str, example: str) -> None:
+    """What FSDP2 and DeepSpeed both refuse: no process group, LoRA, accelerate's mixed precision."""
     if not torch.distributed.is_initialized():
         raise ConfigError(
-            "FSDP was requested (ACCELERATE_USE_FSDP) but this is not a distributed launch; start with "
-            "`accelerate launch --config_file configs/accelerate/fsdp.yaml` or `torchrun`"
+            f"{engine} was requested ({variable}) but this is not a distributed launch; start with "
+            f"`accelerate launch --config_file configs/accelerate/{example}` or `torchrun`"
         )
     if config.lora.enabled:
-        raise ConfigError("lora.enabled=true with FSDP is not supported yet; train LoRA with DDP (ddp.yaml)")
+        raise ConfigError(f"lora.enabled=true with {engine} is not supported yet; train LoRA with DDP (ddp.yaml)")
     if accelerator.mixed_precision != "no":
         raise ConfigError(
-            f"mixed_precision={accelerator.mixed_precision} with FSDP is not supported (the model is loaded in "
+            f"mixed_precision={accelerator.mixed_precision} with {engine} is not supported (the model is loaded in "
             "model.dtype itself: bf16 on GPU by default); set mixed_precision: 'no' in the accelerate config"
         )
 

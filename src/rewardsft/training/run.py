@@ -29,7 +29,7 @@ from rewardsft.model_card import write_model_card
 from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
 from rewardsft.sharding import lockstep
 from rewardsft.training import checkpoint as ckpt
-from rewardsft.training.engine import Engine, EngineRules, make_engine
+from rewardsft.training.engine import Engine, EngineRules, OptimizerFactory, make_engine
 from rewardsft.training.metrics import MetricsLogger
 from rewardsft.training.signals import STOP, Preempted
 
@@ -236,19 +236,15 @@ class Run:
         tc = self.config.train
         return tc.batch_size * tc.grad_accum * self.world_size
 
-    def prepare(self, model: Any) -> Any:
-        """The policy ready to train on this run's engine; build its optimiser afterwards, from the returned
-        model's parameters, and pass it to :meth:`prepare_optimizer`."""
-        return self.engine.prepare(model)
-
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
-        return self.engine.prepare_optimizer(optimizer)
+    def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
+        """The policy and its optimiser ready to train on this run's engine (:meth:`Engine.prepare`)."""
+        return self.engine.prepare(model, make_optimizer)
 
     def restore_optimizers(self, optimizers: ckpt.Optimizers, model: Any) -> None:
         """Load the named optimisers' and schedules' state from the checkpoint being resumed (if any);
         ``model`` is the policy the ``policy`` optimiser trains."""
         if self.checkpoint is not None:
-            ckpt.restore_optimizers(self.checkpoint, optimizers, model)
+            ckpt.restore_optimizers(self.checkpoint, optimizers, self.engine, model)
 
     def resume(self, optimizers: ckpt.Optimizers, model: Any) -> dict[str, Any]:
         """Restore RNG, optimisers and schedules from the newest checkpoint; returns the recipe state."""
@@ -299,10 +295,16 @@ class Run:
         """
         weights = self.engine.full_weights(model)
         # Every process takes part in gathering sharded optimiser state; rank 0 writes it.
-        states = ckpt.optimizer_states(optimizers, model if self.engine.sharded else None)
-        state = {**state, "world_size": self.world_size, "global_batch": self.global_batch}
+        states = ckpt.optimizer_states(optimizers, self.engine, model)
+        state = {**state, "world_size": self.world_size, "global_batch": self.global_batch, "engine": self.engine.name}
+        tmp = (
+            ckpt.begin_checkpoint(self.output_dir, state["step"])
+            if self.is_main
+            else ckpt.tmp_dir(self.output_dir, state["step"])
+        )
+        self.engine.barrier()
+        self.engine.save_engine_state(model, tmp)
         if self.is_main:
-            tmp = ckpt.begin_checkpoint(self.output_dir, state["step"])
             save_policy(self.engine.unwrap(model), tmp, state_dict=weights, with_base=with_base)
             if extra is not None:
                 extra(tmp)

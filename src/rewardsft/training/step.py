@@ -74,9 +74,11 @@ def optimizer_step(
     else:
         grad_norm = engine.clip_grad_norm(params, limit)
     lr = float(scheduler.get_last_lr()[0])
-    # DeepSpeed clips inside its own step and returns no norm here: nothing to check.
-    norm = float("nan") if grad_norm is None else float(grad_norm)
-    finite = grad_norm is None or math.isfinite(norm)
+    if grad_norm is None:
+        assert engine is not None
+        return clipped_inside_step(engine, optimizer, scheduler, lr)
+    norm = float(grad_norm)
+    finite = math.isfinite(norm)
     persistent = not finite and (scale is None or scale <= 1.0)
     if persistent and on_nonfinite == "stop":
         optimizer.zero_grad(set_to_none=True)
@@ -95,12 +97,32 @@ def optimizer_step(
         if finite:
             optimizer.step()
         skipped = not finite
+    advance(scheduler)
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(norm, lr, skipped=skipped, loss_scale=scale)
+
+
+def clipped_inside_step(engine: Engine, optimizer: Any, scheduler: Any, lr: float) -> StepStats:
+    """The step of an engine that clips inside its own step (DeepSpeed): the norm is known only once the step is
+    applied, so a non-finite one stops the run after the fact, before anything is saved (``train.on_nonfinite=skip``
+    is refused for such engines); a step its fp16 loss scaler skipped is counted as skipped."""
+    measured, skipped = engine.apply_step(optimizer)
+    norm = float("nan") if measured is None else float(measured)
+    if not math.isfinite(norm) and not skipped:
+        raise NonFiniteError(
+            f"the gradient norm is {norm} (a non-finite loss or gradient); {engine.name} measures it inside its own "
+            "step, which was applied, so this run stops before saving it: the newest checkpoint predates it. Lower "
+            "optim.lr or check the data, then rerun with resume=true"
+        )
+    advance(scheduler)
+    return StepStats(norm, lr, skipped=skipped)
+
+
+def advance(scheduler: Any) -> None:
     with warnings.catch_warnings():
         # The schedule advances on a skipped step on purpose; torch warns when the optimiser has not stepped yet.
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepStats(norm, lr, skipped=skipped, loss_scale=scale)
 
 
 def loss_scaler(optimizer: Any) -> Any | None:

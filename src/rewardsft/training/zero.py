@@ -1,0 +1,151 @@
+"""DeepSpeed ZeRO settings, read from the launch and checked against the run's own settings.
+
+A launch asks for DeepSpeed as accelerate's launcher exports it (``accelerate launch --config_file
+configs/accelerate/zero3.yaml``: ``ACCELERATE_USE_DEEPSPEED=true`` with ``ACCELERATE_DEEPSPEED_ZERO_STAGE`` and
+the offload devices, or ``ACCELERATE_DEEPSPEED_CONFIG_FILE`` naming a DeepSpeed JSON); under ``torchrun`` the same
+variables can be set by hand. The run's config stays the one place for what the recipes read: the batch, the
+accumulation, the clipping, the optimiser and its schedule, the dtype. A DeepSpeed JSON may leave those ``"auto"``
+or repeat them; a value that disagrees, or a section rewardsft does not apply (``optimizer``, ``scheduler``,
+``fp16``), is refused naming the key rather than ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rewardsft.config import RunConfig
+from rewardsft.errors import ConfigError
+
+DEEPSPEED_ENV = "ACCELERATE_USE_DEEPSPEED"
+NEVER_PRINT = 2**62
+"""DeepSpeed's ``steps_per_print``: rewardsft logs its own metrics."""
+
+
+def deepspeed_requested() -> bool:
+    return os.environ.get(DEEPSPEED_ENV, "false").lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def environment_without(name: str | None) -> Iterator[None]:
+    """The process environment with ``name`` unset for the block (nothing changes for None)."""
+    saved = os.environ.pop(name, None) if name else None
+    try:
+        yield
+    finally:
+        if name and saved is not None:
+            os.environ[name] = saved
+
+
+def deepspeed_settings(config: RunConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config this run trains under: the launch's ZeRO settings, the run's batch, clipping and dtype."""
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    user = read_json(Path(file)) if file.lower() != "none" else launch_settings()
+    source = file if file.lower() != "none" else "the accelerate config (ACCELERATE_DEEPSPEED_*)"
+    for section in ("optimizer", "scheduler"):
+        if section in user:
+            raise ConfigError(
+                f"{source}: the {section!r} section is not applied (rewardsft builds the optimiser and its schedule "
+                "from optim.*); remove it"
+            )
+    if user.get("fp16", {}).get("enabled") not in (None, False, "auto"):
+        raise ConfigError(
+            f"{source}: fp16.enabled under DeepSpeed is not supported (its loss scaler is not wired to the split "
+            "pair backward); train in bfloat16 (model.dtype=bfloat16) or float32"
+        )
+    tc = config.train
+    if tc.on_nonfinite == "skip":
+        raise ConfigError(
+            "train.on_nonfinite=skip under DeepSpeed is not supported: DeepSpeed clips and steps in one call, so a "
+            "non-finite gradient norm is known only after the step was applied; use train.on_nonfinite=stop"
+        )
+    clip = tc.max_grad_norm if tc.max_grad_norm is not None else 0.0
+    bf16 = config.model.dtype == "bfloat16"
+    if config.model.dtype == "float16":
+        raise ConfigError("model.dtype=float16 under DeepSpeed is not supported; use bfloat16 or float32")
+    agree(source, user, "gradient_accumulation_steps", tc.grad_accum, "train.grad_accum")
+    agree(source, user, "train_micro_batch_size_per_gpu", tc.batch_size, "train.batch_size")
+    agree(source, user, "gradient_clipping", clip, "train.max_grad_norm")
+    agree(source, user.get("bf16", {}), "enabled", bf16, "model.dtype=bfloat16", key="bf16.enabled")
+    zero = dict(user.get("zero_optimization", {}))
+    stage = int(zero.get("stage", 0))
+    if stage not in (2, 3):
+        raise ConfigError(
+            f"{source}: zero_optimization.stage={stage}; rewardsft runs DeepSpeed ZeRO-2 or ZeRO-3 (plain data "
+            "parallelism is configs/accelerate/ddp.yaml)"
+        )
+    if stage == 3:
+        if zero.get("stage3_gather_16bit_weights_on_model_save") is False:
+            raise ConfigError(
+                f"{source}: zero_optimization.stage3_gather_16bit_weights_on_model_save=false; final/ and the "
+                "checkpoints hold whole weights, gathered on save: set it to true"
+            )
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    settings = {key: value for key, value in user.items() if key not in ("zero_optimization", "bf16", "fp16")}
+    settings |= {
+        "zero_optimization": zero,
+        # rewardsft accumulates micro-batches itself and marks the last one as DeepSpeed's boundary.
+        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": tc.batch_size,
+        "train_batch_size": tc.batch_size * world_size,
+        "gradient_clipping": clip,
+        "bf16": {"enabled": bf16},
+        # The optimiser is torch's (optim.name): DeepSpeed's compiled CPU Adam is not needed for offload.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": NEVER_PRINT,
+    }
+    return settings
+
+
+def launch_settings() -> dict[str, Any]:
+    """The ZeRO settings ``accelerate launch`` exports from an accelerate config's ``deepspeed_config``."""
+    env = os.environ
+    if env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true":
+        raise ConfigError(
+            "zero3_init_flag: true (ACCELERATE_DEEPSPEED_ZERO3_INIT) is not applied: every process loads the whole "
+            "model and deepspeed.initialize partitions it; set it to false"
+        )
+    if env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "true").lower() == "false":
+        raise ConfigError(
+            "zero3_save_16bit_model: false (ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL): final/ holds whole weights, "
+            "gathered on save; set it to true"
+        )
+    zero: dict[str, Any] = {"stage": int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
+    for kind in ("optimizer", "param"):
+        device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{kind.upper()}_DEVICE", "none").lower()
+        if device == "nvme":
+            raise ConfigError(f"offload_{kind}_device: nvme is not supported; use cpu or none")
+        if device == "cpu":
+            zero[f"offload_{kind}"] = {"device": "cpu"}
+    settings: dict[str, Any] = {"zero_optimization": zero}
+    for name, key in (
+        ("GRADIENT_ACCUMULATION_STEPS", "gradient_accumulation_steps"),
+        ("GRADIENT_CLIPPING", "gradient_clipping"),
+    ):
+        value = env.get(f"ACCELERATE_{name}")
+        if value is not None and value.lower() not in ("none", "auto"):
+            settings[key] = float(value) if key == "gradient_clipping" else int(value)
+    return settings
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"DeepSpeed config {path}: {error}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"DeepSpeed config {path}: expected a JSON object")
+    return settings
+
+
+def agree(source: str, settings: dict[str, Any], name: str, ours: Any, setting: str, key: str | None = None) -> None:
+    """A value the DeepSpeed config may leave ``auto`` or repeat, but not contradict."""
+    value = settings.get(name, "auto")
+    if value == "auto" or value == ours or (name == "gradient_clipping" and ours == 0.0 and value in (0, None)):
+        return
+    raise ConfigError(f'{source}: {key or name}={value} but the run\'s {setting} is {ours}; set it to "auto"')

@@ -1,0 +1,172 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 over two torchrun processes (gloo, CPU) train like one plain process.
+
+The same comparison and tolerances as tests/integration/test_distributed.py (its docstring measures them): one
+process with ``train.batch_size=8`` against two with 4 each see the same examples at every step, so the per-step
+metrics and the final weights must agree within float reduction-order noise. Measured when this was written
+(2026-12-01): SFT and IRFT (split and shared pair forwards) under ZeRO-2 and ZeRO-3 agree with one process to
+≤ 4.1e-7 relative in losses and grad norms and ≤ 3.9e-6 absolute in the final weights (IRFT moved them by ~1e-2).
+A ZeRO-3 IRFT run cut back to an earlier checkpoint resumes to the uninterrupted run's weights exactly.
+
+RFT samples with per-rank seeds, so its two-process run is not one process's; it is checked to train every
+parameter under both stages and to log the same rounds under ZeRO-2 and ZeRO-3 (the same samples, the same
+arithmetic but for the partitioning).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from rewardsft.cli import main
+from tests.integration.test_distributed import (
+    COMMON,
+    METHOD_ARGS,
+    STEP_METRICS,
+    TORCHRUN,
+    WEIGHT_ABS,
+    accelerate_launch,
+    args_for,
+    mismatches,
+    step_records,
+    torchrun,
+)
+from tests.integration.test_rft import rft_args
+from tests.integration.test_sft import sft_args
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed"),
+    pytest.mark.skipif(shutil.which("torchrun") is None and not TORCHRUN.exists(), reason="torchrun not found"),
+]
+CASES = [("sft", 2), ("sft", 3), ("irft", 2), ("irft", 3), ("irft-shared", 3)]
+# A port of its own for every launch (a port just released by the previous launch is not reused).
+PORTS = {f"{m}-{s}": 29571 + i for i, (m, s) in enumerate(CASES)} | {"rft": 29580, "resume": 29581}
+LAUNCH_PORTS = {"zero2": 29582, "zero3": 29583, "zero3_offload": 29584}
+
+
+def zero(stage: int) -> dict[str, str]:
+    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage)}
+
+
+@pytest.fixture(scope="module")
+def one_process(llama_dir: Path, builtin_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each method trained once in one plain process (the reference of every case)."""
+    base = tmp_path_factory.mktemp("ds-one")
+    runs = {}
+    for method in ("sft", "irft", "irft-shared"):
+        runs[method] = base / method
+        assert main(args_for(method, llama_dir, builtin_jsonl, runs[method], batch_size=8)) == 0
+    return runs
+
+
+@pytest.mark.parametrize(("method", "stage"), CASES, ids=[f"{m}-zero{s}" for m, s in CASES])
+def test_zero_trains_like_one_process(
+    method: str,
+    stage: int,
+    one_process: dict[str, Path],
+    llama_dir: Path,
+    builtin_jsonl: Path,
+    tmp_path: Path,
+) -> None:
+    two = tmp_path / "two"
+    args = args_for(method, llama_dir, builtin_jsonl, two, batch_size=4)
+    result = torchrun(args, PORTS[f"{method}-{stage}"], zero(stage))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (two / "run.json").read_text().count(f'"engine": "deepspeed-zero{stage}"') == 1
+    keys, one = STEP_METRICS[method], one_process[method]
+    single, double = step_records(one, keys[0]), step_records(two, keys[0])
+    assert [r["step"] for r in single] == [r["step"] for r in double] and len(single) >= 4
+    assert mismatches(single, double, keys, f"zero-{stage}") == []
+    assert_same_weights(one / "final", two / "final", llama_dir)
+    # Checkpoints: whole weights beside DeepSpeed's own optimiser shards, one per process.
+    last = sorted((two / "checkpoints").glob("step-*"))[-1]
+    assert (last / "model" / "model.safetensors").is_file()
+    assert len(list((last / "deepspeed").glob("*optim_states.pt"))) == 2
+
+
+def assert_same_weights(a: Path, b: Path, start: Path) -> None:
+    initial = load_file(str(start / "model.safetensors"))
+    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert left.keys() == right.keys() == initial.keys()
+    assert max(float((left[n] - initial[n]).abs().max()) for n in initial) > 100 * WEIGHT_ABS
+    assert {
+        n: float((left[n] - right[n]).abs().max()) for n in left if (left[n] - right[n]).abs().max() > WEIGHT_ABS
+    } == {}
+
+
+def test_a_zero3_irft_run_resumes_to_the_uninterrupted_weights(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """Cut back to the checkpoint inside stage 2 (its snapshot cache and DeepSpeed's optimiser shards), then
+    resumed: the same metrics and final weights as the run that was never cut."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = [*METHOD_ARGS["irft"], "train.batch_size=4", "train.save_every=1", "train.keep_checkpoints=5"]
+    result = torchrun(irft_args_of(llama_dir, builtin_jsonl, whole, args), PORTS["resume"], zero(3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "checkpoints" / "step-4")
+    result = torchrun(
+        irft_args_of(llama_dir, builtin_jsonl, cut, [*args, "resume=true"]), PORTS["resume"] + 10, zero(3)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+    assert timeless(step_records(cut, "irft/loss")) == timeless(step_records(whole, "irft/loss"))
+    left, right = (load_file(str(path / "final" / "model.safetensors")) for path in (whole, cut))
+    assert all(bool((left[n] == right[n]).all()) for n in left)
+    # On another number of processes, or without DeepSpeed, the shards cannot be read: a clear error, exit 2.
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "checkpoints" / "step-4")
+    assert main(irft_args_of(llama_dir, builtin_jsonl, cut, [*args[:-3], "train.batch_size=8", "resume=true"])) == 2
+
+
+def timeless(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in r.items() if not key.startswith("time/")} for r in records]
+
+
+def irft_args_of(model: Path, data: Path, out: Path, extra: list[str]) -> list[str]:
+    from tests.integration.test_irft import irft_args
+
+    return irft_args(model, data, out, *COMMON, *extra)
+
+
+def test_rft_trains_every_parameter_under_zero2_and_zero3(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    records: dict[int, list[dict[str, Any]]] = {}
+    for stage in (2, 3):
+        out = tmp_path / f"zero{stage}"
+        args = rft_args(
+            llama_dir, split_data, out, "rft.iterations=3", "rft.prompts_per_iteration=8", "train.batch_size=3"
+        )
+        result = torchrun(args, PORTS["rft"] + 10 * (stage - 2), zero(stage))
+        assert result.returncode == 0, result.stderr[-3000:]
+        records[stage] = step_records(out, "rm/loss")
+        initial = load_file(str(llama_dir / "model.safetensors"))
+        final = load_file(str(out / "final" / "model.safetensors"))
+        assert [n for n in initial if bool((initial[n] == final[n]).all())] == []
+        assert (out / "reward_model" / "model.safetensors").is_file()
+    assert [r["step"] for r in records[2]] == [1, 2, 3]
+    for a, b in zip(records[2], records[3], strict=True):
+        for key in ("rm/loss", "policy/reward", "policy/kl", "train/grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])
+def test_shipped_deepspeed_configs_launch(name: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
+    """``accelerate launch --config_file configs/accelerate/<name>.yaml --num_processes 2`` as the README writes it."""
+    import json
+
+    out = tmp_path / name
+    result = accelerate_launch(
+        name, LAUNCH_PORTS[name], sft_args(llama_dir, builtin_jsonl, out, "train.batch_size=4", "train.max_steps=2")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert (run["world_size"], run["engine"]) == (2, "deepspeed-zero2" if name == "zero2" else "deepspeed-zero3")
+    assert AutoModelForCausalLM.from_pretrained(str(out / "final")).num_parameters() > 0
