@@ -12,7 +12,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -35,6 +35,37 @@ class Generation:
     response_ids: list[int]
     stopped: bool
     """True when the model emitted EOS; False when ``max_new_tokens`` cut it."""
+
+
+class Sampler(Protocol):
+    """The sampler seam: what IRFT's stages and RFT's rounds are handed to draw one response per prompt. Lockstep
+    over sharded processes is the sampler's business; the weights it decodes with come from the engine
+    (``Engine.decoding``), so a new backend (vLLM on GPU, transformers' continuous batching) is one class here and
+    a line in :func:`make_sampler`."""
+
+    def sample(self, model: Any, prompts: Sequence[Sequence[int]], seed: int) -> list[Generation]:
+        """One response per prompt, in input order; seeded, and every process calls it at the same point."""
+        ...
+
+
+@dataclass(frozen=True)
+class HFSampler:
+    """transformers' ``generate`` (:func:`generate`): batched, left-padded, KV cache, ``synced_gpus`` when sharded.
+    transformers' continuous batching (``generate_batch``, paged attention) gave the same greedy tokens 1.15-2.4x
+    slower on a 2-core CPU at IRFT's batch size (``benchmarks/continuous_batching.py``, docs/performance.md), so it
+    is not offered."""
+
+    cfg: GenerationConfig
+    pad_id: int
+    eos_ids: tuple[int, ...]
+
+    def sample(self, model: Any, prompts: Sequence[Sequence[int]], seed: int) -> list[Generation]:
+        return generate(model, prompts, self.cfg, pad_id=self.pad_id, eos_ids=self.eos_ids, seed=seed)
+
+
+def make_sampler(cfg: GenerationConfig, pad_id: int, eos_ids: Sequence[int]) -> Sampler:
+    """The sampler a recipe hands its steps (transformers' ``generate`` today: the only backend measured to pay)."""
+    return HFSampler(cfg, pad_id, tuple(eos_ids))
 
 
 def generate(

@@ -99,3 +99,14 @@ def test_eval_gap_speed_benchmark_runs_on_a_tiny_model(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["pairs"] == 12 and positive(report["seconds_shared"]) and positive(report["seconds_separate"])
     assert report["gap_mean_difference"] < 1e-4  # the two layouts read the same log-probs
+
+
+def test_continuous_batching_benchmark_runs_on_a_tiny_model(llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cb.json"
+    cmd = [sys.executable, "-m", "benchmarks.continuous_batching", "--model", str(llama_dir), "--prompts", "3"]
+    cmd += ["--new-tokens", "4", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert positive(record["hf_generate_s"]) and positive(record["continuous_batching_s"])
+    assert 0.0 <= record["same_greedy_tokens"] <= 1.0

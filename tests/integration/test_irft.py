@@ -380,3 +380,37 @@ def test_packed_shared_pairs_train_as_a_row_per_pair(
     a, b, initial = (weights(path) for path in (outs["false"] / "final", outs["true"] / "final", llama_dir))
     gap = max(float((a[n] - b[n]).abs().max()) for n in a)
     assert gap < 1e-4 < min(float((a[n] - initial[n]).abs().max()) for n in a)
+
+
+def test_the_recipes_sample_through_the_sampler_they_are_handed(
+    llama_dir: Path, builtin_jsonl: Path, split_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler seam: IRFT's stages and RFT's rounds draw every sample from the recipe's ``make_sampler``, so a
+    backend that answers every prompt with the same two tokens is what the pairs and the rollout hold."""
+    import json
+
+    from rewardsft.generation import Generation
+    from rewardsft.recipes import irft as irft_recipe
+    from rewardsft.steps import rollout
+    from tests.integration.test_rft import rft_args
+
+    calls: list[int] = []
+
+    class Constant:
+        def sample(self, model: Any, prompts: Any, seed: int) -> list[Generation]:
+            calls.append(len(prompts))
+            return [Generation([5, 6], stopped=False) for _ in prompts]
+
+    monkeypatch.setattr(irft_recipe, "make_sampler", lambda *args: Constant())
+    out = tmp_path / "irft"
+    assert main(irft_args(llama_dir, builtin_jsonl, out, "irft.stages=2", "data.max_rows=16")) == 0
+    rows = [json.loads(line) for line in (out / "stages" / "stage-1" / "generations.jsonl").read_text().splitlines()]
+    assert calls == [8, 8] and {tuple(r["response_ids"]) for r in rows} == {(5, 6)}
+
+    calls.clear()
+    monkeypatch.setattr(rollout, "make_sampler", lambda *args: Constant())
+    args = rft_args(llama_dir, split_data, tmp_path / "rft", "rft.iterations=2", "train.eval_every=0")
+    assert main(args) == 0
+    assert calls and all(n > 0 for n in calls)  # the held-out check at step 0 and each round's rollout
+    records = [r for r in read_metrics(tmp_path / "rft" / "metrics.jsonl") if "gen/mean_length" in r]
+    assert [r["gen/mean_length"] for r in records] == [2.0, 2.0]

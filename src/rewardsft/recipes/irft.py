@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rewardsft.config import IRFTConfig
-from rewardsft.generation import end_of_turn_ids
+from rewardsft.generation import end_of_turn_ids, make_sampler
 from rewardsft.logprobs import check_block_mask
 from rewardsft.recipes.common import start_recipe
 from rewardsft.steps.pairs import PairLossSpec, accumulate_irft_step
@@ -46,7 +46,7 @@ def train_irft(config: IRFTConfig) -> Path:
     run.print(f"irft: pair forward {spec.pair_forward}")
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
-    stop_ids = end_of_turn_ids(renderer, run.engine.unwrap(model))
+    sampler = make_sampler(config.generation, pad_id, end_of_turn_ids(renderer, run.engine.unwrap(model)))
     for stage in stages:
         if stage.first_step + stage.steps <= state["step"]:
             continue  # finished before the checkpoint
@@ -55,7 +55,7 @@ def train_irft(config: IRFTConfig) -> Path:
         optimizer, scheduler = optimizers["policy"]
 
         examples = [train_data.tokenized[i] for i in stage.example_ids]
-        pairs = stage_pairs(run, model, stage, examples, tokenizer, config, renderer, stop_ids)
+        pairs = stage_pairs(run, model, stage, examples, tokenizer, config, renderer, sampler)
         snapshot = take_snapshot(run, model, stage, pairs, config, pad_id, resuming_in_stage, spec.pair_forward)
         done = max(state["step"] - stage.first_step, 0)
         plan = plan_steps(

@@ -13,7 +13,7 @@ from rewardsft.config import GenerationConfig, RFTConfig
 from rewardsft.data import TokenizedExample
 from rewardsft.data.collate import batch_on, collate_branches
 from rewardsft.errors import ConfigError
-from rewardsft.generation import Generation, as_example, generate, generation_stats
+from rewardsft.generation import Generation, Sampler, as_example, generation_stats, make_sampler
 from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
 from rewardsft.logprobs import (
     BLOCK_MASK_KEYS,
@@ -93,7 +93,8 @@ class RolloutSpec:
     generation: GenerationConfig
     seed: int
     pad_id: int
-    stop_ids: list[int]
+    sampler: Sampler
+    """Draws the rollout's and the held-out check's samples (``generation.make_sampler``)."""
     kl_coef: float
     reward_norm: str
     reward_clip: float | None
@@ -129,7 +130,7 @@ class RolloutSpec:
             generation=config.generation,
             seed=config.seed,
             pad_id=pad_id,
-            stop_ids=stop_ids,
+            sampler=make_sampler(config.generation, pad_id, stop_ids),
             kl_coef=rc.kl_coef,
             reward_norm=rc.reward_norm,
             reward_clip=rc.reward_clip,
@@ -216,14 +217,8 @@ def sample_examples(
     """One sample per prompt from the current policy, seeded per purpose, step and process; also as examples
     (prompt + response cut to ``data.max_length``) ready to score or train on."""
     with run.engine.decoding(policy) as decoder:
-        generations = generate(
-            decoder,
-            [p.prompt_ids for p in prompts],
-            spec.generation,
-            pad_id=spec.pad_id,
-            eos_ids=spec.stop_ids,
-            seed=derive_seed(spec.seed, purpose, step, run.rank),
-        )
+        seed = derive_seed(spec.seed, purpose, step, run.rank)
+        generations = spec.sampler.sample(decoder, [p.prompt_ids for p in prompts], seed)
     return generations, [as_example(p, g, spec.max_length) for p, g in zip(prompts, generations, strict=True)]
 
 

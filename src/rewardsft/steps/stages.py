@@ -14,7 +14,7 @@ import torch
 from rewardsft.config import IRFTConfig
 from rewardsft.data import Renderer, TokenizedExample
 from rewardsft.errors import ConfigError
-from rewardsft.generation import Generation, as_example, generate, generation_stats
+from rewardsft.generation import Generation, Sampler, as_example, generation_stats
 from rewardsft.layout import GENERATIONS_FILE, stage_dir
 from rewardsft.reference import (
     CachedSnapshot,
@@ -124,15 +124,16 @@ def stage_pairs(
     tokenizer: Any,
     config: IRFTConfig,
     renderer: Renderer,
-    stop_ids: list[int],
+    sampler: Sampler,
 ) -> list[Pair]:
-    """(demonstration, generation) pairs of the stage: read back from disk, or sampled by the snapshot."""
+    """(demonstration, generation) pairs of the stage: read back from disk, or drawn from the snapshot by
+    ``sampler``."""
     path = stage_dir(run.output_dir, stage.name) / GENERATIONS_FILE
     if path.is_file():
         generations = read_generations(path, examples, sampling_settings(config))
         run.print(f"{stage.name}: reusing {len(generations)} generations from {path}")
     else:
-        generations = sample_stage(run, model, stage, examples, tokenizer.pad_token_id, config, stop_ids)
+        generations = sample_stage(run, model, stage, examples, config, sampler)
         stats = generation_stats(generations, [ex.response_ids for ex in examples])
         if run.is_main:
             write_generations(path, stage, examples, generations, tokenizer, renderer, stats, sampling_settings(config))
@@ -147,25 +148,13 @@ def stage_pairs(
 
 
 def sample_stage(
-    run: Run,
-    model: Any,
-    stage: Stage,
-    examples: list[TokenizedExample],
-    pad_id: int,
-    config: IRFTConfig,
-    stop_ids: list[int],
+    run: Run, model: Any, stage: Stage, examples: list[TokenizedExample], config: IRFTConfig, sampler: Sampler
 ) -> list[Generation]:
     """Each process samples its share of the prompts; the shares are gathered back into chunk order."""
     mine = list(range(run.rank, len(examples), run.world_size))
     with run.engine.decoding(model) as decoder:
-        local = generate(
-            decoder,
-            [examples[i].prompt_ids for i in mine],
-            config.generation,
-            pad_id=pad_id,
-            eos_ids=stop_ids,
-            seed=derive_seed(config.seed, "irft/generate", stage.index, run.rank),
-        )
+        seed = derive_seed(config.seed, "irft/generate", stage.index, run.rank)
+        local = sampler.sample(decoder, [examples[i].prompt_ids for i in mine], seed)
     gathered = run.gather(list(zip(mine, local, strict=True)))
     by_position = dict(gathered)
     return [by_position[i] for i in range(len(examples))]
