@@ -108,7 +108,9 @@ def in_generation_dtype(model: Any, cfg: GenerationConfig) -> Any:
     if cfg.dtype == "auto" or next(model.parameters()).dtype == torch.bfloat16:
         return model
     if is_sharded(model):
-        raise ConfigError("generation.dtype=bfloat16 is not supported with FSDP; use generation.dtype=auto")
+        raise ConfigError(
+            "generation.dtype=bfloat16 is not supported with sharded parameters (FSDP2, ZeRO-3); use generation.dtype=auto"
+        )
     return copy.deepcopy(model).to(torch.bfloat16)
 
 

@@ -43,30 +43,48 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed"),
     pytest.mark.skipif(shutil.which("torchrun") is None and not TORCHRUN.exists(), reason="torchrun not found"),
 ]
-CASES = [("sft", 2), ("sft", 3), ("irft", 2), ("irft", 3), ("irft-shared", 3)]
+# (case, ZeRO stage). The cases beyond test_distributed.py's methods: "sft-accum" accumulates two micro-batches
+# per step in each process (one process: one micro-batch of 8), "irft-reset" builds a fresh optimiser per stage
+# (irft.reset_optimizer_each_stage, which DeepSpeed does by emptying the optimiser's state).
+CASES = [("sft", 2), ("sft", 3), ("sft-accum", 3), ("irft", 2), ("irft", 3), ("irft-shared", 3), ("irft-reset", 3)]
+VARIANTS = {
+    "sft-accum": ("sft", ["train.grad_accum=2"], []),
+    "irft-reset": ("irft", ["irft.reset_optimizer_each_stage=true"], ["irft.reset_optimizer_each_stage=true"]),
+}
+"""case: (method, settings of the two-process run, settings of the one-process run)."""
 # A port of its own for every launch (a port just released by the previous launch is not reused).
-PORTS = {f"{m}-{s}": 29571 + i for i, (m, s) in enumerate(CASES)} | {"rft": 29580, "resume": 29581}
-LAUNCH_PORTS = {"zero2": 29582, "zero3": 29583, "zero3_offload": 29584}
+PORTS = {f"{m}-{s}": 29571 + i for i, (m, s) in enumerate(CASES)} | {"rft": 29585, "resume": 29588}
+LAUNCH_PORTS = {"zero2": 29592, "zero3": 29593, "zero3_offload": 29594}
 
 
 def zero(stage: int) -> dict[str, str]:
     return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage)}
 
 
+def case_args(case: str, model: Path, data: Path, out: Path, processes: int) -> list[str]:
+    """One process with a batch of 8, or two with 4 each (2 x 2 micro-batches for sft-accum)."""
+    method, two, one = VARIANTS.get(case, (case, [], []))
+    batch = 8 if processes == 1 else (2 if case == "sft-accum" else 4)
+    return [*args_for(method, model, data, out, batch_size=batch), *(one if processes == 1 else two)]
+
+
 @pytest.fixture(scope="module")
 def one_process(llama_dir: Path, builtin_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each method trained once in one plain process (the reference of every case)."""
+    """Each case trained once in one plain process (the reference of every stage)."""
     base = tmp_path_factory.mktemp("ds-one")
     runs = {}
-    for method in ("sft", "irft", "irft-shared"):
-        runs[method] = base / method
-        assert main(args_for(method, llama_dir, builtin_jsonl, runs[method], batch_size=8)) == 0
+    for case in dict.fromkeys(c for c, _ in CASES):
+        runs[case] = base / case
+        if case == "sft-accum":
+            runs[case] = runs["sft"]  # the same one-process run: accumulation must not change the step
+            continue
+        assert main(case_args(case, llama_dir, builtin_jsonl, runs[case], processes=1)) == 0
     return runs
 
 
-@pytest.mark.parametrize(("method", "stage"), CASES, ids=[f"{m}-zero{s}" for m, s in CASES])
+@pytest.mark.parametrize(("case", "stage"), CASES, ids=[f"{c}-zero{s}" for c, s in CASES])
 def test_zero_trains_like_one_process(
-    method: str,
+    case: str,
     stage: int,
     one_process: dict[str, Path],
     llama_dir: Path,
@@ -74,11 +92,12 @@ def test_zero_trains_like_one_process(
     tmp_path: Path,
 ) -> None:
     two = tmp_path / "two"
-    args = args_for(method, llama_dir, builtin_jsonl, two, batch_size=4)
-    result = torchrun(args, PORTS[f"{method}-{stage}"], zero(stage))
+    result = torchrun(
+        case_args(case, llama_dir, builtin_jsonl, two, processes=2), PORTS[f"{case}-{stage}"], zero(stage)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (two / "run.json").read_text().count(f'"engine": "deepspeed-zero{stage}"') == 1
-    keys, one = STEP_METRICS[method], one_process[method]
+    keys, one = STEP_METRICS[VARIANTS.get(case, (case,))[0]], one_process[case]
     single, double = step_records(one, keys[0]), step_records(two, keys[0])
     assert [r["step"] for r in single] == [r["step"] for r in double] and len(single) >= 4
     assert mismatches(single, double, keys, f"zero-{stage}") == []
@@ -135,26 +154,46 @@ def irft_args_of(model: Path, data: Path, out: Path, extra: list[str]) -> list[s
     return irft_args(model, data, out, *COMMON, *extra)
 
 
-def test_rft_trains_every_parameter_under_zero2_and_zero3(
+def test_rft_under_zero2_and_zero3_trains_as_ddp_does(
     llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    records: dict[int, list[dict[str, Any]]] = {}
-    for stage in (2, 3):
-        out = tmp_path / f"zero{stage}"
+    """RFT samples with per-rank seeds, so its reference is two DDP processes (the same samples, whole models):
+    the same rounds under ZeRO-2 and ZeRO-3, every parameter trained."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for k, engine in enumerate(("ddp", "zero2", "zero3")):
+        out = tmp_path / engine
         args = rft_args(
             llama_dir, split_data, out, "rft.iterations=3", "rft.prompts_per_iteration=8", "train.batch_size=3"
         )
-        result = torchrun(args, PORTS["rft"] + 10 * (stage - 2), zero(stage))
+        result = torchrun(args, PORTS["rft"] + k, zero(int(engine[-1])) if engine != "ddp" else None)
         assert result.returncode == 0, result.stderr[-3000:]
-        records[stage] = step_records(out, "rm/loss")
+        records[engine] = step_records(out, "rm/loss")
         initial = load_file(str(llama_dir / "model.safetensors"))
         final = load_file(str(out / "final" / "model.safetensors"))
         assert [n for n in initial if bool((initial[n] == final[n]).all())] == []
         assert (out / "reward_model" / "model.safetensors").is_file()
-    assert [r["step"] for r in records[2]] == [1, 2, 3]
-    for a, b in zip(records[2], records[3], strict=True):
-        for key in ("rm/loss", "policy/reward", "policy/kl", "train/grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert [r["step"] for r in records["ddp"]] == [1, 2, 3]
+    for engine in ("zero2", "zero3"):
+        for a, b in zip(records["ddp"], records[engine], strict=True):
+            for key in ("rm/loss", "policy/reward", "policy/kl", "train/grad_norm"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (engine, key)
+
+
+@pytest.mark.parametrize(("stage", "mode"), [(2, "stop"), (3, "skip")])
+def test_a_nonfinite_gradient_meets_on_nonfinite(
+    stage: int, mode: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """A learning rate of 1e30 makes every step after the first non-finite: DeepSpeed measures the norm inside its
+    step and leaves the weights; ``stop`` ends the run naming it, ``skip`` counts each skipped step."""
+    out = tmp_path / "run"
+    args = sft_args(llama_dir, builtin_jsonl, out, "train.batch_size=4", "train.max_steps=4", "optim.lr=1e30")
+    result = torchrun([*args, f"train.on_nonfinite={mode}"], 29596 + stage, zero(stage))
+    if mode == "stop":
+        assert result.returncode != 0 and "did not apply the step" in result.stdout + result.stderr
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = step_records(out, "train/grad_norm")
+    assert [r.get("train/nonfinite_skipped", 0.0) for r in rows] == [0.0, 1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])

@@ -59,6 +59,25 @@ def test_a_deepspeed_json_is_applied_and_auto_values_come_from_the_run(
     settings = deepspeed_settings(load_config("sft", overrides=["model.dtype=bfloat16"]), world_size=2)
     assert settings["zero_optimization"] == {"stage": 2, "overlap_comm": True}
     assert settings["bf16"] == {"enabled": True} and settings["wall_clock_breakdown"] is False
+    # model.dtype=auto is bf16 on CUDA: DeepSpeed is told so (its communication and master weights follow it).
+    import torch
+
+    auto = deepspeed_settings(load_config("sft"), world_size=2, device=torch.device("cuda"))
+    assert auto["bf16"] == {"enabled": True}
+    assert deepspeed_settings(load_config("sft"), world_size=2)["bf16"] == {"enabled": False}  # CPU: float32
+
+
+def test_accelerate_refusals_hold_beside_a_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true")
+    with pytest.raises(ConfigError, match="zero3_init_flag"):
+        deepspeed_settings(load_config("sft"), world_size=2)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "5.0")
+    with pytest.raises(ConfigError, match="the accelerate config"):
+        deepspeed_settings(load_config("sft"), world_size=2)
 
 
 @pytest.mark.parametrize(
@@ -71,12 +90,14 @@ def test_a_deepspeed_json_is_applied_and_auto_values_come_from_the_run(
         ({"zero_optimization": {"stage": 3}, "gradient_accumulation_steps": 4}, [], "train.grad_accum is 1"),
         ({"zero_optimization": {"stage": 3}, "gradient_clipping": 2.0}, [], "train.max_grad_norm is 1.0"),
         ({"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, [], "bf16.enabled=True"),
+        ({"zero_optimization": {"stage": 3}, "torch_autocast": {"enabled": True}}, [], "torch_autocast not applied"),
+        ({"zero_optimization": {"stage": 3}, "train_batch_size": 64}, [], "train_batch_size=64"),
+        ({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}}, [], "nvme"),
         (
             {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False}},
             [],
             "stage3_gather_16bit_weights_on_model_save=false",
         ),
-        ({"zero_optimization": {"stage": 3}}, ["train.on_nonfinite=skip"], "on_nonfinite=skip"),
         ({"zero_optimization": {"stage": 3}}, ["model.dtype=float16"], "float16"),
     ],
 )
@@ -98,6 +119,7 @@ def test_what_the_run_does_not_apply_is_refused_naming_it(
         ("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false", "zero3_save_16bit_model"),
         ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme", "nvme"),
         ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "8", "gradient_accumulation_steps=8"),
+        ("ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES", "MixtralSparseMoeBlock", "moe"),
     ],
 )
 def test_accelerate_deepspeed_settings_the_run_does_not_apply_are_refused(

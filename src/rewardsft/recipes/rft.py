@@ -25,7 +25,6 @@ from rewardsft.model_card import write_model_card
 from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, start_recipe
 from rewardsft.reward import load_reward_model, save_reward_model, score_examples
-from rewardsft.sharding import torch_optimizer
 from rewardsft.steps.rollout import (
     RFT_RULES,
     RolloutSpec,
@@ -53,7 +52,9 @@ def train_rft(config: RFTConfig) -> Path:
 
     policy, policy_opt = run.prepare(policy, lambda params: build_optimizer(params, config.optim))
     shared = rollout_forward(config, policy, reward_model) == "shared"
-    policy_sched = build_scheduler(torch_optimizer(policy_opt), config.optim, rc.iterations * max(rc.policy_steps, 1))
+    policy_sched = build_scheduler(
+        run.engine.base_optimizer(policy_opt), config.optim, rc.iterations * max(rc.policy_steps, 1)
+    )
     rm_opt = build_optimizer(reward_model.parameters(), dataclasses.replace(config.optim, lr=config.reward_model.lr))
     rm_sched = build_scheduler(rm_opt, config.optim, rc.iterations * max(rc.reward_steps, 1))
     optimizers: Optimizers = {"policy": (policy_opt, policy_sched), "reward_model": (rm_opt, rm_sched)}

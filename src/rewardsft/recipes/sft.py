@@ -7,7 +7,6 @@ from pathlib import Path
 from rewardsft.config import RunConfig
 from rewardsft.logprobs import check_block_mask
 from rewardsft.recipes.common import start_recipe
-from rewardsft.sharding import torch_optimizer
 from rewardsft.steps.sft import accumulate_sft_step
 from rewardsft.training.batches import plan_steps, total_steps
 from rewardsft.training.optim import build_optimizer, build_scheduler
@@ -27,7 +26,7 @@ def train_sft(config: RunConfig) -> Path:
     n_steps = total_steps(
         len(train_data.tokenized), tc.batch_size, tc.grad_accum, run.world_size, tc.epochs, tc.max_steps
     )
-    scheduler = build_scheduler(torch_optimizer(optimizer), config.optim, n_steps)
+    scheduler = build_scheduler(run.engine.base_optimizer(optimizer), config.optim, n_steps)
     optimizers = {"policy": (optimizer, scheduler)}
     start_step = run.resume(optimizers, model)["step"]
 

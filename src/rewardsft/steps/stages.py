@@ -25,7 +25,6 @@ from rewardsft.reference import (
     compute_ref_logps,
     merge_lora_into_base,
 )
-from rewardsft.sharding import torch_optimizer
 from rewardsft.training.batches import epoch_permutation, steps_per_epoch
 from rewardsft.training.checkpoint import Optimizers
 from rewardsft.training.engine import Engine, EngineRules
@@ -109,7 +108,7 @@ def stage_optimizers(
         optimizer = run.engine.fresh_optimizer(
             model, optimizers["policy"][0], lambda p: build_optimizer(p, config.optim)
         )
-    scheduler = build_scheduler(torch_optimizer(optimizer), config.optim, stage.steps if reset else n_steps)
+    scheduler = build_scheduler(run.engine.base_optimizer(optimizer), config.optim, stage.steps if reset else n_steps)
     fresh: Optimizers = {"policy": (optimizer, scheduler)}
     if step > 0 and (step > stage.first_step or not reset):
         run.restore_optimizers(fresh, model)

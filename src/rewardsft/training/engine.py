@@ -9,11 +9,12 @@ saves full weights, all through an :class:`Engine`. Each backend is a subclass:
 - :class:`FSDP2Engine`: parameters sharded with ``fully_shard`` (:mod:`rewardsft.sharding`, which says why
   rewardsft shards itself instead of through ``accelerator.prepare``); every forward is a collective.
 - :class:`DeepSpeedEngine`: ZeRO-2 or ZeRO-3, DeepSpeed called directly with settings read from the launch
-  (:mod:`rewardsft.deepspeed`).
+  (:mod:`rewardsft.training.zero`). Under ZeRO-3 every process first loads the whole model; the
+  shards exist once ``deepspeed.initialize`` has partitioned it.
 
 Adding an engine is one subclass and a line in :func:`make_engine`. The rules an engine imposes on every method
-live here; the rules a method adds (IRFT's snapshot modes under sharding, RFT's even rounds) live in its recipe
-(``recipes.common.EngineRules``).
+live here; the rules a method adds (IRFT's snapshot modes under sharding, RFT's even rounds) are the
+:class:`EngineRules` its step components declare (``steps.stages.IRFT_RULES``, ``steps.rollout.RFT_RULES``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class Engine:
     def fresh_optimizer(self, model: Any, optimizer: Any, make_optimizer: OptimizerFactory) -> Any:
         """An optimiser with no state for the prepared ``model`` (IRFT's ``irft.reset_optimizer_each_stage``)."""
         return self.accelerator.prepare(make_optimizer(model.parameters()))
+
+    def base_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
+        """The torch optimiser under the engine's wrapper: what a learning-rate schedule is built on."""
+        return torch_optimizer(optimizer)  # type: ignore[no-any-return]
 
     def unwrap(self, model: Any) -> Any:
         """The module itself (no DDP wrapper): what generation and saving read."""
@@ -321,7 +326,7 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
         if fsdp_requested():
             raise ConfigError("both DeepSpeed and FSDP were requested (ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_FSDP)")
         check_sharded_launch(accelerator, config, "DeepSpeed", "ACCELERATE_USE_DEEPSPEED", "zero3.yaml")
-        return DeepSpeedEngine(accelerator, deepspeed_settings(config, accelerator.num_processes))
+        return DeepSpeedEngine(accelerator, deepspeed_settings(config, accelerator.num_processes, accelerator.device))
     if not fsdp_requested():
         return AccelerateEngine(accelerator)
     check_fsdp(accelerator, config)

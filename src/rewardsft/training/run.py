@@ -211,6 +211,7 @@ class Run:
     def check_resume_layout(self, state: dict[str, Any]) -> None:
         """A checkpoint resumes on any number of processes, sharded or not, as long as one optimiser step still
         covers the same examples (the data plan and the step count depend on the global batch)."""
+        self.check_resume_engine(state)
         saved, now = state.get("global_batch"), self.global_batch
         if saved is not None and now is not None and saved != now:
             raise ConfigError(
@@ -226,6 +227,20 @@ class Run:
             )
         elif state.get("world_size", self.world_size) != self.world_size:
             self.print(f"resuming a {state['world_size']}-process checkpoint on {self.world_size} processes")
+
+    def check_resume_engine(self, state: dict[str, Any]) -> None:
+        """DeepSpeed's optimiser shards resume under the same ZeRO stage on as many processes as wrote them (the
+        other engines write whole, name-keyed state that any of them reads)."""
+        saved, now = state.get("engine", ""), self.engine.name
+        if not (saved.startswith("deepspeed") or now.startswith("deepspeed")):
+            return
+        if saved != now or state.get("world_size") != self.world_size:
+            raise ConfigError(
+                f"{self.checkpoint} was written under {saved or 'an engine that did not record itself'} on "
+                f"{state.get('world_size')} processes; this run is {now} on {self.world_size}. DeepSpeed's optimiser "
+                "shards resume under the same ZeRO stage and process count (its ds_to_universal.py converts them for "
+                "another count); launch it that way, or start again with overwrite=true"
+            )
 
     @property
     def global_batch(self) -> int | None:

@@ -76,7 +76,7 @@ def optimizer_step(
     lr = float(scheduler.get_last_lr()[0])
     if grad_norm is None:
         assert engine is not None
-        return clipped_inside_step(engine, optimizer, scheduler, lr)
+        return clipped_inside_step(engine, optimizer, scheduler, lr, on_nonfinite)
     norm = float(grad_norm)
     finite = math.isfinite(norm)
     persistent = not finite and (scale is None or scale <= 1.0)
@@ -102,20 +102,20 @@ def optimizer_step(
     return StepStats(norm, lr, skipped=skipped, loss_scale=scale)
 
 
-def clipped_inside_step(engine: Engine, optimizer: Any, scheduler: Any, lr: float) -> StepStats:
-    """The step of an engine that clips inside its own step (DeepSpeed): the norm is known only once the step is
-    applied, so a non-finite one stops the run after the fact, before anything is saved (``train.on_nonfinite=skip``
-    is refused for such engines); a step its fp16 loss scaler skipped is counted as skipped."""
+def clipped_inside_step(engine: Engine, optimizer: Any, scheduler: Any, lr: float, on_nonfinite: str) -> StepStats:
+    """The step of an engine that clips inside its own step (DeepSpeed): it measures the norm there and, when the
+    norm is not finite, leaves the weights as they were and reports the step as not applied (fp16 is refused under
+    it, so a skip is always a non-finite gradient); that then meets ``on_nonfinite`` like any other engine's."""
     measured, skipped = engine.apply_step(optimizer)
     norm = float("nan") if measured is None else float(measured)
-    if not math.isfinite(norm) and not skipped:
+    if (skipped or not math.isfinite(norm)) and on_nonfinite == "stop":
         raise NonFiniteError(
-            f"the gradient norm is {norm} (a non-finite loss or gradient); {engine.name} measures it inside its own "
-            "step, which was applied, so this run stops before saving it: the newest checkpoint predates it. Lower "
-            "optim.lr or check the data, then rerun with resume=true"
+            f"the gradient norm is {norm} (a non-finite loss or gradient); {engine.name} did not apply the step and "
+            "the newest checkpoint predates it. Lower optim.lr or check the data, then rerun with resume=true; or "
+            "set train.on_nonfinite=skip to skip such steps"
         )
     advance(scheduler)
-    return StepStats(norm, lr, skipped=skipped)
+    return StepStats(norm, lr, skipped=skipped or not math.isfinite(norm))
 
 
 def advance(scheduler: Any) -> None:

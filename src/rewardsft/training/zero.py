@@ -18,16 +18,47 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rewardsft.config import RunConfig
 from rewardsft.errors import ConfigError
+from rewardsft.models import resolve_dtype
 
 DEEPSPEED_ENV = "ACCELERATE_USE_DEEPSPEED"
 NEVER_PRINT = 2**62
 """DeepSpeed's ``steps_per_print``: rewardsft logs its own metrics."""
 
 
+# The DeepSpeed JSON's top-level keys rewardsft applies or checks; any other (``optimizer``, ``scheduler``,
+# ``torch_autocast``, ``amp``, ``activation_checkpointing``, ``checkpoint``, ...) changes the arithmetic in ways the
+# run's no-grad forwards through the bare module would not share, or duplicates a setting of the run's own.
+APPLIED = {
+    "zero_optimization",
+    "bf16",
+    "fp16",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "train_micro_batch_size_per_gpu",
+    "train_batch_size",
+    "steps_per_print",
+    "wall_clock_breakdown",
+    "communication_data_type",
+    "prescale_gradients",
+    "gradient_predivide_factor",
+    "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer",
+    "flops_profiler",
+    "comms_logger",
+    "tensorboard",
+    "wandb",
+    "csv_monitor",
+}
+TRUE = ("1", "true", "yes", "y", "t", "on")
+"""What accelerate's ``str_to_bool`` reads as true."""
+
+
 def deepspeed_requested() -> bool:
-    return os.environ.get(DEEPSPEED_ENV, "false").lower() in ("1", "true", "yes")
+    return os.environ.get(DEEPSPEED_ENV, "false").lower() in TRUE
 
 
 @contextmanager
@@ -41,10 +72,12 @@ def environment_without(name: str | None) -> Iterator[None]:
             os.environ[name] = saved
 
 
-def deepspeed_settings(config: RunConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config this run trains under: the launch's ZeRO settings, the run's batch, clipping and dtype."""
+def deepspeed_settings(config: RunConfig, world_size: int, device: torch.device | None = None) -> dict[str, Any]:
+    """The DeepSpeed config this run trains under: the launch's ZeRO settings, the run's batch, clipping and dtype
+    (``model.dtype`` as it resolves on ``device``: ``auto`` is bf16 on CUDA)."""
     file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
-    user = read_json(Path(file)) if file.lower() != "none" else launch_settings()
+    launched = launch_settings()  # its refusals hold with a JSON too
+    user = read_json(Path(file)) if file.lower() != "none" else launched
     source = file if file.lower() != "none" else "the accelerate config (ACCELERATE_DEEPSPEED_*)"
     for section in ("optimizer", "scheduler"):
         if section in user:
@@ -52,26 +85,36 @@ def deepspeed_settings(config: RunConfig, world_size: int) -> dict[str, Any]:
                 f"{source}: the {section!r} section is not applied (rewardsft builds the optimiser and its schedule "
                 "from optim.*); remove it"
             )
+    unknown = sorted(set(user) - APPLIED)
+    if unknown:
+        raise ConfigError(
+            f"{source}: {', '.join(unknown)} not applied by rewardsft (they would change the engine's forwards but "
+            "not the run's others, or repeat a setting of the run's own); remove them"
+        )
     if user.get("fp16", {}).get("enabled") not in (None, False, "auto"):
         raise ConfigError(
             f"{source}: fp16.enabled under DeepSpeed is not supported (its loss scaler is not wired to the split "
             "pair backward); train in bfloat16 (model.dtype=bfloat16) or float32"
         )
     tc = config.train
-    if tc.on_nonfinite == "skip":
-        raise ConfigError(
-            "train.on_nonfinite=skip under DeepSpeed is not supported: DeepSpeed clips and steps in one call, so a "
-            "non-finite gradient norm is known only after the step was applied; use train.on_nonfinite=stop"
-        )
     clip = tc.max_grad_norm if tc.max_grad_norm is not None else 0.0
-    bf16 = config.model.dtype == "bfloat16"
-    if config.model.dtype == "float16":
+    dtype = resolve_dtype(config.model.dtype, device or torch.device("cpu"))
+    if dtype == torch.float16:
         raise ConfigError("model.dtype=float16 under DeepSpeed is not supported; use bfloat16 or float32")
+    bf16 = dtype == torch.bfloat16
+    if user is not launched:  # a JSON named beside an accelerate config: the latter's values must agree too
+        accelerate = "the accelerate config (ACCELERATE_*)"
+        agree(accelerate, launched, "gradient_accumulation_steps", tc.grad_accum, "train.grad_accum")
+        agree(accelerate, launched, "gradient_clipping", clip, "train.max_grad_norm")
     agree(source, user, "gradient_accumulation_steps", tc.grad_accum, "train.grad_accum")
     agree(source, user, "train_micro_batch_size_per_gpu", tc.batch_size, "train.batch_size")
+    agree(source, user, "train_batch_size", tc.batch_size * tc.grad_accum * world_size, "global batch")
     agree(source, user, "gradient_clipping", clip, "train.max_grad_norm")
-    agree(source, user.get("bf16", {}), "enabled", bf16, "model.dtype=bfloat16", key="bf16.enabled")
+    agree(source, user.get("bf16", {}), "enabled", bf16, "bfloat16 weights (model.dtype)", key="bf16.enabled")
     zero = dict(user.get("zero_optimization", {}))
+    for kind in ("offload_optimizer", "offload_param"):
+        if str(zero.get(kind, {}).get("device", "none")).lower() == "nvme":
+            raise ConfigError(f"{source}: zero_optimization.{kind}.device=nvme is not supported; use cpu or none")
     stage = int(zero.get("stage", 0))
     if stage not in (2, 3):
         raise ConfigError(
@@ -105,12 +148,16 @@ def deepspeed_settings(config: RunConfig, world_size: int) -> dict[str, Any]:
 def launch_settings() -> dict[str, Any]:
     """The ZeRO settings ``accelerate launch`` exports from an accelerate config's ``deepspeed_config``."""
     env = os.environ
-    if env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true":
+    if env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() in TRUE:
         raise ConfigError(
             "zero3_init_flag: true (ACCELERATE_DEEPSPEED_ZERO3_INIT) is not applied: every process loads the whole "
             "model and deepspeed.initialize partitions it; set it to false"
         )
-    if env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "true").lower() == "false":
+    if env.get("ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES", "none").lower() not in ("none", ""):
+        raise ConfigError(
+            "deepspeed_moe_layer_cls_names (ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES) is not applied; remove it"
+        )
+    if env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "true").lower() not in TRUE:
         raise ConfigError(
             "zero3_save_16bit_model: false (ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL): final/ holds whole weights, "
             "gathered on save; set it to true"
@@ -148,4 +195,7 @@ def agree(source: str, settings: dict[str, Any], name: str, ours: Any, setting: 
     value = settings.get(name, "auto")
     if value == "auto" or value == ours or (name == "gradient_clipping" and ours == 0.0 and value in (0, None)):
         return
-    raise ConfigError(f'{source}: {key or name}={value} but the run\'s {setting} is {ours}; set it to "auto"')
+    raise ConfigError(
+        f'{source}: {key or name}={value} but the run\'s {setting} is {ours}; make them agree (or "auto" in a '
+        "DeepSpeed JSON)"
+    )
