@@ -148,6 +148,19 @@ def block_mask_problem(model: torch.nn.Module) -> str | None:
     return None
 
 
+def dense_mask_warning(device: torch.device, setting: str) -> str | None:
+    """On a GPU, why ``setting`` (shared or packed rows) may not pay: its block mask goes to sdpa as a dense 4-D
+    mask, whose masked kernels compute every position pair (FlexAttention's block mask or varlen flash attention,
+    which skip the masked blocks, are not wired); measured faster only on CPU (docs/performance.md)."""
+    if device.type != "cuda":
+        return None
+    return (
+        f"warning: {setting} on a GPU runs its block mask through sdpa's dense masked kernels (FlexAttention and "
+        "varlen kernels are not wired); it was measured faster on CPU only: compare a few steps against the "
+        "one-row-per-sequence mode before a long run"
+    )
+
+
 def check_block_mask(model: torch.nn.Module, setting: str, instead: str) -> None:
     """Refuse ``setting``, which needs a 4-D mask, for a model with a :func:`block_mask_problem`."""
     problem = block_mask_problem(model)

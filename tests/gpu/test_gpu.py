@@ -1,4 +1,5 @@
-"""On one CUDA GPU: the three recipes in bf16, FSDP2 through torchrun (NCCL), and the attention kernels.
+"""On one CUDA GPU: the three recipes in bf16, FSDP2 and DeepSpeed ZeRO-3 through torchrun (NCCL), and the
+attention kernels.
 
 Run by ``benchmarks/gpu_check.sh`` (``pytest -m gpu tests/gpu``); skipped everywhere else. The CPU tier proves
 the same code paths in fp32 under gloo (tests/integration/test_fsdp.py); these check what only a GPU has: the
@@ -68,12 +69,23 @@ def test_recipe_on_cuda_in_bf16(method: str, llama_dir: Path, split_data: tuple[
     assert losses and all(torch.isfinite(torch.tensor(v)) for r in losses for v in r.values())
 
 
-def test_fsdp_on_one_gpu_matches_unsharded(llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
-    """torchrun + NCCL + fully_shard on one GPU (a one-process mesh still makes every parameter a DTensor, so the
-    gather, lockstep and full-state-dict paths all run) against the plain one-process run, in fp32."""
+SHARDED_ENV = {
+    "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+    "deepspeed-zero3": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+}
+
+
+@pytest.mark.parametrize("engine", list(SHARDED_ENV))
+def test_sharded_on_one_gpu_matches_unsharded(
+    engine: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """torchrun + NCCL + fully_shard (or DeepSpeed ZeRO-3) on one GPU (a one-process mesh still shards every
+    parameter, so the gather, lockstep and full-state-dict paths all run) against the plain one-process run, fp32."""
+    if engine.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
     plain, sharded = tmp_path / "plain", tmp_path / "sharded"
     assert main(irft_args(llama_dir, builtin_jsonl, plain, *IRFT_FSDP)) == 0
-    env = {**os.environ, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    env = {**os.environ, **SHARDED_ENV[engine]}
     # torchrun as a module of this Python: gpu_check.sh runs a system python3 whose torchrun may live elsewhere.
     cmd = [
         sys.executable,
@@ -93,7 +105,7 @@ def test_fsdp_on_one_gpu_matches_unsharded(llama_dir: Path, builtin_jsonl: Path,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((sharded / "run.json").read_text())["sharding"] == "fsdp2"
+    assert json.loads((sharded / "run.json").read_text())["engine"] == engine
     a = [r["irft/loss"] for r in read_metrics(plain / "metrics.jsonl") if "irft/loss" in r]
     b = [r["irft/loss"] for r in read_metrics(sharded / "metrics.jsonl") if "irft/loss" in r]
     assert len(a) == len(b) >= 2 and b == pytest.approx(a, rel=1e-4, abs=1e-5)

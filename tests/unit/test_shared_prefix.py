@@ -379,3 +379,12 @@ def test_packed_pair_rows_give_the_logps_of_a_row_per_pair(tokenizer: Any, arch:
     for a, b in zip(packed, one_each, strict=True):
         assert torch.allclose(sequence_logps(a), sequence_logps(b), atol=1e-5)
         assert a.mask.sum(-1).tolist() == b.mask.sum(-1).tolist()
+
+
+def test_shared_and_packed_rows_warn_on_a_gpu_only() -> None:
+    """The dense 4-D mask was measured faster on CPU only: on CUDA the run says so (FlexAttention not wired)."""
+    from rewardsft.logprobs import dense_mask_warning
+
+    assert dense_mask_warning(torch.device("cpu"), "train.packing") is None
+    message = dense_mask_warning(torch.device("cuda", 0), "irft.pair_forward=shared")
+    assert message is not None and "irft.pair_forward=shared" in message and "FlexAttention" in message

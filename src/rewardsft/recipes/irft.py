@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rewardsft.config import IRFTConfig
 from rewardsft.generation import end_of_turn_ids, make_sampler
-from rewardsft.logprobs import check_block_mask
+from rewardsft.logprobs import check_block_mask, dense_mask_warning
 from rewardsft.recipes.common import start_recipe
 from rewardsft.steps.pairs import PairLossSpec, accumulate_irft_step
 from rewardsft.steps.stages import (
@@ -44,6 +44,9 @@ def train_irft(config: IRFTConfig) -> Path:
         check_block_mask(model, "irft.pair_forward=shared", "use irft.pair_forward=joint or split")
     spec = PairLossSpec.from_config(config, model)
     run.print(f"irft: pair forward {spec.pair_forward}")
+    warning = dense_mask_warning(run.device, "irft.pair_forward=shared") if spec.pair_forward == "shared" else None
+    if warning:
+        run.print(warning)
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
     sampler = make_sampler(config.generation, pad_id, end_of_turn_ids(renderer, run.engine.unwrap(model)))

@@ -21,6 +21,7 @@ from rewardsft.data import Renderer, TokenizedExample, load_pairs
 from rewardsft.errors import ConfigError
 from rewardsft.generation import end_of_turn_ids, truncation_warning
 from rewardsft.layout import REWARD_ADAPTER, REWARD_MODEL
+from rewardsft.logprobs import dense_mask_warning
 from rewardsft.model_card import write_model_card
 from rewardsft.models import apply_lora, disable_dropout, is_peft, load_causal_lm, resolve_dtype
 from rewardsft.recipes.common import RecipeStart, start_recipe
@@ -52,6 +53,9 @@ def train_rft(config: RFTConfig) -> Path:
 
     policy, policy_opt = run.prepare(policy, lambda params: build_optimizer(params, config.optim))
     shared = rollout_forward(config, policy, reward_model) == "shared"
+    warning = dense_mask_warning(run.device, "rft.rollout_forward=shared") if shared else None
+    if warning:
+        run.print(warning)
     policy_sched = build_scheduler(
         run.engine.base_optimizer(policy_opt), config.optim, rc.iterations * max(rc.policy_steps, 1)
     )

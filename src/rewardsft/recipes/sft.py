@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rewardsft.config import RunConfig
-from rewardsft.logprobs import check_block_mask
+from rewardsft.logprobs import check_block_mask, dense_mask_warning
 from rewardsft.recipes.common import start_recipe
 from rewardsft.steps.sft import accumulate_sft_step
 from rewardsft.training.batches import plan_steps, total_steps
@@ -22,6 +22,9 @@ def train_sft(config: RunConfig) -> Path:
     model, optimizer = run.prepare(model, lambda params: build_optimizer(params, config.optim))
     if config.train.packing:
         check_block_mask(model, "train.packing", "set train.packing=false")
+        warning = dense_mask_warning(run.device, "train.packing")
+        if warning:
+            run.print(warning)
     tc = config.train
     n_steps = total_steps(
         len(train_data.tokenized), tc.batch_size, tc.grad_accum, run.world_size, tc.epochs, tc.max_steps
