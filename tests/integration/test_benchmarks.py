@@ -110,3 +110,14 @@ def test_continuous_batching_benchmark_runs_on_a_tiny_model(llama_dir: Path, tmp
     record = json.loads(out.read_text())
     assert positive(record["hf_generate_s"]) and positive(record["continuous_batching_s"])
     assert 0.0 <= record["same_greedy_tokens"] <= 1.0
+
+
+def test_engine_memory_benchmark_runs_on_a_tiny_model(llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    cmd = [sys.executable, "-m", "benchmarks.engine_memory", "--model", str(llama_dir), "--steps", "1"]
+    cmd += ["--engines", "plain (1 process),DDP", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert [len(r["peak_mb_per_process"]) for r in results.values()] == [1, 2]
+    assert all(positive(r["max_peak_mb"]) for r in results.values())

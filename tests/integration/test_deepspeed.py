@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,43 @@ def test_a_zero3_irft_run_resumes_to_the_uninterrupted_weights(
     shutil.rmtree(cut / "final")
     shutil.rmtree(cut / "checkpoints" / "step-4")
     assert main(irft_args_of(llama_dir, builtin_jsonl, cut, [*args[:-3], "train.batch_size=8", "resume=true"])) == 2
+
+
+def test_a_sigkilled_zero3_irft_run_resumes_to_the_uninterrupted_weights(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """Both processes SIGKILLed (the process group, as a preempted job is) once the checkpoint of step 2 (the end
+    of stage 1) is complete, while stage 2 samples (generation stretched by tests/reliability/slow_phases.py so the
+    kill lands mid-run); the resumed run ends on the uninterrupted run's weights bit for bit."""
+    import os
+    import signal
+    import time
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = [*METHOD_ARGS["irft"], "train.batch_size=4", "train.save_every=1", "train.keep_checkpoints=5"]
+    result = torchrun(irft_args_of(llama_dir, builtin_jsonl, whole, args), PORTS["resume"] + 20, zero(3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(PORTS["resume"] + 30)]
+    cmd += ["-m", "tests.reliability.slow_phases", *irft_args_of(llama_dir, builtin_jsonl, killed, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **zero(3)}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step-2" / "state.json").is_file() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    result = torchrun(
+        irft_args_of(llama_dir, builtin_jsonl, killed, [*args, "resume=true"]), PORTS["resume"] + 40, zero(3)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    left, right = (load_file(str(path / "final" / "model.safetensors")) for path in (whole, killed))
+    assert all(bool((left[n] == right[n]).all()) for n in left)
 
 
 def timeless(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
