@@ -23,6 +23,14 @@ def test_checkpoint_size_counts_weights_and_optimizer_moments() -> None:
     model.bias.requires_grad_(False)
     assert checkpoint_bytes([model], "adamw") == 100 * 12
     assert checkpoint_bytes([model.to(torch.bfloat16)], "adamw") == 100 * 6  # moments in the parameters' dtype
+    # DeepSpeed: fp32 master weights and moments in its shards (and the module's weights again under ZeRO-2).
+    from rewardsft.training.engine import DeepSpeedEngine
+
+    zero = DeepSpeedEngine.__new__(DeepSpeedEngine)
+    zero.stage = 3
+    assert checkpoint_bytes([model], "adamw", zero) == 100 * (2 + 12)
+    zero.stage = 2
+    assert checkpoint_bytes([model], "adamw", zero) == 100 * (2 + 12 + 2)
 
 
 def test_no_room_for_a_checkpoint_fails_before_training(

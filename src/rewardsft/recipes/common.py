@@ -51,7 +51,7 @@ def start_recipe(
     lora = config.lora if config.train.dropout else dataclasses.replace(config.lora, dropout=0.0)
     model = load_policy(config.model, lora, run.device, run.checkpoint)
     # RFT's reward model starts from the policy (or a model of its size): count it twice there.
-    check_room(run.output_dir, [model] * (2 if config.method == "rft" else 1), config.optim.name)
+    check_room(run.output_dir, [model] * (2 if config.method == "rft" else 1), config.optim.name, run.engine)
     set_dropout(model, config, run)
     model.train()
     return RecipeStart(run, tokenizer, renderer, train_data, eval_data, model, extra)

@@ -128,6 +128,10 @@ class Engine:
         """Files of the engine's own inside a checkpoint being written (every process calls it, after ``folder``
         exists); nothing for engines whose state :meth:`optimizer_state` returns."""
 
+    def optimizer_state_bytes(self, param: torch.Tensor, moments: int) -> int:
+        """Bytes per element of ``param`` a checkpoint holds for its optimiser state (the disk check)."""
+        return param.element_size() * moments
+
     def reduce(self, metrics: Mapping[str, float], reduction: Literal["mean", "sum"] = "mean") -> dict[str, float]:
         """The same numbers on every process: each metric's mean (or sum) over processes (a collective)."""
         if self.world_size == 1 or not metrics:
@@ -267,6 +271,10 @@ class DeepSpeedEngine(Engine):
 
     def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
         return None  # in DeepSpeed's own files, written by save_engine_state
+
+    def optimizer_state_bytes(self, param: torch.Tensor, moments: int) -> int:
+        # fp32 master weights and moments in its shards, and under ZeRO-2 the module's weights once more.
+        return 4 * (1 + moments) + (param.element_size() if self.stage == 2 else 0)
 
     def save_engine_state(self, model: Any, folder: Path) -> None:
         self.ds.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)

@@ -74,22 +74,23 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def checkpoint_bytes(models: Sequence[Any], optimizer_name: str) -> int:
+def checkpoint_bytes(models: Sequence[Any], optimizer_name: str, engine: Engine | None = None) -> int:
     """Bytes one checkpoint takes: the trainable weights plus the optimiser's state (AdamW two moments, RMSprop
-    one), both in the parameters' dtype (torch keeps moments in it: bf16 on GPU); frozen LoRA bases are saved once
-    more with ``irft.snapshot=lora`` but are left out of this lower bound."""
+    one) as ``engine`` keeps it (by default in the parameters' dtype: torch keeps moments in it, bf16 on GPU);
+    frozen LoRA bases are saved once more with ``irft.snapshot=lora`` but are left out of this lower bound."""
     moments = 2 if optimizer_name == "adamw" else 1
     total = 0
     for model in models:
         for param in model.parameters():
             if param.requires_grad:
-                total += param.numel() * param.element_size() * (1 + moments)
+                state = engine.optimizer_state_bytes(param, moments) if engine else param.element_size() * moments
+                total += param.numel() * (param.element_size() + state)
     return total
 
 
-def check_room(output_dir: Path, models: Sequence[Any], optimizer_name: str) -> None:
+def check_room(output_dir: Path, models: Sequence[Any], optimizer_name: str, engine: Engine | None = None) -> None:
     """Refuse to start when the disk cannot hold one checkpoint and the final model (with 10% to spare)."""
-    need = int(1.1 * (checkpoint_bytes(models, optimizer_name) + sum(_weight_bytes(m) for m in models)))
+    need = int(1.1 * (checkpoint_bytes(models, optimizer_name, engine) + sum(_weight_bytes(m) for m in models)))
     free = shutil.disk_usage(nearest_existing(output_dir)).free
     if free < need:
         raise ConfigError(
