@@ -44,9 +44,8 @@ def train_irft(config: IRFTConfig) -> Path:
         check_block_mask(model, "irft.pair_forward=shared", "use irft.pair_forward=joint or split")
     spec = PairLossSpec.from_config(config, model)
     run.print(f"irft: pair forward {spec.pair_forward}")
-    warning = dense_mask_warning(run.device, "irft.pair_forward=shared") if spec.pair_forward == "shared" else None
-    if warning:
-        run.print(warning)
+    if spec.pair_forward == "shared":
+        run.warn(dense_mask_warning(run.device, "irft.pair_forward=shared"))
     optimizers: Optimizers = {}
     pad_id = tokenizer.pad_token_id
     sampler = make_sampler(config.generation, pad_id, end_of_turn_ids(renderer, run.engine.unwrap(model)))

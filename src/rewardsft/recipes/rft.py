@@ -53,9 +53,8 @@ def train_rft(config: RFTConfig) -> Path:
 
     policy, policy_opt = run.prepare(policy, lambda params: build_optimizer(params, config.optim))
     shared = rollout_forward(config, policy, reward_model) == "shared"
-    warning = dense_mask_warning(run.device, "rft.rollout_forward=shared") if shared else None
-    if warning:
-        run.print(warning)
+    if shared:
+        run.warn(dense_mask_warning(run.device, "rft.rollout_forward=shared"))
     policy_sched = build_scheduler(
         run.engine.base_optimizer(policy_opt), config.optim, rc.iterations * max(rc.policy_steps, 1)
     )

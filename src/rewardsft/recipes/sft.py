@@ -22,9 +22,7 @@ def train_sft(config: RunConfig) -> Path:
     model, optimizer = run.prepare(model, lambda params: build_optimizer(params, config.optim))
     if config.train.packing:
         check_block_mask(model, "train.packing", "set train.packing=false")
-        warning = dense_mask_warning(run.device, "train.packing")
-        if warning:
-            run.print(warning)
+        run.warn(dense_mask_warning(run.device, "train.packing"))
     tc = config.train
     n_steps = total_steps(
         len(train_data.tokenized), tc.batch_size, tc.grad_accum, run.world_size, tc.epochs, tc.max_steps

@@ -189,6 +189,11 @@ class Run:
         if self.is_main:
             tqdm.write(message)
 
+    def warn(self, warning: str | None) -> None:
+        """Print ``warning`` where there is one (the checks that return a message or None)."""
+        if warning:
+            self.print(warning)
+
     def progress(self, items: Iterable[T], total: int, initial: int, desc: str) -> Iterator[T]:
         enabled = self.is_main and self.config.logging.progress
         yield from tqdm(items, total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
