@@ -15,12 +15,16 @@ arithmetic but for the partitioning).
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -59,7 +63,19 @@ LAUNCH_PORTS = {"zero2": 29592, "zero3": 29593, "zero3_offload": 29594}
 
 
 def zero(stage: int) -> dict[str, str]:
-    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage)}
+    """The launch environment of ZeRO-``stage``. ZeRO-3 through a DeepSpeed JSON that partitions every parameter:
+    DeepSpeed keeps those under ``stage3_param_persistence_threshold`` (1e5 elements) whole in every process,
+    which is all of the tiny test model's, so ZeRO-3 would partition nothing (found 2026-12-02: LoRA's adapter
+    export wrote empty tensors only once every parameter was partitioned). The accelerate-config path is
+    test_shipped_deepspeed_configs_launch's."""
+    if stage == 2:
+        return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+    path = Path(tempfile.gettempdir()) / "rewardsft-tests-zero3-partition-all.json"
+    if not path.is_file():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}))
+        tmp.replace(path)
+    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)}
 
 
 def case_args(case: str, model: Path, data: Path, out: Path, processes: int) -> list[str]:
@@ -151,7 +167,6 @@ def test_a_sigkilled_zero3_irft_run_resumes_to_the_uninterrupted_weights(
     """Both processes SIGKILLed (the process group, as a preempted job is) once the checkpoint of step 2 (the end
     of stage 1) is complete, while stage 2 samples (generation stretched by tests/reliability/slow_phases.py so the
     kill lands mid-run); the resumed run ends on the uninterrupted run's weights bit for bit."""
-    import os
     import signal
     import time
 
@@ -192,26 +207,36 @@ def irft_args_of(model: Path, data: Path, out: Path, extra: list[str]) -> list[s
     return irft_args(model, data, out, *COMMON, *extra)
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_rft_under_zero2_and_zero3_trains_as_ddp_does(
-    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path
+    lora: bool, llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """RFT samples with per-rank seeds, so its reference is two DDP processes (the same samples, whole models):
-    the same rounds under ZeRO-2 and ZeRO-3, every parameter trained."""
+    the same rounds under ZeRO-2 and ZeRO-3, every parameter trained (with LoRA: under ZeRO-3 only, every
+    adapter parameter, the frozen reference being the policy with its adapter off)."""
     records: dict[str, list[dict[str, Any]]] = {}
-    for k, engine in enumerate(("ddp", "zero2", "zero3")):
+    engines = ("ddp", "zero3") if lora else ("ddp", "zero2", "zero3")
+    for k, engine in enumerate(engines):
         out = tmp_path / engine
         args = rft_args(
             llama_dir, split_data, out, "rft.iterations=3", "rft.prompts_per_iteration=8", "train.batch_size=3"
         )
-        result = torchrun(args, PORTS["rft"] + k, zero(int(engine[-1])) if engine != "ddp" else None)
+        args += ["lora.enabled=true", "lora.r=4"] if lora else []
+        port = PORTS["rft"] + k + (10 if lora else 0)
+        result = torchrun(args, port, zero(int(engine[-1])) if engine != "ddp" else None)
         assert result.returncode == 0, result.stderr[-3000:]
         records[engine] = step_records(out, "rm/loss")
         initial = load_file(str(llama_dir / "model.safetensors"))
         final = load_file(str(out / "final" / "model.safetensors"))
-        assert [n for n in initial if bool((initial[n] == final[n]).all())] == []
+        adapted = set(initial)
+        if lora:  # every adapter matrix trained, and merged into the weight it adapts (the rest stay as they were)
+            adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+            assert [n for n, t in adapter.items() if "lora_B" in n and not bool(t.abs().gt(0).any())] == []
+            adapted = {n.removeprefix("base_model.model.").split(".lora_")[0] + ".weight" for n in adapter}
+        assert {n for n in initial if not bool((initial[n] == final[n]).all())} == adapted
         assert (out / "reward_model" / "model.safetensors").is_file()
     assert [r["step"] for r in records["ddp"]] == [1, 2, 3]
-    for engine in ("zero2", "zero3"):
+    for engine in engines[1:]:
         for a, b in zip(records["ddp"], records[engine], strict=True):
             for key in ("rm/loss", "policy/reward", "policy/kl", "train/grad_norm"):
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (engine, key)
@@ -234,10 +259,101 @@ def test_a_nonfinite_gradient_meets_on_nonfinite(
     assert [r.get("train/nonfinite_skipped", 0.0) for r in rows] == [0.0, 1.0, 1.0, 1.0]
 
 
+LORA = ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "optim.lr=1e-2"]
+NO_DROPOUT = {"sft": ["lora.dropout=0"], "irft": []}
+"""Each process draws its own dropout masks, so with dropout the runs could not agree (IRFT turns it off)."""
+
+
+@pytest.mark.parametrize("method", ["sft", "irft"])
+def test_lora_under_zero3_trains_like_one_process(
+    method: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """LoRA with every parameter partitioned, the frozen base's too: the same steps as one process, and the same
+    adapter (``adapter/``, exported from gathered parameters) and merged ``final/``."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    lora = [*LORA, *NO_DROPOUT[method]]
+    assert main([*args_for(method, llama_dir, builtin_jsonl, one, batch_size=8), *lora]) == 0
+    result = torchrun(
+        [*args_for(method, llama_dir, builtin_jsonl, two, batch_size=4), *lora], 29606 + len(lora), zero(3)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = STEP_METRICS[method]
+    assert mismatches(step_records(one, keys[0]), step_records(two, keys[0]), keys, "zero-3 lora") == []
+    left, right = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
+    assert left.keys() == right.keys() and all(right[n].numel() == left[n].numel() > 0 for n in left)
+    assert max(float((left[n] - right[n]).abs().max()) for n in left) < WEIGHT_ABS
+    assert_same_weights(one / "final", two / "final", llama_dir)
+    last = sorted((two / "checkpoints").glob("step-*"))[-1]  # the adapter from the gathered state, not the base
+    assert (last / "adapter" / "adapter_model.safetensors").is_file() and not (last / "model").exists()
+
+
+def test_float16_irft_scales_each_backward_once_under_deepspeeds_loss_scaler(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """float16 weights under ZeRO-2's dynamic loss scaler: the split pair backward (two ``backward`` calls per
+    micro-batch, the generations' half and the demonstrations') and the shared one (one call) log the same steps.
+    Were one half scaled twice, its gradient would come out 65536x too large after the step's single unscale."""
+    records = {}
+    for k, mode in enumerate(("split", "shared")):
+        out = tmp_path / mode
+        extra = ["model.dtype=float16", "train.batch_size=4"]
+        extra += METHOD_ARGS["irft-shared"][len(METHOD_ARGS["irft"]) :] if mode == "shared" else []
+        result = torchrun(
+            irft_args_of(llama_dir, builtin_jsonl, out, [*METHOD_ARGS["irft"], *extra]), 29600 + k, zero(2)
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        records[mode] = step_records(out, "irft/loss")
+        initial = load_file(str(llama_dir / "model.safetensors"))
+        final = load_file(str(out / "final" / "model.safetensors"))
+        assert {final[n].dtype for n in final} == {torch.float16}
+        assert [n for n in initial if bool((initial[n].half() == final[n]).all())] == []
+    # On this tiny model the first two steps overflow at DeepSpeed's initial 2**16 (its hysteresis of 2 halves the
+    # scale on the second): both backward layouts must meet the same overflows, then apply the same steps.
+    scales = [r["train/loss_scale"] for r in records["split"]]
+    assert scales == [r["train/loss_scale"] for r in records["shared"]] and scales[-1] < scales[0]
+    applied = [i for i, r in enumerate(records["split"]) if not r.get("train/nonfinite_skipped")]
+    assert applied == [i for i, r in enumerate(records["shared"]) if not r.get("train/nonfinite_skipped")]
+    assert len(applied) >= 2
+    for a, b in zip(records["split"], records["shared"], strict=True):
+        assert b["irft/loss"] == pytest.approx(a["irft/loss"], rel=1e-3)
+    for i in applied:
+        assert records["shared"][i]["train/grad_norm"] == pytest.approx(
+            records["split"][i]["train/grad_norm"], rel=1e-3
+        )
+
+
+def test_float16_overflow_is_skipped_until_the_loss_scales_floor(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """An overflow above the scaler's floor is DeepSpeed's expected skip (the scale halves; ``stop`` does not
+    stop); one at the floor is the gradient's own and meets ``train.on_nonfinite``, as under accelerate's fp16."""
+
+    def run(name: str, scaler: dict[str, int], *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps({"zero_optimization": {"stage": 3}, "fp16": {"hysteresis": 1, **scaler}}))
+        out = tmp_path / name
+        args = sft_args(llama_dir, builtin_jsonl, out, "train.batch_size=4", "model.dtype=float16", *extra)
+        env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(config)}
+        return torchrun(args, 29602 + len(extra), env), out
+
+    result, out = run("high", {"initial_scale_power": 22}, "train.max_steps=12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = step_records(out, "train/loss_scale")
+    skipped = [r["step"] for r in rows if r.get("train/nonfinite_skipped")]
+    assert skipped and skipped == list(range(1, len(skipped) + 1)) and len(skipped) < 12
+    assert [r["train/loss_scale"] for r in rows[: len(skipped) + 1]] == [
+        2.0 ** (22 - i) for i in range(len(skipped) + 1)
+    ]
+    result, out = run("floor", {"initial_scale_power": 1, "min_loss_scale": 1}, "train.max_steps=4", "optim.lr=1e30")
+    assert result.returncode != 0
+    assert "at the fp16 loss scale's floor of 1" in result.stdout + result.stderr
+    rows = step_records(out, "train/loss_scale")
+    assert [r["train/loss_scale"] for r in rows] == [2.0, 2.0] and rows[1]["train/nonfinite_skipped"] == 1.0
+
+
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])
 def test_shipped_deepspeed_configs_launch(name: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path) -> None:
     """``accelerate launch --config_file configs/accelerate/<name>.yaml --num_processes 2`` as the README writes it."""
-    import json
 
     out = tmp_path / name
     result = accelerate_launch(

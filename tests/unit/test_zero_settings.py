@@ -67,6 +67,21 @@ def test_a_deepspeed_json_is_applied_and_auto_values_come_from_the_run(
     assert deepspeed_settings(load_config("sft"), world_size=2)["bf16"] == {"enabled": False}  # CPU: float32
 
 
+def test_float16_weights_train_under_deepspeeds_loss_scaler_with_the_jsons_scaler_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "ds.json"
+    scaler = {"initial_scale_power": 12, "hysteresis": 1, "min_loss_scale": 4}
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "fp16": {"enabled": "auto", **scaler}}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    settings = deepspeed_settings(load_config("sft", overrides=["model.dtype=float16"]), world_size=2)
+    assert settings["fp16"] == {"enabled": True, **scaler} and settings["bf16"] == {"enabled": False}
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert deepspeed_settings(load_config("sft", overrides=["model.dtype=float16"]), 2)["fp16"] == {"enabled": True}
+    assert deepspeed_settings(load_config("sft"), 2)["fp16"] == {"enabled": False}
+
+
 def test_accelerate_refusals_hold_beside_a_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
@@ -85,7 +100,8 @@ def test_accelerate_refusals_hold_beside_a_json(monkeypatch: pytest.MonkeyPatch,
     [
         ({"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW"}}, [], "'optimizer' section"),
         ({"zero_optimization": {"stage": 3}, "scheduler": {"type": "WarmupLR"}}, [], "'scheduler' section"),
-        ({"zero_optimization": {"stage": 3}, "fp16": {"enabled": True}}, [], "fp16.enabled"),
+        ({"zero_optimization": {"stage": 3}, "fp16": {"enabled": True}}, [], "fp16.enabled=True"),
+        ({"zero_optimization": {"stage": 3}, "fp16": {"auto_cast": True}}, ["model.dtype=float16"], "fp16.auto_cast"),
         ({"zero_optimization": {"stage": 1}}, [], "stage=1"),
         ({"zero_optimization": {"stage": 3}, "gradient_accumulation_steps": 4}, [], "train.grad_accum is 1"),
         ({"zero_optimization": {"stage": 3}, "gradient_clipping": 2.0}, [], "train.max_grad_norm is 1.0"),
@@ -98,7 +114,6 @@ def test_accelerate_refusals_hold_beside_a_json(monkeypatch: pytest.MonkeyPatch,
             [],
             "stage3_gather_16bit_weights_on_model_save=false",
         ),
-        ({"zero_optimization": {"stage": 3}}, ["model.dtype=float16"], "float16"),
     ],
 )
 def test_what_the_run_does_not_apply_is_refused_naming_it(
@@ -134,7 +149,7 @@ def test_accelerate_deepspeed_settings_the_run_does_not_apply_are_refused(
 @pytest.mark.parametrize(
     ("method", "overrides", "env", "message"),
     [
-        ("sft", ["lora.enabled=true"], {}, "lora.enabled=true with DeepSpeed"),
+        ("irft", ["lora.enabled=true", "irft.snapshot=lora"], {}, "irft.snapshot=lora is not supported with deep"),
         ("irft", ["irft.snapshot=copy"], {}, "irft.snapshot=copy is not supported with deepspeed-zero3"),
         ("sft", [], {"ACCELERATE_USE_FSDP": "true"}, "both DeepSpeed and FSDP"),
     ],
@@ -156,6 +171,8 @@ def test_deepspeed_launches_refuse_what_they_cannot_do(
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     engine = open_engine(FakeAccelerator(), load_config("irft"))
     assert (engine.name, engine.sharded) == ("deepspeed-zero3", True)
+    lora = open_engine(FakeAccelerator(), load_config("sft", overrides=["lora.enabled=true"]))  # LoRA runs under it
+    assert lora.name == "deepspeed-zero3"
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     engine = open_engine(FakeAccelerator(), load_config("irft", overrides=["irft.snapshot=copy"]))
     assert (engine.name, engine.sharded) == ("deepspeed-zero2", False)  # ZeRO-2 keeps whole parameters

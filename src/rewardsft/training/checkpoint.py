@@ -18,8 +18,7 @@ import torch
 
 from rewardsft.errors import ConfigError
 from rewardsft.layout import CHECKPOINTS
-from rewardsft.training.engine import Engine
-from rewardsft.training.step import loss_scaler
+from rewardsft.training.engine import Engine, loss_scaler
 
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pt"

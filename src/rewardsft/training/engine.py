@@ -44,6 +44,11 @@ OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimize
 """Builds an optimiser from the parameters it trains (``training.optim.build_optimizer`` with the run's settings)."""
 
 
+def loss_scaler(optimizer: Any) -> Any | None:
+    """The fp16 ``GradScaler`` accelerate attached to this (prepared) optimiser, or None."""
+    return getattr(optimizer, "scaler", None)
+
+
 class Engine:
     """Processes, devices and the model/optimiser plumbing of one run (the plain-process and DDP behaviour; the
     sharded backends override what differs)."""
@@ -110,6 +115,12 @@ class Engine:
         optimizer.step()
         return None, bool(getattr(optimizer, "step_was_skipped", False))
 
+    def loss_scale(self, optimizer: Any) -> tuple[float, float] | None:
+        """The fp16 loss scale the coming step's gradients carry and the lowest the scaler goes (an overflow at
+        that floor is the loss or gradient itself, which no scale helps); None without a loss scaler."""
+        scaler = loss_scaler(optimizer)
+        return None if scaler is None else (float(scaler.get_scale()), 1.0)
+
     def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
         """The policy optimiser's state for a checkpoint (a collective where it is sharded; rank 0's is written);
         None where the engine keeps it in its own files (:meth:`save_engine_state`)."""
@@ -161,6 +172,13 @@ class Engine:
         return None
 
     @contextmanager
+    def whole_module(self, model: Any) -> Iterator[Any]:
+        """The unwrapped module with whole parameters for the block, to be read as a plain module (peft's adapter
+        save and merge); every process calls it, a collective where parameters are sharded. What the block changes
+        in it may be dropped at its end."""
+        yield self.unwrap(model)
+
+    @contextmanager
     def decoding(self, model: Any) -> Iterator[Any]:
         """The model to generate with, for the duration of the block (a sharded backend may gather weights or
         decode in lockstep: generation calls it the same way on every process)."""
@@ -199,6 +217,11 @@ class FSDP2Engine(Engine):
     def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
         return full_model_state(model)
 
+    @contextmanager
+    def whole_module(self, model: Any) -> Iterator[Any]:
+        raise NotImplementedError("FSDP2 does not gather a whole module (LoRA, its one use, is refused under FSDP)")
+        yield  # a generator, so the refusal comes on entering the block
+
 
 class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO-2 (optimiser state and gradients partitioned) or ZeRO-3 (parameters too), called directly:
@@ -213,6 +236,9 @@ class DeepSpeedEngine(Engine):
       backward as DeepSpeed's accumulation boundary, so IRFT's split backward (two backwards per micro-batch) and
       uneven last steps need nothing of their own;
     - DeepSpeed clips inside its step (``gradient_clipping`` = ``train.max_grad_norm``) and reports the norm after;
+    - ``model.dtype=float16`` trains under DeepSpeed's own dynamic loss scaler: every ``backward`` scales its own
+      loss once (IRFT's split pair backward included) and the step unscales the sum once; an overflow is skipped
+      by DeepSpeed, and only one at the scaler's floor meets ``train.on_nonfinite`` (as accelerate's fp16 does);
     - the optimiser state lives in DeepSpeed's own checkpoint files (``checkpoints/step-N/deepspeed/``), one per
       process: a checkpoint resumes with DeepSpeed on as many processes as wrote it.
     """
@@ -235,6 +261,9 @@ class DeepSpeedEngine(Engine):
         self.ds, ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.settings, dist_init_required=False
         )
+        if self.settings["fp16"]["enabled"]:
+            # At its floor DeepSpeed would raise a bare Exception; skipping there lets train.on_nonfinite decide.
+            ds_optimizer.loss_scaler.raise_error_at_min_scale = False
         return self.ds, ds_optimizer
 
     def fresh_optimizer(self, model: Any, optimizer: Any, make_optimizer: OptimizerFactory) -> Any:
@@ -262,12 +291,32 @@ class DeepSpeedEngine(Engine):
         norm = self.ds.get_global_grad_norm()
         return (None if norm is None else float(norm)), not self.ds.was_step_applied()
 
+    def loss_scale(self, optimizer: Any) -> tuple[float, float] | None:
+        if not self.settings["fp16"]["enabled"]:
+            return None
+        scaler = self.ds.optimizer.loss_scaler
+        # A static scale (fp16.loss_scale > 0) has no floor below itself: every overflow is the gradient's own.
+        return float(scaler.cur_scale), float(getattr(scaler, "min_scale", scaler.cur_scale))
+
     def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
         if not self.sharded:
             return None  # ZeRO-2 keeps whole parameters in every process
         # A collective: every process gathers, rank 0 keeps the weights (in the parameters' own dtype).
         weights = self.ds._zero3_consolidated_16bit_state_dict()
         return {name: tensor.cpu() for name, tensor in (weights or {}).items()}
+
+    @contextmanager
+    def whole_module(self, model: Any) -> Iterator[Any]:
+        module = self.unwrap(model)
+        if not self.sharded:
+            yield module
+            return
+        import deepspeed
+
+        # Every process holds the whole model for the block; on leaving it each keeps its partition again and
+        # what changed in the gathered tensors is dropped (modifier_rank=None).
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield module
 
     def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
         return None  # in DeepSpeed's own files, written by save_engine_state
@@ -333,7 +382,7 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
     if deepspeed_requested():
         if fsdp_requested():
             raise ConfigError("both DeepSpeed and FSDP were requested (ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_FSDP)")
-        check_sharded_launch(accelerator, config, "DeepSpeed", "ACCELERATE_USE_DEEPSPEED", "zero3.yaml")
+        check_sharded_launch(accelerator, "DeepSpeed", "ACCELERATE_USE_DEEPSPEED", "zero3.yaml")
         return DeepSpeedEngine(accelerator, deepspeed_settings(config, accelerator.num_processes, accelerator.device))
     if not fsdp_requested():
         return AccelerateEngine(accelerator)
@@ -343,18 +392,20 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
 
 def check_fsdp(accelerator: Any, config: RunConfig) -> None:
     """Refuse FSDP2 outside a distributed launch and with the settings it does not support."""
-    check_sharded_launch(accelerator, config, "FSDP", "ACCELERATE_USE_FSDP", "fsdp.yaml")
+    check_sharded_launch(accelerator, "FSDP", "ACCELERATE_USE_FSDP", "fsdp.yaml")
+    if config.lora.enabled:
+        raise ConfigError(
+            "lora.enabled=true with FSDP is not supported yet; train LoRA with DDP (ddp.yaml) or DeepSpeed (zero3.yaml)"
+        )
 
 
-def check_sharded_launch(accelerator: Any, config: RunConfig, engine: str, variable: str, example: str) -> None:
-    """What FSDP2 and DeepSpeed both refuse: no process group, LoRA, accelerate's mixed precision."""
+def check_sharded_launch(accelerator: Any, engine: str, variable: str, example: str) -> None:
+    """What FSDP2 and DeepSpeed both refuse: no process group, accelerate's mixed precision."""
     if not torch.distributed.is_initialized():
         raise ConfigError(
             f"{engine} was requested ({variable}) but this is not a distributed launch; start with "
             f"`accelerate launch --config_file configs/accelerate/{example}` or `torchrun`"
         )
-    if config.lora.enabled:
-        raise ConfigError(f"lora.enabled=true with {engine} is not supported yet; train LoRA with DDP (ddp.yaml)")
     if accelerator.mixed_precision != "no":
         raise ConfigError(
             f"mixed_precision={accelerator.mixed_precision} with {engine} is not supported (the model is loaded in "

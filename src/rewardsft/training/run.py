@@ -345,28 +345,39 @@ class Run:
         With LoRA the adapter alone also goes to ``adapter/`` when ``export_adapter``: only where base +
         adapter reproduces ``final/``, i.e. not when training changed the base weights (IRFT ``snapshot=lora``).
         """
-        final = self.output_dir / FINAL
-        weights = self.engine.full_weights(model)
-        model = self.engine.unwrap(model)
-        if self.is_main:
-            tmp = self.output_dir / ".tmp-final"
-            shutil.rmtree(tmp, ignore_errors=True)
-            if is_peft(model):
-                if export_adapter:
-                    model.save_pretrained(str(self.output_dir / ADAPTER))
-                model = model.merge_and_unload()
-            with original_dropout_config(model):
-                model.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
-            tokenizer.save_pretrained(str(tmp))
-            write_model_card(tmp, self.config.to_dict(), self.output_dir.name)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+        if is_peft(self.engine.unwrap(model)):
+            # peft saves and merges from the module's own parameters: whole ones (gathered under ZeRO-3).
+            with self.engine.whole_module(model) as module:
+                if self.is_main:
+                    self.write_final(module, tokenizer, None, export_adapter)
+        else:
+            weights = self.engine.full_weights(model)
+            if self.is_main:
+                self.write_final(self.engine.unwrap(model), tokenizer, weights, export_adapter)
         self.engine.barrier()
         # Trackers only: the process group outlives a run (an SFT phase is followed by the reward phase in the
         # same processes, and accelerate's state would not set a destroyed group up again); run_recipe ends it.
         for tracker in self.accelerator.trackers:
             tracker.finish()
-        return final
+        return self.output_dir / FINAL
+
+    def write_final(
+        self, model: Any, tokenizer: Any, weights: dict[str, torch.Tensor] | None, export_adapter: bool
+    ) -> None:
+        """Rank 0's part of :meth:`save_final`: ``model`` unwrapped, whole (or ``weights`` its whole state)."""
+        final = self.output_dir / FINAL
+        tmp = self.output_dir / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_peft(model):
+            if export_adapter:
+                model.save_pretrained(str(self.output_dir / ADAPTER))
+            model = model.merge_and_unload()
+        with original_dropout_config(model):
+            model.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_model_card(tmp, self.config.to_dict(), self.output_dir.name)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
 
     def eval_nll(self, model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int) -> float:
         """Token-weighted mean NLL of the responses, over all processes."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rewardsft.errors import NonFiniteError
-from rewardsft.training.engine import Engine
+from rewardsft.training.engine import Engine, loss_scaler
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,14 @@ def optimizer_step(
     :class:`NonFiniteError` before anything is applied (``on_nonfinite="stop"``), or skips the optimiser step
     (``"skip"``; the schedule still advances so the step count and the learning rate stay in line).
 
-    Under an fp16 loss scaler (accelerate's ``mixed_precision=fp16``) overflow is expected: the scaler starts high
+    Under an fp16 loss scaler (accelerate's ``mixed_precision=fp16``, DeepSpeed's for float16 weights) overflow is expected: the scaler starts high
     and halves its scale on every overflowing step, which it skips. Such a step is skipped and counted like
-    ``"skip"`` whatever ``on_nonfinite`` says; only an overflow at a scale of 1 or below (the unscaled loss or
-    gradient itself is not finite, so no scale will help) meets ``on_nonfinite``.
+    ``"skip"`` whatever ``on_nonfinite`` says; only an overflow at the scaler's floor (1 for accelerate's; the
+    unscaled loss or gradient itself is not finite, so no scale will help) meets ``on_nonfinite``.
     """
     scaler = loss_scaler(optimizer)
-    scale = float(scaler.get_scale()) if scaler is not None else None
+    scaled = engine.loss_scale(optimizer) if engine is not None else None
+    scale = scaled[0] if scaled is not None else None
     limit = max_grad_norm if max_grad_norm is not None else math.inf
     if engine is None:
         grad_norm: Any = torch.nn.utils.clip_grad_norm_(list(params), limit)
@@ -76,10 +77,10 @@ def optimizer_step(
     lr = float(scheduler.get_last_lr()[0])
     if grad_norm is None:
         assert engine is not None
-        return clipped_inside_step(engine, optimizer, scheduler, lr, on_nonfinite)
+        return clipped_inside_step(engine, optimizer, scheduler, lr, on_nonfinite, scaled)
     norm = float(grad_norm)
     finite = math.isfinite(norm)
-    persistent = not finite and (scale is None or scale <= 1.0)
+    persistent = not finite and (scaled is None or scaled[0] <= scaled[1])
     if persistent and on_nonfinite == "stop":
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -102,20 +103,25 @@ def optimizer_step(
     return StepStats(norm, lr, skipped=skipped, loss_scale=scale)
 
 
-def clipped_inside_step(engine: Engine, optimizer: Any, scheduler: Any, lr: float, on_nonfinite: str) -> StepStats:
+def clipped_inside_step(
+    engine: Engine, optimizer: Any, scheduler: Any, lr: float, on_nonfinite: str, scaled: tuple[float, float] | None
+) -> StepStats:
     """The step of an engine that clips inside its own step (DeepSpeed): it measures the norm there and, when the
-    norm is not finite, leaves the weights as they were and reports the step as not applied (fp16 is refused under
-    it, so a skip is always a non-finite gradient); that then meets ``on_nonfinite`` like any other engine's."""
+    norm is not finite, leaves the weights as they were and reports the step as not applied. Under its fp16 loss
+    scaler (``scaled``: the scale and its floor) such a step is an expected overflow, counted as skipped, unless
+    the scale was at its floor; that, and any non-finite step without a scaler, meets ``on_nonfinite``."""
     measured, skipped = engine.apply_step(optimizer)
     norm = float("nan") if measured is None else float(measured)
-    if (skipped or not math.isfinite(norm)) and on_nonfinite == "stop":
+    nonfinite = skipped or not math.isfinite(norm)
+    if nonfinite and (scaled is None or scaled[0] <= scaled[1]) and on_nonfinite == "stop":
         raise NonFiniteError(
-            f"the gradient norm is {norm} (a non-finite loss or gradient); {engine.name} did not apply the step and "
-            "the newest checkpoint predates it. Lower optim.lr or check the data, then rerun with resume=true; or "
-            "set train.on_nonfinite=skip to skip such steps"
+            f"the gradient norm is {norm} (a non-finite loss or gradient"
+            + (f", at the fp16 loss scale's floor of {scaled[0]:g}" if scaled is not None else "")
+            + f"); {engine.name} did not apply the step and the newest checkpoint predates it. Lower optim.lr or "
+            "check the data, then rerun with resume=true; or set train.on_nonfinite=skip to skip such steps"
         )
     advance(scheduler)
-    return StepStats(norm, lr, skipped=skipped or not math.isfinite(norm))
+    return StepStats(norm, lr, skipped=nonfinite, loss_scale=None if scaled is None else scaled[0])
 
 
 def advance(scheduler: Any) -> None:
@@ -123,11 +129,6 @@ def advance(scheduler: Any) -> None:
         # The schedule advances on a skipped step on purpose; torch warns when the optimiser has not stepped yet.
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         scheduler.step()
-
-
-def loss_scaler(optimizer: Any) -> Any | None:
-    """The fp16 ``GradScaler`` accelerate attached to this (prepared) optimiser, or None."""
-    return getattr(optimizer, "scaler", None)
 
 
 def log_due(step: int, log_every: int, last: bool, metrics: Mapping[str, float]) -> bool:

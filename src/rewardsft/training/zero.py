@@ -6,7 +6,8 @@ the offload devices, or ``ACCELERATE_DEEPSPEED_CONFIG_FILE`` naming a DeepSpeed 
 variables can be set by hand. The run's config stays the one place for what the recipes read: the batch, the
 accumulation, the clipping, the optimiser and its schedule, the dtype. A DeepSpeed JSON may leave those ``"auto"``
 or repeat them; a value that disagrees, or a section rewardsft does not apply (``optimizer``, ``scheduler``,
-``fp16``), is refused naming the key rather than ignored.
+``fp16.auto_cast``), is refused naming the key rather than ignored. ``model.dtype=float16`` trains float16 weights
+under DeepSpeed's own dynamic loss scaler (its ``fp16`` section's scaler settings are kept).
 """
 
 from __future__ import annotations
@@ -91,17 +92,10 @@ def deepspeed_settings(config: RunConfig, world_size: int, device: torch.device 
             f"{source}: {', '.join(unknown)} not applied by rewardsft (they would change the engine's forwards but "
             "not the run's others, or repeat a setting of the run's own); remove them"
         )
-    if user.get("fp16", {}).get("enabled") not in (None, False, "auto"):
-        raise ConfigError(
-            f"{source}: fp16.enabled under DeepSpeed is not supported (its loss scaler is not wired to the split "
-            "pair backward); train in bfloat16 (model.dtype=bfloat16) or float32"
-        )
     tc = config.train
     clip = tc.max_grad_norm if tc.max_grad_norm is not None else 0.0
     dtype = resolve_dtype(config.model.dtype, device or torch.device("cpu"))
-    if dtype == torch.float16:
-        raise ConfigError("model.dtype=float16 under DeepSpeed is not supported; use bfloat16 or float32")
-    bf16 = dtype == torch.bfloat16
+    bf16, fp16 = dtype == torch.bfloat16, dtype == torch.float16
     if user is not launched:  # a JSON named beside an accelerate config: the latter's values must agree too
         accelerate = "the accelerate config (ACCELERATE_*)"
         agree(accelerate, launched, "gradient_accumulation_steps", tc.grad_accum, "train.grad_accum")
@@ -111,6 +105,8 @@ def deepspeed_settings(config: RunConfig, world_size: int, device: torch.device 
     agree(source, user, "train_batch_size", tc.batch_size * tc.grad_accum * world_size, "global batch")
     agree(source, user, "gradient_clipping", clip, "train.max_grad_norm")
     agree(source, user.get("bf16", {}), "enabled", bf16, "bfloat16 weights (model.dtype)", key="bf16.enabled")
+    agree(source, user.get("fp16", {}), "enabled", fp16, "float16 weights (model.dtype)", key="fp16.enabled")
+    scaler = loss_scaler_settings(source, user.get("fp16", {}))
     zero = dict(user.get("zero_optimization", {}))
     for kind in ("offload_optimizer", "offload_param"):
         if str(zero.get(kind, {}).get("device", "none")).lower() == "nvme":
@@ -137,12 +133,30 @@ def deepspeed_settings(config: RunConfig, world_size: int, device: torch.device 
         "train_batch_size": tc.batch_size * world_size,
         "gradient_clipping": clip,
         "bf16": {"enabled": bf16},
+        # float16 weights train under DeepSpeed's own loss scaler (fp32 master weights in its shards).
+        "fp16": {**scaler, "enabled": True} if fp16 else {"enabled": False},
         # The optimiser is torch's (optim.name): DeepSpeed's compiled CPU Adam is not needed for offload.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": NEVER_PRINT,
     }
     return settings
+
+
+FP16_APPLIED = ("enabled", "loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")
+"""The loss scaler's settings a DeepSpeed JSON's ``fp16`` section may set; ``auto_cast`` (and the rest) would change
+the engine's forwards but not the run's no-grad forwards through the bare module."""
+
+
+def loss_scaler_settings(source: str, fp16: dict[str, Any]) -> dict[str, Any]:
+    """The ``fp16`` section's loss-scaler settings, refusing the keys rewardsft does not apply."""
+    unknown = sorted(set(fp16) - set(FP16_APPLIED))
+    if unknown:
+        raise ConfigError(
+            f"{source}: fp16.{', fp16.'.join(unknown)} not applied by rewardsft (only the loss scaler's "
+            f"{', '.join(FP16_APPLIED[1:])}); remove them"
+        )
+    return {key: value for key, value in fp16.items() if key != "enabled"}
 
 
 def launch_settings() -> dict[str, Any]:
