@@ -96,10 +96,19 @@ def _block_names(model: Any) -> set[str]:
 
 
 def in_lockstep(model: Any) -> bool:
-    """Processes must run the same forwards: ``model`` is sharded over more than one process."""
+    """Processes must run the same forwards: ``model`` is sharded over more than one process, and not gathered
+    whole for the moment (ZeRO-3's weights under ``DeepSpeedEngine.decoding``)."""
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_sharded(model)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return distributed and is_sharded(model) and not gathered_whole(model)
+
+
+def gathered_whole(model: Any) -> bool:
+    """Every partitioned ZeRO-3 parameter is gathered (the persistent ones, which DeepSpeed keeps whole in every
+    process, do not count: a model of only those still runs DeepSpeed's per-module hooks)."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)]
+    return bool(partitioned) and all(p.ds_status.name == "AVAILABLE" for p in partitioned)
 
 
 def agreed_max(count: int, model: Any) -> int:

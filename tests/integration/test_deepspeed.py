@@ -52,8 +52,11 @@ pytestmark = [
 # per step in each process (one process: one micro-batch of 8), "irft-reset" builds a fresh optimiser per stage
 # (irft.reset_optimizer_each_stage, which DeepSpeed does by emptying the optimiser's state).
 CASES = [("sft", 2), ("sft", 3), ("sft-accum", 3), ("irft", 2), ("irft", 3), ("irft-shared", 3), ("irft-reset", 3)]
+CASES += [("irft-lockstep", 3)]
 VARIANTS = {
     "sft-accum": ("sft", ["train.grad_accum=2"], []),
+    # ZeRO-3 samples from gathered weights by default; lockstep decoding (every token a collective) is the other way.
+    "irft-lockstep": ("irft", ["generation.zero3_gather=false"], []),
     "irft-reset": ("irft", ["irft.reset_optimizer_each_stage=true"], ["irft.reset_optimizer_each_stage=true"]),
 }
 """case: (method, settings of the two-process run, settings of the one-process run)."""
@@ -92,8 +95,8 @@ def one_process(llama_dir: Path, builtin_jsonl: Path, tmp_path_factory: pytest.T
     runs = {}
     for case in dict.fromkeys(c for c, _ in CASES):
         runs[case] = base / case
-        if case == "sft-accum":
-            runs[case] = runs["sft"]  # the same one-process run: accumulation must not change the step
+        if case in ("sft-accum", "irft-lockstep"):
+            runs[case] = runs[case.split("-")[0]]  # the same one-process run: neither may change the step
             continue
         assert main(case_args(case, llama_dir, builtin_jsonl, runs[case], processes=1)) == 0
     return runs

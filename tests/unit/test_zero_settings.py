@@ -201,3 +201,22 @@ def test_shipped_deepspeed_configs_parse_and_are_accepted(monkeypatch: pytest.Mo
         zero = deepspeed_settings(load_config("irft"), world_size=4)["zero_optimization"]
         stages[file.name] = (zero["stage"], "offload_param" in zero)
     assert stages == {"zero2.yaml": (2, False), "zero3.yaml": (3, False), "zero3_offload.yaml": (3, True)}
+
+
+@pytest.mark.parametrize("deepspeed", [True, False])
+def test_lockstep_decoding_is_a_zero3_setting(deepspeed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tests.unit.test_sharding import FakeAccelerator, open_engine
+
+    if deepspeed:
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    config = load_config("rft", overrides=["generation.zero3_gather=false"])
+    with pytest.raises(ConfigError, match=r"generation\.zero3_gather=false applies under .*ZeRO-3 only"):
+        open_engine(FakeAccelerator(), config)
+    if deepspeed:
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+        engine = open_engine(FakeAccelerator(), config)
+        assert (engine.name, engine.gather_for_decoding) == ("deepspeed-zero3", False)

@@ -239,16 +239,19 @@ class DeepSpeedEngine(Engine):
     - ``model.dtype=float16`` trains under DeepSpeed's own dynamic loss scaler: every ``backward`` scales its own
       loss once (IRFT's split pair backward included) and the step unscales the sum once; an overflow is skipped
       by DeepSpeed, and only one at the scaler's floor meets ``train.on_nonfinite`` (as accelerate's fp16 does);
+    - under ZeRO-3 generation gathers the whole weights once per sampling call (``generation.zero3_gather``;
+      measured faster than lockstep decoding at about the same memory, benchmarks/zero3_decoding.py);
     - the optimiser state lives in DeepSpeed's own checkpoint files (``checkpoints/step-N/deepspeed/``), one per
       process: a checkpoint resumes with DeepSpeed on as many processes as wrote it.
     """
 
-    def __init__(self, accelerator: Any, settings: dict[str, Any]):
+    def __init__(self, accelerator: Any, settings: dict[str, Any], gather_for_decoding: bool = True):
         super().__init__(accelerator)
         self.settings = settings
         self.stage = int(settings["zero_optimization"]["stage"])
         self.name = f"deepspeed-zero{self.stage}"
         self.sharded = self.stage == 3
+        self.gather_for_decoding = gather_for_decoding and self.sharded
         self.ds: Any = None
 
     def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
@@ -290,6 +293,20 @@ class DeepSpeedEngine(Engine):
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
         return (None if norm is None else float(norm)), not self.ds.was_step_applied()
+
+    @contextmanager
+    def decoding(self, model: Any) -> Iterator[Any]:
+        module = self.unwrap(model)
+        if not self.gather_for_decoding:
+            yield module  # ZeRO-2's weights are whole; ZeRO-3 without gathering decodes in lockstep
+            return
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        # Gathers every parameter and lifts ZeRO-3's per-module hooks for the block, so each process decodes its
+        # own prompts as a plain model (sharding.in_lockstep sees the gathered weights) and nothing is freed
+        # mid-generation; the hooks come back and the weights are partitioned again on leaving.
+        with unwrap_model_for_generation(self.ds):
+            yield module
 
     def loss_scale(self, optimizer: Any) -> tuple[float, float] | None:
         if not self.settings["fp16"]["enabled"]:
@@ -379,11 +396,20 @@ def engine_for(accelerator: Any, config: RunConfig) -> Engine:
             "weights under autocast with a loss scaler, which cannot unscale half-precision gradients; set "
             "model.dtype=auto (float32 under mixed precision) or float32"
         )
+    generation = getattr(config, "generation", None)
+    gather = generation is None or generation.zero3_gather
     if deepspeed_requested():
         if fsdp_requested():
             raise ConfigError("both DeepSpeed and FSDP were requested (ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_FSDP)")
         check_sharded_launch(accelerator, "DeepSpeed", "ACCELERATE_USE_DEEPSPEED", "zero3.yaml")
-        return DeepSpeedEngine(accelerator, deepspeed_settings(config, accelerator.num_processes, accelerator.device))
+        engine = DeepSpeedEngine(
+            accelerator, deepspeed_settings(config, accelerator.num_processes, accelerator.device), gather
+        )
+        if not gather and not engine.sharded:
+            raise ConfigError(f"generation.zero3_gather=false applies under ZeRO-3 only; this launch is {engine.name}")
+        return engine
+    if not gather:
+        raise ConfigError("generation.zero3_gather=false applies under DeepSpeed ZeRO-3 only; remove it")
     if not fsdp_requested():
         return AccelerateEngine(accelerator)
     check_fsdp(accelerator, config)
