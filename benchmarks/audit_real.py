@@ -9,7 +9,10 @@ Two kinds of bad rows, both human-written and never among the demonstrations:
 - ``off-topic``: demonstrations of the other domain (Amazon snippets among tweets, or the reverse).
 
 The implicit reward's learning rate is the study's own choice for SPIN from the base on that domain (tuned on its
-dev pairs, ``docs/results/evidence/DOMAIN/study.json``), never on the injected labels. ``python -m
+dev pairs, ``docs/results/evidence/DOMAIN/study.json``), never on the injected labels. The explicit reward
+(``--reward explicit``) takes ``--reward-lr`` for its reward model: 1e-4 by default, the rate at which RFT's reward
+model on the tweets separated held-out demonstrations from the policy's samples in the fair-budget run
+(``benchmarks.rft_budget``, docs/results.md; at 1e-5 it stayed at chance), again not chosen on the injected labels. ``python -m
 benchmarks.audit_real --out runs/audit-real`` (resumable: finished audits are kept; ``--quick`` for a smoke run);
 writes ``OUT/audit_real.json`` and ``OUT/audit_real.md``.
 """
@@ -73,28 +76,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train.batch_size=8",
         f"generation.max_new_tokens={args.max_new_tokens}",
         "generation.batch_size=64",
-        "optim.name=adamw",
-        "optim.schedule=constant",
-        f"optim.lr={lr}",
     ]
-    for seed in range(args.seeds):
+    if args.reward == "implicit":
+        overrides += ["optim.name=adamw", "optim.schedule=constant", f"optim.lr={lr}"]
+    else:
+        overrides += [f"reward_model.lr={args.reward_lr}"]
+    suffix = "" if args.reward == "implicit" else "-explicit"
+    seeds = [int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds)
+    for seed in seeds:
         for kind in args.kinds.split(","):
             rows, bad = noisy_rows(Path(args.data), args.domain, kind, args.share, args.rows, seed)
-            folder = out / f"{args.domain}-{kind}-s{seed}"
+            folder = out / f"{args.domain}-{kind}-s{seed}{suffix}"
             folder.mkdir(parents=True, exist_ok=True)
             data = folder / "noisy.jsonl"
             data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
             audit = folder / "audit"
+            started = time.time()
             rewardsft.audit(
-                args.model, data, audit, folds=args.folds, passes=args.passes, flag_share=args.share, seed=seed,
-                overrides=overrides,
+                args.model, data, audit, reward=args.reward, folds=args.folds, passes=args.passes,
+                flag_share=args.share, seed=seed, overrides=overrides,
             )  # fmt: skip
             scores = rows_of(audit / "scores.jsonl")
-            results.append({"seed": seed, "share": args.share, "reward": f"implicit, {kind}", **measure(
+            minutes = round((time.time() - started) / 60, 1)  # this call's: less than the audit's own if resumed
+            results.append({"seed": seed, "share": args.share, "reward": f"{args.reward}, {kind}", "minutes": minutes, **measure(
                 scores, rows, bad, args.share
             )})  # fmt: skip
             print(f"[{time.time() - began:.0f}s] seed {seed} {kind}: {results[-1]['audit']}", flush=True)
-    return {"domain": args.domain, "spin_lr": lr, "results": results, "minutes": (time.time() - began) / 60}
+    lrs = {"spin_lr": lr} if args.reward == "implicit" else {"reward_lr": args.reward_lr}
+    return {
+        "domain": args.domain,
+        "reward": args.reward,
+        **lrs,
+        "results": results,
+        "minutes": (time.time() - began) / 60,
+    }
 
 
 def main() -> None:
@@ -111,6 +126,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, help="the implicit reward's lr [the study's SPIN choice]")
+    parser.add_argument("--reward", default="implicit", choices=("implicit", "explicit"))
+    parser.add_argument("--reward-lr", type=float, default=1e-4, help="the explicit reward model's lr")
+    parser.add_argument("--seed-list", help="comma-separated seeds to run (default: 0 .. --seeds - 1)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 16 rows, 2 folds, 1 seed, 8 tokens")
     args = parser.parse_args()
     if args.quick:
@@ -118,8 +136,9 @@ def main() -> None:
     record = run(args)
     title = f"# Audit evidence: {args.domain}, human text that does not belong injected"
     markdown = summary_markdown(record).replace("# Audit evidence: the demo's task, habitual copies injected", title)
-    Path(args.out, "audit_real.json").write_text(json.dumps(record, indent=2))
-    Path(args.out, "audit_real.md").write_text(markdown)
+    name = "audit_real" if args.reward == "implicit" else "audit_real_explicit"
+    Path(args.out, f"{name}.json").write_text(json.dumps(record, indent=2))
+    Path(args.out, f"{name}.md").write_text(markdown)
     print(markdown)
 
 
