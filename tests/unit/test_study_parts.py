@@ -352,6 +352,22 @@ def test_a_moved_study_folder_is_still_the_same_study(tmp_path: Path) -> None:
     check_same_settings(moved.run_dir(trial), moved.config(trial), moved.out)  # no error: only the root moved
 
 
+def test_a_run_directly_under_its_folder_is_compared_against_that_folder(tmp_path: Path) -> None:
+    """A benchmark's runs sit directly under its folder (benchmarks.rft_budget: OUT/NAME), not under runs/: its
+    own paths inside that folder must compare equal (they once read as changed, so no such run could resume)."""
+    from rewardsft.config import load_config
+    from rewardsft.studies.runner import check_same_settings
+
+    out = tmp_path / "budget"
+    config = load_config("sft", overrides=[f"output_dir={out / 'run'}", f"data.eval_path={out / 'heldout.jsonl'}"])
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "config.yaml").write_text(config.to_yaml())
+    check_same_settings(out / "run", config, out)
+    other = load_config("sft", overrides=[f"output_dir={out / 'run'}", f"data.eval_path={out / 'other.jsonl'}"])
+    with pytest.raises(ConfigError, match=r"data\.eval_path"):
+        check_same_settings(out / "run", other, out)
+
+
 def test_an_evaluation_made_with_other_settings_is_redone(tmp_path: Path) -> None:
     from rewardsft.studies.runner import finished
 

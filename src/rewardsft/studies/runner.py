@@ -374,7 +374,10 @@ def check_same_settings(run: Path, config: RunConfig, root: Path) -> None:
 
     done = flatten(run_config(run).to_dict())
     wanted = flatten(config.to_dict())
-    old_root = Path(str(done["output_dir"])).parent.parent
+    # The study folder as it was: as many levels above the run's old output_dir as ``run`` is below ``root`` now
+    # (a study's runs/NAME, or a benchmark's NAME directly under its folder).
+    depth = len(run.resolve().relative_to(root.resolve()).parts)
+    old_root = Path(str(done["output_dir"])).parents[depth - 1]
     done, wanted = portable(done, old_root), portable(wanted, root)
     differ = changed_settings(done, wanted)
     if differ:
