@@ -6,8 +6,9 @@ Two ways to sample from a policy whose parameters are partitioned over the proce
   own hooks), so every process must run the same number of forwards (``synced_gpus``: a process whose prompts
   finished keeps stepping until all have); one all-gather per layer per generated token;
 - **gather**: gather every parameter once for the whole generation call (DeepSpeed's
-  ``unwrap_model_for_generation``, which also lifts the hooks), decode as one plain model, re-partition after:
-  one all-gather per call, and the whole model resident in every process while it decodes.
+  ``unwrap_model_for_generation``, which also lifts the per-module hooks), decode with local weights, re-partition
+  after: one all-gather per call, and the whole model resident in every process while it decodes. Processes still
+  step together (``synced_gpus``: the hook DeepSpeed keeps on the top module compares step counts every forward).
 
 Each mode runs in its own pair of torchrun processes on the same model and prompts (per process ``--prompts``
 prompts of the built-in data, greedy, ``--new-tokens`` tokens, one generation batch, every parameter partitioned),
@@ -88,7 +89,8 @@ def worker(mode: str, model_path: str, prompts: int, new_tokens: int, repeats: i
             if mode == "lockstep":
                 return engine.module.generate(**batch, synced_gpus=True, **settings)  # type: ignore[no-any-return]
             with unwrap_model_for_generation(engine):
-                return engine.module.generate(**batch, synced_gpus=False, **settings)  # type: ignore[no-any-return]
+                # Still synced: DeepSpeed's top-module hook compares step counts across processes every forward.
+                return engine.module.generate(**batch, synced_gpus=True, **settings)  # type: ignore[no-any-return]
 
     before = resident_mb()
     times = []

@@ -179,6 +179,22 @@ def save_policy(
             model.save_pretrained(str(out / "model"), state_dict=state_dict, safe_serialization=True)
 
 
+def whole_peft_copy(model: Any, weights: dict[str, torch.Tensor]) -> Any:
+    """A CPU copy of the peft ``model`` holding ``weights``, its whole state (keyed as ``model.state_dict()``):
+    what rank 0 exports and merges when the live model's parameters are ZeRO-3 partitions. The copy shares the
+    live base's config object, so the dropout rates ``disable_dropout`` recorded for it are the ones written."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    dtype = next(iter(weights.values())).dtype
+    copy = AutoModelForCausalLM.from_config(base.config, dtype=dtype)
+    copy.config = base.config
+    copy = peft.get_peft_model(copy, model.peft_config[model.active_adapter])
+    copy.load_state_dict(weights, strict=True)
+    return copy
+
+
 # Dropout rates disable_dropout zeroed in a model's config (by the config's id: configs are unhashable), restored
 # while the config is written out; an entry goes when its config is collected.
 _CONFIG_DROPOUT: dict[int, dict[str, float]] = {}

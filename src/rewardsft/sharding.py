@@ -96,19 +96,12 @@ def _block_names(model: Any) -> set[str]:
 
 
 def in_lockstep(model: Any) -> bool:
-    """Processes must run the same forwards: ``model`` is sharded over more than one process, and not gathered
-    whole for the moment (ZeRO-3's weights under ``DeepSpeedEngine.decoding``)."""
+    """Processes must run the same forwards: ``model`` is sharded over more than one process. So under ZeRO-3
+    even with the weights gathered for decoding (``DeepSpeedEngine.decoding``): DeepSpeed's hook on the top
+    module still compares step counts across processes in every forward."""
     import torch.distributed as dist
 
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return distributed and is_sharded(model) and not gathered_whole(model)
-
-
-def gathered_whole(model: Any) -> bool:
-    """Every partitioned ZeRO-3 parameter is gathered (the persistent ones, which DeepSpeed keeps whole in every
-    process, do not count: a model of only those still runs DeepSpeed's per-module hooks)."""
-    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)]
-    return bool(partitioned) and all(p.ds_status.name == "AVAILABLE" for p in partitioned)
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_sharded(model)
 
 
 def agreed_max(count: int, model: Any) -> int:

@@ -80,12 +80,17 @@ def test_sharded_on_one_gpu_matches_unsharded(
     engine: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
 ) -> None:
     """torchrun + NCCL + fully_shard (or DeepSpeed ZeRO-3) on one GPU (a one-process mesh still shards every
-    parameter, so the gather, lockstep and full-state-dict paths all run) against the plain one-process run, fp32."""
+    parameter, under ZeRO-3 through test_deepspeed.zero's JSON with no persistent parameters, so the gather, lockstep and
+    full-state-dict paths all run) against the plain one-process run, fp32."""
     if engine.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
     plain, sharded = tmp_path / "plain", tmp_path / "sharded"
     assert main(irft_args(llama_dir, builtin_jsonl, plain, *IRFT_FSDP)) == 0
     env = {**os.environ, **SHARDED_ENV[engine]}
+    if engine == "deepspeed-zero3":
+        from tests.integration.test_deepspeed import zero
+
+        env = {**os.environ, **zero(3)}  # every parameter partitioned (none kept whole as "persistent")
     # torchrun as a module of this Python: gpu_check.sh runs a system python3 whose torchrun may live elsewhere.
     cmd = [
         sys.executable,

@@ -74,9 +74,10 @@ def zero(stage: int) -> dict[str, str]:
     if stage == 2:
         return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
     path = Path(tempfile.gettempdir()) / "rewardsft-tests-zero3-partition-all.json"
-    if not path.is_file():
+    content = json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}})
+    if not path.is_file() or path.read_text() != content:  # written whole, never a stale or torn file
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}))
+        tmp.write_text(content)
         tmp.replace(path)
     return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)}
 
@@ -267,27 +268,30 @@ NO_DROPOUT = {"sft": ["lora.dropout=0"], "irft": []}
 """Each process draws its own dropout masks, so with dropout the runs could not agree (IRFT turns it off)."""
 
 
-@pytest.mark.parametrize("method", ["sft", "irft"])
-def test_lora_under_zero3_trains_like_one_process(
-    method: str, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+@pytest.mark.parametrize(("method", "stage"), [("sft", 2), ("sft", 3), ("irft", 3)])
+def test_lora_under_zero_trains_like_one_process(
+    method: str, stage: int, llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
 ) -> None:
-    """LoRA with every parameter partitioned, the frozen base's too: the same steps as one process, and the same
-    adapter (``adapter/``, exported from gathered parameters) and merged ``final/``."""
+    """LoRA (under ZeRO-3 with every parameter partitioned, the frozen base's too): the same steps as one process,
+    and the same adapter (``adapter/``) and merged ``final/``, written from the gathered state; the checkpoints'
+    adapter is the whole one too (not a partition's empty tensors)."""
     one, two = tmp_path / "one", tmp_path / "two"
     lora = [*LORA, *NO_DROPOUT[method]]
     assert main([*args_for(method, llama_dir, builtin_jsonl, one, batch_size=8), *lora]) == 0
-    result = torchrun(
-        [*args_for(method, llama_dir, builtin_jsonl, two, batch_size=4), *lora], 29606 + len(lora), zero(3)
-    )
+    port = 29606 + stage + len(method)
+    result = torchrun([*args_for(method, llama_dir, builtin_jsonl, two, batch_size=4), *lora], port, zero(stage))
     assert result.returncode == 0, result.stderr[-3000:]
     keys = STEP_METRICS[method]
-    assert mismatches(step_records(one, keys[0]), step_records(two, keys[0]), keys, "zero-3 lora") == []
-    left, right = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
-    assert left.keys() == right.keys() and all(right[n].numel() == left[n].numel() > 0 for n in left)
+    assert mismatches(step_records(one, keys[0]), step_records(two, keys[0]), keys, f"zero-{stage} lora") == []
+    last = sorted((two / "checkpoints").glob("step-*"))[-1]
+    assert not (last / "model").exists()  # the adapter alone, not the base
+    left, right, saved = (
+        load_file(str(folder / "adapter" / "adapter_model.safetensors")) for folder in (one, two, last)
+    )
+    assert left.keys() == right.keys() == saved.keys() and all(right[n].numel() == left[n].numel() > 0 for n in left)
     assert max(float((left[n] - right[n]).abs().max()) for n in left) < WEIGHT_ABS
+    assert all(bool((saved[n] == right[n]).all()) for n in right)  # the last step's checkpoint is final's state
     assert_same_weights(one / "final", two / "final", llama_dir)
-    last = sorted((two / "checkpoints").glob("step-*"))[-1]  # the adapter from the gathered state, not the base
-    assert (last / "adapter" / "adapter_model.safetensors").is_file() and not (last / "model").exists()
 
 
 def test_float16_irft_scales_each_backward_once_under_deepspeeds_loss_scaler(

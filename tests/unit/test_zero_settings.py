@@ -152,6 +152,7 @@ def test_accelerate_deepspeed_settings_the_run_does_not_apply_are_refused(
         ("irft", ["lora.enabled=true", "irft.snapshot=lora"], {}, "irft.snapshot=lora is not supported with deep"),
         ("irft", ["irft.snapshot=copy"], {}, "irft.snapshot=copy is not supported with deepspeed-zero3"),
         ("sft", [], {"ACCELERATE_USE_FSDP": "true"}, "both DeepSpeed and FSDP"),
+        ("rft", ["model.dtype=float16"], {}, "RFT's reward model trains outside it"),
     ],
 )
 def test_deepspeed_launches_refuse_what_they_cannot_do(

@@ -49,7 +49,7 @@ from rewardsft.training.step import derive_seed
 
 
 def check_rft_engine(engine: Engine, config: RFTConfig) -> None:
-    """RFT's rule beyond the engine's own: a round's prompts split evenly over the processes. Each process averages
+    """RFT's rules beyond the engine's own. A round's prompts split evenly over the processes. Each process averages
     its own samples' loss and the engine averages the processes: uneven shares would weight samples unequally (and
     hang a sharded policy, where every forward and backward is a collective)."""
     prompts, world = config.rft.prompts_per_iteration, engine.world_size
@@ -57,6 +57,12 @@ def check_rft_engine(engine: Engine, config: RFTConfig) -> None:
         raise ConfigError(
             f"rft.prompts_per_iteration={prompts} does not split evenly over {world} processes; choose a multiple "
             "of the number of processes"
+        )
+    if engine.scaled_fp16:
+        raise ConfigError(
+            f"model.dtype=float16 under {engine.name}: the policy trains under its loss scaler, but RFT's reward "
+            "model trains outside it, in float16 with neither a loss scaler nor fp32 master weights; use "
+            "model.dtype=bfloat16 or float32"
         )
 
 

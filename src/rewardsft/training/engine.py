@@ -57,6 +57,9 @@ class Engine:
     sharded: bool = False
     """Parameters are split over the processes: every forward is a collective, and full weights and optimiser
     state must be gathered to be saved."""
+    scaled_fp16: bool = False
+    """The policy's float16 weights train under the engine's own loss scaler with fp32 master weights (DeepSpeed's
+    fp16): a model the engine does not manage (RFT's reward model) would get neither."""
 
     def __init__(self, accelerator: Any):
         self.accelerator = accelerator
@@ -172,13 +175,6 @@ class Engine:
         return None
 
     @contextmanager
-    def whole_module(self, model: Any) -> Iterator[Any]:
-        """The unwrapped module with whole parameters for the block, to be read as a plain module (peft's adapter
-        save and merge); every process calls it, a collective where parameters are sharded. What the block changes
-        in it may be dropped at its end."""
-        yield self.unwrap(model)
-
-    @contextmanager
     def decoding(self, model: Any) -> Iterator[Any]:
         """The model to generate with, for the duration of the block (a sharded backend may gather weights or
         decode in lockstep: generation calls it the same way on every process)."""
@@ -217,11 +213,6 @@ class FSDP2Engine(Engine):
     def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
         return full_model_state(model)
 
-    @contextmanager
-    def whole_module(self, model: Any) -> Iterator[Any]:
-        raise NotImplementedError("FSDP2 does not gather a whole module (LoRA, its one use, is refused under FSDP)")
-        yield  # a generator, so the refusal comes on entering the block
-
 
 class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO-2 (optimiser state and gradients partitioned) or ZeRO-3 (parameters too), called directly:
@@ -252,6 +243,7 @@ class DeepSpeedEngine(Engine):
         self.name = f"deepspeed-zero{self.stage}"
         self.sharded = self.stage == 3
         self.gather_for_decoding = gather_for_decoding and self.sharded
+        self.scaled_fp16 = bool(settings["fp16"]["enabled"])
         self.ds: Any = None
 
     def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
@@ -264,7 +256,7 @@ class DeepSpeedEngine(Engine):
         self.ds, ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.settings, dist_init_required=False
         )
-        if self.settings["fp16"]["enabled"]:
+        if self.scaled_fp16:
             # At its floor DeepSpeed would raise a bare Exception; skipping there lets train.on_nonfinite decide.
             ds_optimizer.loss_scaler.raise_error_at_min_scale = False
         return self.ds, ds_optimizer
@@ -302,14 +294,15 @@ class DeepSpeedEngine(Engine):
             return
         from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-        # Gathers every parameter and lifts ZeRO-3's per-module hooks for the block, so each process decodes its
-        # own prompts as a plain model (sharding.in_lockstep sees the gathered weights) and nothing is freed
-        # mid-generation; the hooks come back and the weights are partitioned again on leaving.
+        # Gathers every parameter and lifts ZeRO-3's per-module hooks for the block, so no token's forward gathers
+        # a layer and nothing is freed mid-generation; the hooks come back and the weights are partitioned again
+        # on leaving. Processes still decode in lockstep (synced_gpus, dummy batches): the hook DeepSpeed keeps on
+        # the top module compares step counts across processes in every forward.
         with unwrap_model_for_generation(self.ds):
             yield module
 
     def loss_scale(self, optimizer: Any) -> tuple[float, float] | None:
-        if not self.settings["fp16"]["enabled"]:
+        if not self.scaled_fp16:
             return None
         scaler = self.ds.optimizer.loss_scaler
         # A static scale (fp16.loss_scale > 0) has no floor below itself: every overflow is the gradient's own.
@@ -321,19 +314,6 @@ class DeepSpeedEngine(Engine):
         # A collective: every process gathers, rank 0 keeps the weights (in the parameters' own dtype).
         weights = self.ds._zero3_consolidated_16bit_state_dict()
         return {name: tensor.cpu() for name, tensor in (weights or {}).items()}
-
-    @contextmanager
-    def whole_module(self, model: Any) -> Iterator[Any]:
-        module = self.unwrap(model)
-        if not self.sharded:
-            yield module
-            return
-        import deepspeed
-
-        # Every process holds the whole model for the block; on leaving it each keeps its partition again and
-        # what changed in the gathered tensors is dropped (modifier_rank=None).
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            yield module
 
     def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
         return None  # in DeepSpeed's own files, written by save_engine_state

@@ -26,7 +26,7 @@ from rewardsft.errors import ConfigError
 from rewardsft.layout import ADAPTER, CONFIG_FILE, FINAL, RUN_FILE, SFT_PHASE_DIR
 from rewardsft.logprobs import model_token_logps
 from rewardsft.model_card import write_model_card
-from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy
+from rewardsft.models import eval_mode, is_peft, original_dropout_config, save_policy, whole_peft_copy
 from rewardsft.sharding import lockstep
 from rewardsft.training import checkpoint as ckpt
 from rewardsft.training.engine import Engine, EngineRules, OptimizerFactory, make_engine
@@ -345,15 +345,9 @@ class Run:
         With LoRA the adapter alone also goes to ``adapter/`` when ``export_adapter``: only where base +
         adapter reproduces ``final/``, i.e. not when training changed the base weights (IRFT ``snapshot=lora``).
         """
-        if is_peft(self.engine.unwrap(model)):
-            # peft saves and merges from the module's own parameters: whole ones (gathered under ZeRO-3).
-            with self.engine.whole_module(model) as module:
-                if self.is_main:
-                    self.write_final(module, tokenizer, None, export_adapter)
-        else:
-            weights = self.engine.full_weights(model)
-            if self.is_main:
-                self.write_final(self.engine.unwrap(model), tokenizer, weights, export_adapter)
+        weights = self.engine.full_weights(model)
+        if self.is_main:
+            self.write_final(self.engine.unwrap(model), tokenizer, weights, export_adapter)
         self.engine.barrier()
         # Trackers only: the process group outlives a run (an SFT phase is followed by the reward phase in the
         # same processes, and accelerate's state would not set a destroyed group up again); run_recipe ends it.
@@ -369,6 +363,10 @@ class Run:
         tmp = self.output_dir / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         if is_peft(model):
+            if weights is not None:
+                # Partitions (ZeRO-3): peft exports and merges from a module's own parameters, so from a CPU copy
+                # holding the gathered state; the live model is left as every process has it.
+                model, weights = whole_peft_copy(model, weights), None
             if export_adapter:
                 model.save_pretrained(str(self.output_dir / ADAPTER))
             model = model.merge_and_unload()

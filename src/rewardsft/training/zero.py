@@ -143,9 +143,18 @@ def deepspeed_settings(config: RunConfig, world_size: int, device: torch.device 
     return settings
 
 
-FP16_APPLIED = ("enabled", "loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")
-"""The loss scaler's settings a DeepSpeed JSON's ``fp16`` section may set; ``auto_cast`` (and the rest) would change
-the engine's forwards but not the run's no-grad forwards through the bare module."""
+FP16_APPLIED = (
+    "enabled",
+    "loss_scale",
+    "initial_scale_power",
+    "loss_scale_window",
+    "hysteresis",
+    "consecutive_hysteresis",
+    "min_loss_scale",
+)
+"""The loss scaler's settings a DeepSpeed JSON's ``fp16`` section may set. ``auto_cast`` would change the engine's
+forwards but not the run's no-grad forwards through the bare module; ``fp16_master_weights_and_grads`` changes what
+the shards hold, which nothing here measured."""
 
 
 def loss_scaler_settings(source: str, fp16: dict[str, Any]) -> dict[str, Any]:
