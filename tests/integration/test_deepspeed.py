@@ -165,6 +165,7 @@ def test_a_zero3_irft_run_resumes_to_the_uninterrupted_weights(
     assert main(irft_args_of(llama_dir, builtin_jsonl, cut, [*args[:-3], "train.batch_size=8", "resume=true"])) == 2
 
 
+@pytest.mark.slow  # 40 s; the fast tier keeps the cut-back resume and the SIGTERM-in-a-save test under ZeRO-3
 def test_a_sigkilled_zero3_irft_run_resumes_to_the_uninterrupted_weights(
     llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
 ) -> None:
@@ -198,6 +199,31 @@ def test_a_sigkilled_zero3_irft_run_resumes_to_the_uninterrupted_weights(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     left, right = (load_file(str(path / "final" / "model.safetensors")) for path in (whole, killed))
+    assert all(bool((left[n] == right[n]).all()) for n in left)
+
+
+def test_a_sigterm_to_one_zero3_process_during_a_save_stops_both_and_the_run_resumes(
+    llama_dir: Path, builtin_jsonl: Path, tmp_path: Path
+) -> None:
+    """SIGTERM reaches rank 1 alone while the checkpoint of step 2 is being written (tests/reliability/
+    signal_in_save.py): both processes stop after that save, saying so; resumed under ZeRO-3 from it, the run ends
+    on the uninterrupted run's weights bit for bit."""
+    import os
+
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    steps = ["train.max_steps=6", "train.save_every=2", "train.batch_size=4"]
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(PORTS["resume"] + 50)]
+    cmd += ["-m", "tests.reliability.signal_in_save", *sft_args(llama_dir, builtin_jsonl, run, *steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **zero(3)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert result.stderr.count("rewardsft: stopped by SIGTERM after step 2") == 2, result.stderr[-3000:]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-2"] and not (run / "final").exists()
+    resumed = torchrun(sft_args(llama_dir, builtin_jsonl, run, *steps, "resume=true"), PORTS["resume"] + 60, zero(3))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = torchrun(sft_args(llama_dir, builtin_jsonl, whole, *steps), PORTS["resume"] + 70, zero(3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    left, right = (load_file(str(path / "final" / "model.safetensors")) for path in (whole, run))
     assert all(bool((left[n] == right[n]).all()) for n in left)
 
 
