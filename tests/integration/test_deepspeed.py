@@ -118,6 +118,9 @@ def test_zero_trains_like_one_process(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (two / "run.json").read_text().count(f'"engine": "deepspeed-zero{stage}"') == 1
+    # Which way ZeRO-3 sampled: from gathered weights by default, per layer in lockstep when told.
+    gathered = "sampling from the whole weights" in result.stdout
+    assert gathered == (stage == 3 and case.startswith("irft") and case != "irft-lockstep")
     keys, one = STEP_METRICS[VARIANTS.get(case, (case,))[0]], one_process[case]
     single, double = step_records(one, keys[0]), step_records(two, keys[0])
     assert [r["step"] for r in single] == [r["step"] for r in double] and len(single) >= 4

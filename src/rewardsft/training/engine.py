@@ -244,6 +244,7 @@ class DeepSpeedEngine(Engine):
         self.sharded = self.stage == 3
         self.gather_for_decoding = gather_for_decoding and self.sharded
         self.scaled_fp16 = bool(settings["fp16"]["enabled"])
+        self.said_gathered = False
         self.ds: Any = None
 
     def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
@@ -299,6 +300,11 @@ class DeepSpeedEngine(Engine):
         # on leaving. Processes still decode in lockstep (synced_gpus, dummy batches): the hook DeepSpeed keeps on
         # the top module compares step counts across processes in every forward.
         with unwrap_model_for_generation(self.ds):
+            if not self.said_gathered:
+                self.said_gathered = True
+                self.accelerator.print(
+                    "ZeRO-3: sampling from the whole weights, gathered once per call (generation.zero3_gather)"
+                )
             yield module
 
     def loss_scale(self, optimizer: Any) -> tuple[float, float] | None:
