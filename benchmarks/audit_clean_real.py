@@ -64,6 +64,7 @@ def train(data: Path, out: Path, base: Path, lr: float, seed: int, steps: int) -
         "logging.progress=false",
     ]
     run_recipe(load_config("sft", overrides=settings))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # only final/ is read: 1.6 GB per run at 135M
     return out
 
 
