@@ -61,8 +61,8 @@ def optimizer_step(
     :class:`NonFiniteError` before anything is applied (``on_nonfinite="stop"``), or skips the optimiser step
     (``"skip"``; the schedule still advances so the step count and the learning rate stay in line).
 
-    Under an fp16 loss scaler (accelerate's ``mixed_precision=fp16``, DeepSpeed's for float16 weights) overflow is expected: the scaler starts high
-    and halves its scale on every overflowing step, which it skips. Such a step is skipped and counted like
+    Under an fp16 loss scaler (accelerate's ``mixed_precision=fp16``, DeepSpeed's for float16 weights) overflow is
+    expected: the scaler starts high and halves its scale on every overflowing step, which it skips. Such a step is skipped and counted like
     ``"skip"`` whatever ``on_nonfinite`` says; only an overflow at the scaler's floor (1 for accelerate's; the
     unscaled loss or gradient itself is not finite, so no scale will help) meets ``on_nonfinite``.
     """
@@ -80,7 +80,7 @@ def optimizer_step(
         return clipped_inside_step(engine, optimizer, scheduler, lr, on_nonfinite, scaled)
     norm = float(grad_norm)
     finite = math.isfinite(norm)
-    persistent = not finite and (scaled is None or scaled[0] <= scaled[1])
+    persistent = not finite and beyond_scaling(scaled)
     if persistent and on_nonfinite == "stop":
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -113,7 +113,7 @@ def clipped_inside_step(
     measured, skipped = engine.apply_step(optimizer)
     norm = float("nan") if measured is None else float(measured)
     nonfinite = skipped or not math.isfinite(norm)
-    if nonfinite and (scaled is None or scaled[0] <= scaled[1]) and on_nonfinite == "stop":
+    if nonfinite and beyond_scaling(scaled) and on_nonfinite == "stop":
         raise NonFiniteError(
             f"the gradient norm is {norm} (a non-finite loss or gradient"
             + (f", at the fp16 loss scale's floor of {scaled[0]:g}" if scaled is not None else "")
@@ -122,6 +122,11 @@ def clipped_inside_step(
         )
     advance(scheduler)
     return StepStats(norm, lr, skipped=nonfinite, loss_scale=None if scaled is None else scaled[0])
+
+
+def beyond_scaling(scaled: tuple[float, float] | None) -> bool:
+    """A non-finite step no loss scale explains: there is no scaler, or its scale (``scaled[0]``) is at its floor."""
+    return scaled is None or scaled[0] <= scaled[1]
 
 
 def advance(scheduler: Any) -> None:
