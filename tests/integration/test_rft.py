@@ -319,3 +319,51 @@ def test_rft_warns_once_when_every_sample_is_truncated(
     args = rft_args(llama_dir, split_data, tmp_path / "run", "rft.iterations=3", "generation.max_new_tokens=2")
     assert main(args) == 0
     assert capsys.readouterr().out.count("hit generation.max_new_tokens=2") == 1
+
+
+def test_reward_step_alone_skips_the_policy_forwards(
+    llama_dir: Path, split_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rft.policy_steps=0 (the audit's explicit reward): the rollout's policy and reference log-prob forwards, which
+    only a policy step reads, are skipped and no reference copy is built; the reward model trains exactly as it does
+    with them (they are no-grad and draw no random numbers), and the policy stays the start model."""
+    import rewardsft.recipes.rft as rft
+    import rewardsft.steps.rollout as rollout
+
+    calls = {"forwards": 0, "references": []}
+    counted = rollout.sample_token_logps
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls["forwards"] += 1
+        return counted(*args, **kwargs)
+
+    built = rft.build_reference
+    monkeypatch.setattr(rollout, "sample_token_logps", counting)
+    monkeypatch.setattr(
+        rft, "build_reference", lambda *a: calls["references"].append(built(*a)) or calls["references"][-1]
+    )
+    extra = ["rft.iterations=3", "rft.policy_steps=0"]
+    skipped, forced = tmp_path / "skipped", tmp_path / "forced"
+    assert main(rft_args(llama_dir, split_data, skipped, *extra)) == 0
+    assert calls == {"forwards": 0, "references": [None]}
+    made = rft.make_rollout
+    # The forwards as a policy step would have them; the policy stands for π_init, which it is with no policy step.
+    monkeypatch.setattr(
+        rft, "make_rollout", lambda run, policy, _, *a, logps: made(run, policy, policy, *a, logps=True)
+    )
+    assert main(rft_args(llama_dir, split_data, forced, *extra)) == 0
+    assert calls["forwards"] > 0
+
+    rounds = {out: [r for r in read_metrics(out / "metrics.jsonl") if "rm/loss" in r] for out in (skipped, forced)}
+    assert len(rounds[skipped]) == 3
+    for a, b in zip(rounds[skipped], rounds[forced], strict=True):
+        assert "policy/kl" not in a and "policy/entropy" not in a and "policy/loss" not in a
+        for key in ("rm/loss", "rm/accuracy", "rm/grad_norm", "policy/reward", "gen/mean_length"):
+            assert a[key] == b[key], key
+    trained, again = (
+        dict(AutoModelForSequenceClassification.from_pretrained(str(out / "reward_model")).named_parameters())
+        for out in (skipped, forced)
+    )
+    assert all(torch.equal(trained[n], again[n]) for n in trained)
+    start, policy = weights(llama_dir), weights(skipped / "final")
+    assert all(torch.equal(start[n], policy[n]) for n in start)

@@ -76,7 +76,7 @@ def train_rft(config: RFTConfig) -> Path:
     ):
         prompts = iteration_prompts(len(start.train_data.tokenized), config, iteration, run)
         demos = [start.train_data.tokenized[i] for i in prompts]
-        rollout = make_rollout(run, policy, reference, demos, spec, iteration)
+        rollout = make_rollout(run, policy, reference, demos, spec, iteration, logps=rc.policy_steps > 0)
         metrics = dict(rollout.stats)
         warning = truncation_warning(rollout.stats, config.generation.max_new_tokens)
         if warning and not warned:
@@ -98,11 +98,9 @@ def train_rft(config: RFTConfig) -> Path:
         # Response tokens through a backward pass this round: reward steps (demonstration + generation of every
         # pair) and policy steps (the generations). A count: summed over processes, where the rest is averaged.
         counts = {"train/tokens": rc.reward_steps * (demo_tokens + gen_tokens) + rc.policy_steps * gen_tokens}
-        metrics |= {
-            "policy/reward": float(scores.mean()),
-            "policy/kl": float(rollout.kl.mean()),
-            "policy/entropy": rollout.entropy,
-        }
+        metrics["policy/reward"] = float(scores.mean())
+        if rollout.kl is not None and rollout.entropy is not None:
+            metrics |= {"policy/kl": float(rollout.kl.mean()), "policy/entropy": rollout.entropy}
         step = iteration + 1
         if start.eval_data is not None and (step == rc.iterations or (tc.eval_every and step % tc.eval_every == 0)):
             metrics["eval/rm_accuracy"] = held_out_rm_accuracy(run, policy, reward_model, held_out, spec, step)
@@ -151,8 +149,9 @@ def build_reward_model(start: RecipeStart, config: RFTConfig) -> Any:
 
 
 def build_reference(start: RecipeStart, config: RFTConfig) -> Any | None:
-    """π_init for the KL penalty: None with LoRA (the adapter-disabled policy), else a frozen copy."""
-    if is_peft(start.model):
+    """π_init for the KL penalty: None with LoRA (the adapter-disabled policy) or with no policy step, else a frozen
+    copy."""
+    if is_peft(start.model) or config.rft.policy_steps == 0:
         return None
     if start.run.checkpoint is None:
         reference = copy.deepcopy(start.model)

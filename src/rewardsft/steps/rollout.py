@@ -78,11 +78,11 @@ class Rollout:
     """(P,) the demonstrations of the prompts."""
     gens: list[TokenizedExample]
     """(P*k,) prompt + sampled response."""
-    old_logps: torch.Tensor
-    """(P*k,) sequence log-probs under the sampling policy."""
-    kl: torch.Tensor
-    """(P*k,) KL estimate to the initial policy."""
-    entropy: float
+    old_logps: torch.Tensor | None
+    """(P*k,) sequence log-probs under the sampling policy (None in a round with no policy step)."""
+    kl: torch.Tensor | None
+    """(P*k,) KL estimate to the initial policy (None in a round with no policy step)."""
+    entropy: float | None
     """Mean −log π of the sampled tokens: a Monte-Carlo estimate of the per-token entropy (at temperature 1)."""
     stats: dict[str, float]
 
@@ -177,13 +177,26 @@ def iteration_prompts(n_examples: int, config: RFTConfig, iteration: int, run: R
 
 @torch.no_grad()
 def make_rollout(
-    run: Run, policy: Any, reference: Any | None, demos: list[TokenizedExample], spec: RolloutSpec, iteration: int
+    run: Run,
+    policy: Any,
+    reference: Any | None,
+    demos: list[TokenizedExample],
+    spec: RolloutSpec,
+    iteration: int,
+    logps: bool = True,
 ) -> Rollout:
-    """Sample k responses per prompt; log-probs under the sampler and the initial policy, computed once."""
+    """Sample k responses per prompt; log-probs under the sampler and the initial policy, computed once.
+
+    ``logps=False`` (a round with no policy step, e.g. the audit's reward step alone) skips those two forwards,
+    which only the policy step reads (SmolLM2-135M, 32 samples of 48 tokens, idle CPU: 24 s a round before, 21 s after).
+    """
     k = spec.samples_per_prompt
     unwrapped = run.engine.unwrap(policy)
     prompts = [d for d in demos for _ in range(k)]
     generations, gens = sample_examples(run, policy, prompts, spec, "rft/generate", iteration)
+    stats = generation_stats(generations, [d.response_ids for d in prompts])
+    if not logps:
+        return Rollout(demos, gens, None, None, None, stats)
     old, kl = [], []
     entropy_sum, n_tokens = 0.0, 0
     with eval_mode(unwrapped):
@@ -199,7 +212,6 @@ def make_rollout(
             kl.append(sequence_kl(tokens.logps, ref_tokens.logps, tokens.mask))
             entropy_sum += float(-(tokens.logps * tokens.mask).sum())
             n_tokens += int(tokens.mask.sum())
-    stats = generation_stats(generations, [d.response_ids for d in prompts])
     return Rollout(demos, gens, torch.cat(old), torch.cat(kl), entropy_sum / max(n_tokens, 1), stats)
 
 
@@ -288,6 +300,8 @@ def policy_step(
     engine: Engine, policy: Any, rollout: Rollout, scores: torch.Tensor, spec: RolloutSpec
 ) -> dict[str, float]:
     """Backpropagate one RLOO step over the whole rollout, micro-batched; gradients sync on the last one."""
+    if rollout.old_logps is None or rollout.kl is None:
+        raise ValueError("a policy step needs the rollout's log-probs (make_rollout(..., logps=True))")
     device = engine.device
     # The KL to π_init is part of the reward (per sequence), so RLOO's baseline sees it too.
     rewards = kl_penalised_rewards(scores.to(device), rollout.kl.to(device), spec.kl_coef)
