@@ -6,13 +6,16 @@ same number of steps (the noisy file's one pass: 16 steps of 8; the shorter file
 them):
 
 - the noisy file itself;
-- the audit's ``clean.jsonl`` (its flagged quarter removed);
-- the noisy file with exactly the injected rows removed (the oracle: what a perfect audit would leave).
+- the audit's ``clean.jsonl`` (its flagged quarter removed), and the explicit reward's audit's where it finished
+  (``OUT/tweets-KIND-sSEED-explicit``);
+- the noisy file with exactly the injected rows removed (the oracle: what a perfect audit would leave);
+- the noisy file with as many rows removed at random (the control: the same repetition of fewer rows, the mix
+  unchanged; whatever a file gains beyond it comes from *which* rows were removed).
 
 The SFT settings are the study's tuned SFT on the tweets (``docs/results/evidence/tweets/study.json``: its lr, one
 pass, the study's rendering and constant schedule), chosen on the study's dev pairs, never on these files. Each run
 is judged like every study arm: the held-out log-prob gap on the study's test pairs, paired by pair, seeds pooled,
-each file against the noisy one.
+each file against the noisy one; per seed, each file against that seed's noisy file (the same noisy rows).
 
 ``python -m benchmarks.audit_clean_real --audits runs/audit-real --study /work/runs/evidence/tweets --data
 runs/data`` (resumable: finished runs and evaluations are kept); writes ``AUDITS/audit_clean_real.json`` and ``.md``.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,15 @@ from benchmarks.audit_real import KINDS, noisy_rows, rows_of
 from benchmarks.real_study import Grid, overrides
 from benchmarks.rft_budget import evaluate_test_gap
 
-FILES = ("noisy file", "audit's clean.jsonl", "injected rows removed (oracle)")
+NOISY = "noisy file"
+FILES = (
+    NOISY,
+    "audit's clean.jsonl",
+    "explicit audit's clean.jsonl",
+    "injected rows removed (oracle)",
+    "as many rows removed at random (control)",
+)
+TAGS = dict(zip(FILES, ("noisy", "audit's", "explicit", "injected", "random"), strict=True))
 
 
 def sft_setting(study: Path) -> float:
@@ -68,12 +80,35 @@ def train(data: Path, out: Path, base: Path, lr: float, seed: int, steps: int) -
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def files_for(folder: Path, rows: list[dict[str, Any]], bad: set[int], seed: int) -> dict[str, Path]:
+    """The files trained on for one noisy file (the explicit audit's only where it finished)."""
+    audited = folder / "audit" / "clean.jsonl"
+    removed = len(rows) - len(rows_of(audited))
+    dropped = set(random.Random(f"random-control-{seed}").sample(range(len(rows)), removed))
+    keep = {"injected rows removed (oracle)": bad, "as many rows removed at random (control)": dropped}
+    files = {NOISY: folder / "noisy.jsonl", "audit's clean.jsonl": audited}
+    explicit = folder.with_name(folder.name + "-explicit") / "audit" / "clean.jsonl"
+    if explicit.is_file():
+        files["explicit audit's clean.jsonl"] = explicit
+    for name, drop in keep.items():
+        path = folder / f"{TAGS[name]}-clean.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for i, r in enumerate(rows) if i not in drop))
+        files[name] = path
+    return files
+
+
+def against_noisy(name: str, runs: list[Path], noisy: list[Path], n_resamples: int = 2000) -> list[dict[str, Any]]:
+    """Every study metric of ``runs`` (seeds pooled) against the noisy file's runs of the same seeds."""
     from rewardsft.eval.paired import Group, compare_groups
 
+    base = Group(NOISY, noisy)
+    return compare_groups([Group(name, runs), base], base, "test-gap", n_resamples=n_resamples)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     audits, study, began = Path(args.audits), Path(args.study), time.time()
     lr = sft_setting(study)
-    runs: dict[str, dict[str, list[Path]]] = {kind: {name: [] for name in FILES} for kind in KINDS}
+    runs: dict[str, dict[str, dict[int, Path]]] = {kind: {name: {} for name in FILES} for kind in KINDS}
     for kind in KINDS:
         for seed in range(args.seeds):
             folder = audits / f"tweets-{kind}-s{seed}"
@@ -83,26 +118,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows, bad = noisy_rows(Path(args.data), "tweets", kind, args.share, args.rows, seed)
             if rows != rows_of(folder / "noisy.jsonl"):
                 raise SystemExit(f"{folder}/noisy.jsonl is not what --data, --share and --rows rebuild")
-            oracle = folder / "oracle-clean.jsonl"
-            oracle.write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for i, r in enumerate(rows) if i not in bad)
-            )
-            files = dict(zip(FILES, (folder / "noisy.jsonl", folder / "audit" / "clean.jsonl", oracle), strict=True))
             steps = len(rows) // Grid().batch_size
-            for name, data in files.items():
-                tag = name.split()[0].strip("'")
-                out = train(data, folder / "clean-train" / f"sft-{tag}", Path(args.model), lr, seed, steps)
+            for name, data in files_for(folder, rows, bad, seed).items():
+                out = train(data, folder / "clean-train" / f"sft-{TAGS[name]}", Path(args.model), lr, seed, steps)
                 evaluate_test_gap(out, study)
-                runs[kind][name].append(out)
+                runs[kind][name][seed] = out
                 print(f"[{time.time() - began:.0f}s] {kind} seed {seed}: {name} trained and judged", flush=True)
     rows_out = []
     for kind, by_file in runs.items():
-        if not by_file[FILES[0]]:
-            continue
-        groups = [Group(name, by_file[name]) for name in FILES]  # seeds pooled, paired by pair and seed
-        for row in compare_groups(groups, groups[0], "test-gap"):
-            if row["group"] != FILES[0]:
-                rows_out.append({**row, "kind": kind})
+        noisy = by_file[NOISY]
+        for name, by_seed in by_file.items():
+            if name == NOISY or not by_seed:
+                continue
+            seeds = sorted(by_seed)
+            # seeds pooled against the same seeds' noisy files, paired by pair; then each seed against its own
+            per_seed = [against_noisy(name, [by_seed[s]], [noisy[s]], n_resamples=1) for s in seeds]
+            for row in against_noisy(name, [by_seed[s] for s in seeds], [noisy[s] for s in seeds]):
+                matched = [next(r["mean"] for r in one if r["metric"] == row["metric"]) for one in per_seed]
+                rows_out.append({**row, "kind": kind, "seed_list": seeds, "per_seed_vs_own_noisy": matched})
     return {"sft_lr": lr, "rows": rows_out, "minutes": (time.time() - began) / 60}
 
 
@@ -111,21 +144,26 @@ def markdown(record: dict[str, Any]) -> str:
         "# SFT on the audit's clean.jsonl against SFT on the noisy file (tweets, real data)",
         "",
         f"SFT from the base at the study's tuned lr ({record['sft_lr']:g}), the noisy file's one pass of steps for "
-        "every file; Δ held-out gap (nats) on the study's test pairs against the noisy file, paired by pair, seeds "
-        "pooled.",
+        "every file; Δ against SFT on the noisy file on the study's test pairs, paired by pair, seeds pooled "
+        "(per seed: against that seed's noisy file). Δ held-out gap in nats; Δ log-likelihood per token of the "
+        "held-out demonstrations (the chosen side).",
         "",
-        "| injected rows | trained on | Δ gap vs noisy file | 95% CI | seeds | verdict |",
-        "|---|---|---|---|---|---|",
+        "| injected rows | trained on | Δ gap vs noisy file | 95% CI | verdict | per seed | Δ log-lik. per token "
+        "| 95% CI | verdict | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in record["rows"]:
-        if row["metric"] != "gap":
+    by_key = {(r["kind"], r["group"], r["metric"]): r for r in record["rows"]}
+    for (kind, group, metric), row in by_key.items():
+        if metric != "gap":
             continue
-        lo, hi = row["ci95"]
-        lines.append(
-            f"| {row['kind']} | {row['group']} | {row['mean']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {row['seeds']} | "
-            f"{row['verdict']} |"
-        )
-    lines += ["", f"Wall time: {record['minutes']:.1f} min on this machine.", ""]
+        loglik = by_key[(kind, group, "chosen_logp_mean")]
+        cells = []
+        for r, fmt in ((row, "{:+.2f}"), (loglik, "{:+.3f}")):
+            lo, hi = r["ci95"]
+            cells.append(f"{fmt.format(r['mean'])} | [{fmt.format(lo)}, {fmt.format(hi)}] | {r['verdict']}")
+        per_seed = ", ".join(f"{v:+.1f}" for v in row["per_seed_vs_own_noisy"])
+        lines.append(f"| {kind} | {group} | {cells[0]} | {per_seed} | {cells[1]} | {row['seeds']} |")
+    lines += ["", f"Wall time: {record['minutes']:.1f} min on this machine (this launch; finished runs are kept).", ""]
     return "\n".join(lines)
 
 

@@ -300,6 +300,7 @@ def audit(
     passes: int = 2,
     seed: int = 0,
     overrides: Overrides | None = None,
+    against_samples: int = 0,
     keep_models: bool = False,
     overwrite: bool = False,
     split: str = "train",
@@ -328,6 +329,7 @@ def audit(
         fmt=format,
         split=split,
         overrides=tuple(_override_pairs(overrides)),
+        against_samples=against_samples,
         keep_models=keep_models,
         overwrite=overwrite,
     )

@@ -411,6 +411,12 @@ def _add_audit_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--flag-below", type=float, help="flag rows whose score (z within fold) is below this")
     p.add_argument("--passes", type=int, help="passes over the other folds for each fold's reward [%(default)s]")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--against-samples",
+        type=int,
+        metavar="N",
+        help="score a row against the mean reward of N start-model samples for its prompt [%(default)s: none]",
+    )
     p.add_argument("--keep-models", action="store_true", help="keep each fold's trained reward [removed]")
     p.add_argument("--overwrite", action="store_true", help="empty --out first")
     p.add_argument("--split", help="split of --data (hub datasets, folders) [%(default)s]")
@@ -418,7 +424,7 @@ def _add_audit_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="settings of every fold's run, e.g. reward_model.lr=1e-4"
     )
-    defaults_from(p, api.audit, "reward", "folds", "passes", "seed", "split", "format")
+    defaults_from(p, api.audit, "reward", "folds", "passes", "seed", "against_samples", "split", "format")
     p.set_defaults(func=_audit)
 
 
@@ -434,6 +440,7 @@ def _audit(args: argparse.Namespace) -> int:
         passes=args.passes,
         seed=args.seed,
         overrides=args.overrides,
+        against_samples=args.against_samples,
         keep_models=args.keep_models,
         overwrite=args.overwrite,
         split=args.split,

@@ -181,13 +181,19 @@ class Response:
 
 
 def sample_responses(
-    rendering: Rendering, prompts: list[Prompt], generation: GenerationConfig, seed: int, n: int = 1
+    rendering: Rendering,
+    prompts: list[Prompt],
+    generation: GenerationConfig,
+    seed: int,
+    n: int = 1,
+    model_config: ModelConfig | None = None,
 ) -> list[Response]:
     """``n`` sampled responses per prompt (prompt-major order), rendered and truncated by ``rendering``
-    (:func:`rewardsft.layout.renderings_for`: a run renders as it trained)."""
+    (:func:`rewardsft.layout.renderings_for`: a run renders as it trained); ``model_config`` loads the model with
+    the user's settings (revision, dtype, ...), else ``rendering.path`` as a plain folder or hub id."""
     settings = rendering.settings
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = ModelConfig(name_or_path=rendering.path)
+    cfg = model_config or ModelConfig(name_or_path=rendering.path)
     tokenizer = load_tokenizer(cfg)
     model = load_causal_lm(cfg, device)
     renderer = Renderer.from_settings(tokenizer, settings)

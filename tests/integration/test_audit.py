@@ -5,6 +5,7 @@ likelihood), point at the right input lines, leave a clean file that trains, and
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,16 @@ def test_the_audit_flags_injected_rows_better_than_the_likelihood_baseline(
     monkeypatch.setattr("rewardsft.recipes.run_recipe", lambda *a, **k: pytest.fail("a finished fold was retrained"))
     again = rewardsft.audit(base, noisy, out, reward=reward, folds=4, flag_share=0.5, overrides=settings)
     assert again["flagged"] == 60  # another share is read from the finished folds
+    monkeypatch.chdir(out.parent)  # the same audit named by relative paths from another folder: continued too
+    relative = [os.path.relpath(p, out.parent) for p in (base, noisy)]
+    assert rewardsft.audit(*relative, "audit", reward=reward, folds=4, overrides=settings)["rows"] == 120
+    # a folder written before --against-samples existed (no such key; rewards.json a bare list) is continued
+    stored = json.loads((out / "settings.json").read_text())
+    del stored["against_samples"]
+    (out / "settings.json").write_text(json.dumps(stored))
+    for done in (out / "folds").glob("*/rewards.json"):
+        done.write_text(json.dumps(json.loads(done.read_text())["rewards"]))
+    assert rewardsft.audit(base, noisy, out, reward=reward, folds=4, overrides=settings)["rows"] == 120
     with pytest.raises(rewardsft.ConfigError, match="folds=4"):
         rewardsft.audit(base, noisy, out, reward=reward, folds=3, overrides=settings)
     original = noisy.read_text()
@@ -108,6 +119,41 @@ def test_the_audit_flags_injected_rows_better_than_the_likelihood_baseline(
         rewardsft.audit(base, noisy, tmp_path / "other", reward="explicit", overrides=["rft.iterations=3"])
     with pytest.raises(rewardsft.ConfigError, match="takes no policy step"):
         rewardsft.audit(base, noisy, tmp_path / "other", reward="explicit", overrides=["optim.lr=1e-4"])
+
+
+def test_against_samples_scores_each_row_against_its_prompts_samples(
+    habit_task: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--against-samples N: each held-out prompt gets N start-model samples (kept, prompt-major), scored by the same
+    fold's reward; a row's score is the z-score within its fold of its reward minus their mean."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    base, noisy = habit_task
+    out = tmp_path / "audit"
+    rewardsft.audit(base, noisy, out, folds=2, passes=1, against_samples=3, overrides=IRFT, keep_models=True)
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    raw = noisy.read_text().splitlines()
+    for fold in (0, 1):
+        held = [e for e in scores if e["fold"] == fold]
+        samples = [json.loads(line) for line in (out / "folds" / str(fold) / "samples.jsonl").read_text().splitlines()]
+        assert len(samples) == 3 * len(held)
+        assert [s["prompt"] for s in samples] == [json.loads(raw[e["row"] - 1])["prompt"] for e in held for _ in "abc"]
+        # the kept samples' rewards under the fold's kept model are what was subtracted
+        from rewardsft.audits.runner import implicit_rewards
+        from rewardsft.config import ModelConfig
+        from rewardsft.data import Example
+
+        again = implicit_rewards(
+            out / "folds" / str(fold) / "run", ModelConfig(name_or_path=str(base)),
+            [Example(s["prompt"], s["completion"]) for s in samples],
+        )  # fmt: skip
+        means = [sum(again[3 * i : 3 * i + 3]) / 3 for i in range(len(held))]
+        assert [e["sample_reward"] for e in held] == pytest.approx(means, abs=1e-5)
+    adjusted = [e["reward"] - e["sample_reward"] for e in scores]
+    assert [e["score"] for e in scores] == pytest.approx(standardise_within(adjusted, [e["fold"] for e in scores]))
+    assert len({e["sample_reward"] for e in scores}) > 1  # samples differ: not a constant shift
+    assert "minus the mean reward of 3 samples" in (out / "report.md").read_text()
+    with pytest.raises(rewardsft.ConfigError, match="against_samples=3"):
+        rewardsft.audit(base, noisy, out, folds=2, passes=1, overrides=IRFT)  # the same folder, other scoring
 
 
 def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,6 +172,8 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, capsys: pytest.Cap
         assert "not an audit folder" in capsys.readouterr().err and (busy / "mine.txt").read_text() == "keep"
     assert main(["audit", "--model", "m", "--data", str(enough), "--out", str(tmp_path / "b"), "--folds", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+    assert main(["audit", "--model", "m", "--data", str(enough), "--out", str(enough)]) == 2
+    assert "is a file; --out is the audit's folder" in capsys.readouterr().err and enough.stat().st_size > 0
 
 
 def test_folds_keep_identical_rows_together_and_balance_sizes() -> None:

@@ -327,30 +327,28 @@ def test_reward_step_alone_skips_the_policy_forwards(
     """rft.policy_steps=0 (the audit's explicit reward): the rollout's policy and reference log-prob forwards, which
     only a policy step reads, are skipped and no reference copy is built; the reward model trains exactly as it does
     with them (they are no-grad and draw no random numbers), and the policy stays the start model."""
-    import rewardsft.recipes.rft as rft
     import rewardsft.steps.rollout as rollout
 
-    calls = {"forwards": 0, "references": []}
-    counted = rollout.sample_token_logps
+    calls: dict[str, Any] = {"forwards": 0, "references": set()}
+    counted, made = rollout.sample_token_logps, rollout.make_rollout
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls["forwards"] += 1
         return counted(*args, **kwargs)
 
-    built = rft.build_reference
+    def making(run: Run, policy: Any, reference: Any, *args: Any, logps: bool) -> Any:
+        calls["references"].add(reference)
+        return made(run, policy, reference, *args, logps=logps)
+
     monkeypatch.setattr(rollout, "sample_token_logps", counting)
-    monkeypatch.setattr(
-        rft, "build_reference", lambda *a: calls["references"].append(built(*a)) or calls["references"][-1]
-    )
+    monkeypatch.setattr("rewardsft.recipes.rft.make_rollout", making)
     extra = ["rft.iterations=3", "rft.policy_steps=0"]
     skipped, forced = tmp_path / "skipped", tmp_path / "forced"
     assert main(rft_args(llama_dir, split_data, skipped, *extra)) == 0
-    assert calls == {"forwards": 0, "references": [None]}
-    made = rft.make_rollout
+    assert calls == {"forwards": 0, "references": {None}}
     # The forwards as a policy step would have them; the policy stands for π_init, which it is with no policy step.
-    monkeypatch.setattr(
-        rft, "make_rollout", lambda run, policy, _, *a, logps: made(run, policy, policy, *a, logps=True)
-    )
+    forcing = lambda run, policy, _, *a, logps: made(run, policy, policy, *a, logps=True)  # noqa: E731
+    monkeypatch.setattr("rewardsft.recipes.rft.make_rollout", forcing)
     assert main(rft_args(llama_dir, split_data, forced, *extra)) == 0
     assert calls["forwards"] > 0
 

@@ -31,6 +31,7 @@ def write_outputs(out: Path, rows: Rows, scored: dict[str, list[Any]], record: d
             "score": finite(scored["score"][i]),
             "percentile": scored["percentile"][i],
             "reward": finite(scored["reward"][i]),
+            **({"sample_reward": finite(scored["sample_reward"][i])} if "sample_reward" in scored else {}),
             "fold": scored["fold"][i],
             "flagged": scored["flagged"][i],
             "baseline_logp_per_token": finite(scored["baseline_logp_per_token"][i]),
@@ -85,13 +86,14 @@ def how_made(record: dict[str, Any]) -> str:
         else "the implicit reward of a SPIN run, β·log(π_θ/π_start)"
     )
     cut = f"the lowest {record['share']:.0%}" if record["below"] is None else f"scores below {record['below']:g}"
+    n = s.get("against_samples", 0)
+    against = f" minus the mean reward of {n} samples of the start model for its prompt (`sample_reward`)" if n else ""
     return (
         f"Each row was scored out of fold: the {record['rows']} rows were split into {s['folds']} folds (identical "
         f"rows together); for each fold, {reward} was learned on the other folds ({s['passes']} passes) from "
         f"{record['start_model']}, and the fold's rows were scored by it. A row's score is the reward of its "
-        "response, as a z-score within its fold (implicit reward: a row with no room for its response scores "
-        "lowest). Flagged: "
-        f"{cut} ({record['flagged']} rows)."
+        f"response{against}, as a z-score within its fold (implicit reward: a row with no room for its response "
+        f"scores lowest). Flagged: {cut} ({record['flagged']} rows)."
     )
 
 

@@ -3,16 +3,18 @@
 Explicit reward: an RFT run with no policy step (``rft.policy_steps=0``): its Bradley-Terry reward model learns the
 demonstrations over the start model's own samples, which is RFT's reward step alone. Implicit reward: a SPIN run
 (IRFT, one stage); its reward of a response is β·log(π_θ/π_start). Either way a row's score is the reward of its
-response, standardised within its fold (each fold has its own reward, with its own scale). Subtracting the reward
-of the start model's own sample for the prompt was tried and dropped: on the demo's task it halved the precision
-(one sample's reward is noise, and the task's prompts are all alike; docs/audit.md). Every run trains through :func:`rewardsft.recipes.run_recipe`, as ``rewardsft train``
+response, standardised within its fold (each fold has its own reward, with its own scale); with
+``--against-samples N``, the reward of the response minus the mean reward of N samples of the start model for the
+row's prompt, under the same fold's reward (a per-prompt baseline: a prompt whose every answer the reward likes
+does not lift its row). Every run trains through :func:`rewardsft.recipes.run_recipe`, as ``rewardsft train``
 does; a finished fold is never redone, so rerunning the command continues an audit.
 
 Layout of ``OUT``::
 
     audit.json        the settings and what was found
-    folds/F/          train.jsonl (the other folds), run/ (the fold's reward), rewards.json
-    baseline/         the start model's log-likelihood of every row (the baseline a user would try first)
+    folds/F/          train.jsonl (the other folds), run/ (the fold's reward), rewards.json (and, with
+                      --against-samples, the held-out prompts' samples and their rewards)
+    baseline.json     the start model's log-likelihood of every row (the baseline a user would try first)
     scores.jsonl, flagged.jsonl, clean.jsonl, rejected.jsonl, report.md, report.html
 """
 
@@ -106,6 +108,9 @@ class AuditSettings:
     split: str = "train"
     overrides: tuple[str, ...] = ()
     """``KEY=VALUE`` settings for every fold's run (RFT's for ``explicit``, IRFT's for ``implicit``)."""
+    against_samples: int = 0
+    """Subtract the mean reward of this many start-model samples per prompt from the row's (0: the row's reward
+    alone)."""
     keep_models: bool = False
     """Keep each fold's trained reward (``folds/F/run``); default: removed once its fold is scored."""
     overwrite: bool = False
@@ -128,6 +133,7 @@ def run_audit(settings: AuditSettings) -> Path:
     from rewardsft.audits.report import write_outputs
 
     check_settings(settings)
+    settings = with_absolute_paths(settings)
     rows = read_rows(settings)
     try:
         fold_of = assign_folds([row_key(ex) for ex in rows.examples], settings.folds, settings.seed)
@@ -143,16 +149,16 @@ def run_audit(settings: AuditSettings) -> Path:
         f"audit of {rows.source}: {len(rows.examples)} rows ({len(rows.rejected)} rejected), {settings.folds} folds, "
         f"{settings.reward} reward from {start}"
     )
-    rewards = [math.nan] * len(rows.examples)
+    rewards, against = [math.nan] * len(rows.examples), [0.0] * len(rows.examples)
     for fold in range(settings.folds):
         held = [i for i, f in enumerate(fold_of) if f == fold]
         train = [rows.examples[i] for i, f in enumerate(fold_of) if f != fold]
         scored_fold = fold_rewards(settings, out, fold, start, template, train, [rows.examples[i] for i in held])
-        for i, reward in zip(held, scored_fold, strict=True):
-            rewards[i] = reward
+        for i, reward, sampled in zip(held, *scored_fold, strict=True):
+            rewards[i], against[i] = reward, sampled
         say(f"  fold {fold + 1}/{settings.folds} scored ({time.time() - began:.0f}s)")
     baseline = baseline_loglik(out, rows.examples, start_config(template, start), rendering.settings)
-    scores = standardise_within(rewards, fold_of)
+    scores = standardise_within([r - a for r, a in zip(rewards, against, strict=True)], fold_of)
     share = settings.share if settings.share is not None or settings.below is not None else DEFAULT_SHARE
     flagged = flag(scores, share, settings.below)
     record = {
@@ -168,6 +174,7 @@ def run_audit(settings: AuditSettings) -> Path:
     }
     scored: dict[str, list[Any]] = {
         "reward": rewards,
+        **({"sample_reward": against} if settings.against_samples else {}),
         "score": scores,
         "percentile": percentiles(scores),
         "fold": fold_of,
@@ -192,6 +199,8 @@ def check_settings(settings: AuditSettings) -> None:
         raise ConfigError(f"--reward {settings.reward!r}: choose explicit (RFT's reward model) or implicit (SPIN's)")
     if settings.passes < 1:
         raise ConfigError("--passes must be at least 1")
+    if settings.against_samples < 0:
+        raise ConfigError(f"--against-samples {settings.against_samples}: a number of samples, 0 for none")
     if settings.share is not None and settings.below is not None:
         raise ConfigError("--flag-share and --flag-below contradict each other: give one")
     if settings.share is not None and not 0.0 <= settings.share <= 1.0:
@@ -223,6 +232,8 @@ def prepare_out(settings: AuditSettings, stamp: str) -> Path:
     """A new folder, or this audit's own folder with the same settings and rows (continued); ``--overwrite``
     empties an audit folder (any other non-empty folder is refused)."""
     out = settings.out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; --out is the audit's folder")
     settings_file = out / "settings.json"
     if out.is_dir() and any(out.iterdir()) and not settings_file.is_file():
         raise ConfigError(f"{out} exists and is not an audit folder; choose another --out")
@@ -232,7 +243,9 @@ def prepare_out(settings: AuditSettings, stamp: str) -> Path:
     if out.is_dir() and any(out.iterdir()):
         before = json.loads(settings_file.read_text())
         free = ("overwrite", "keep_models", "share", "below")
-        changed = [k for k in now if k not in free and before.get(k) != now[k]]
+        # a setting added since the folder was written has its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(AuditSettings)}
+        changed = [k for k in now if k not in free and before.get(k, defaults.get(k)) != now[k]]
         if changed == ["fingerprint"]:
             raise ConfigError(
                 f"{out} is an audit of other rows or another start model (the data or the model changed since): "
@@ -247,6 +260,17 @@ def prepare_out(settings: AuditSettings, stamp: str) -> Path:
     settings_file.write_text(json.dumps(now, indent=2))
     (out / AUDIT_FILE).unlink(missing_ok=True)  # written last, when the audit is complete
     return out
+
+
+def with_absolute_paths(settings: AuditSettings) -> AuditSettings:
+    """Local paths made absolute (a hub id kept as given), so a rerun from another folder is the same audit."""
+
+    def absolute(path: str) -> str:
+        local = Path(path).expanduser()
+        return str(local.resolve()) if local.exists() else path
+
+    out = settings.out.expanduser().resolve()
+    return dataclasses.replace(settings, model=absolute(settings.model), data=absolute(settings.data), out=out)
 
 
 def portable(settings: AuditSettings) -> dict[str, Any]:
@@ -331,23 +355,67 @@ def fold_rewards(
     template: RunConfig,
     train: Sequence[Example],
     held: Sequence[Example],
-) -> list[float]:
-    """Each held-out row's reward under the reward learned on ``train`` (written once per fold)."""
+) -> tuple[list[float], list[float]]:
+    """Each held-out row's reward under the reward learned on ``train``, and the mean reward of the start model's
+    samples for its prompt (0 without ``--against-samples``); written once per fold."""
     folder = out / "folds" / str(fold)
     done = folder / "rewards.json"
     if done.is_file():
-        return [float(v) for v in json.loads(done.read_text())]
+        saved = json.loads(done.read_text())
+        if isinstance(saved, list):  # written before --against-samples existed: the rows' rewards alone
+            saved = {"rewards": saved, "sample_rewards": [0.0] * len(saved)}
+        return [float(v) for v in saved["rewards"]], [float(v) for v in saved["sample_rewards"]]
     folder.mkdir(parents=True, exist_ok=True)
     data = write_rows(folder / "train.jsonl", list(train))
     run = train_reward(settings, folder, data, len(train), start)
-    if settings.reward == "explicit":
-        rewards = explicit_rewards(run, held)
-    else:
-        rewards = implicit_rewards(run, start_config(template, start), held)
-    done.write_text(json.dumps(rewards))
+    model = start_config(template, start)
+
+    def reward_of(examples: Sequence[Example]) -> list[float]:
+        if settings.reward == "explicit":
+            return explicit_rewards(run, examples)
+        return implicit_rewards(run, model, examples)
+
+    rewards = reward_of(held)
+    against = [0.0] * len(held)
+    if settings.against_samples:
+        against = sample_rewards(settings, folder, run, model, held, fold, reward_of)
+    done.write_text(json.dumps({"rewards": rewards, "sample_rewards": against}))
     if not settings.keep_models:
         shutil.rmtree(run, ignore_errors=True)
-    return rewards
+    return rewards, against
+
+
+def sample_rewards(
+    settings: AuditSettings,
+    folder: Path,
+    run: Path,
+    model: ModelConfig,
+    held: Sequence[Example],
+    fold: int,
+    reward_of: Any,
+) -> list[float]:
+    """Per held-out row, the mean reward of ``--against-samples`` samples of the start model for its prompt,
+    drawn as the fold run drew its own (its rendering and sampling settings); the samples are kept beside."""
+    from rewardsft.config import IRFTConfig, RFTConfig
+    from rewardsft.generation import sample_responses
+    from rewardsft.training.step import derive_seed
+
+    n = settings.against_samples
+    trained = run_config(run)
+    rendering = Rendering(model.name_or_path, render_settings(trained.data))
+    prompts = [ex.prompt for ex in held]
+    assert isinstance(trained, IRFTConfig | RFTConfig)  # the fold recipes, which both sample
+    generation = trained.generation
+    seed = derive_seed(settings.seed, "audit-samples", fold)
+    drawn = sample_responses(rendering, prompts, generation, seed, n, model)
+    samples = [Example(prompts[j // n], r.text) for j, r in enumerate(drawn)]  # prompt-major, n per prompt
+    write_rows(folder / "samples.jsonl", samples)
+    values = reward_of(samples)
+    means = []
+    for i in range(len(held)):
+        usable = [v for v in values[i * n : (i + 1) * n] if math.isfinite(v)]
+        means.append(sum(usable) / len(usable) if usable else 0.0)  # no sample scored: the row's reward alone
+    return means
 
 
 def train_reward(settings: AuditSettings, folder: Path, data: str, n_train: int, start: str) -> Path:
