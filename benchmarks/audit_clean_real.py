@@ -6,8 +6,8 @@ same number of steps (the noisy file's one pass: 16 steps of 8; the shorter file
 them):
 
 - the noisy file itself;
-- the audit's ``clean.jsonl`` (its flagged quarter removed), and the explicit reward's audit's where it finished
-  (``OUT/tweets-KIND-sSEED-explicit``);
+- the audit's ``clean.jsonl`` (its flagged quarter removed), and with ``--explicit`` the explicit reward's audit's
+  where it finished (``OUT/tweets-KIND-sSEED-explicit``);
 - the noisy file with exactly the injected rows removed (the oracle: what a perfect audit would leave);
 - the noisy file with as many rows removed at random (the control: the same repetition of fewer rows, the mix
   unchanged; whatever a file gains beyond it comes from *which* rows were removed).
@@ -42,6 +42,7 @@ FILES = (
     "injected rows removed (oracle)",
     "as many rows removed at random (control)",
 )
+CONTROL = FILES[-1]
 TAGS = dict(zip(FILES, ("noisy", "audit's", "explicit", "injected", "random"), strict=True))
 
 
@@ -80,16 +81,16 @@ def train(data: Path, out: Path, base: Path, lr: float, seed: int, steps: int) -
     return out
 
 
-def files_for(folder: Path, rows: list[dict[str, Any]], bad: set[int], seed: int) -> dict[str, Path]:
-    """The files trained on for one noisy file (the explicit audit's only where it finished)."""
+def files_for(folder: Path, rows: list[dict[str, Any]], bad: set[int], seed: int, explicit: bool) -> dict[str, Path]:
+    """The files trained on for one noisy file (with ``explicit``, the explicit audit's too where it finished)."""
     audited = folder / "audit" / "clean.jsonl"
     removed = len(rows) - len(rows_of(audited))
     dropped = set(random.Random(f"random-control-{seed}").sample(range(len(rows)), removed))
     keep = {"injected rows removed (oracle)": bad, "as many rows removed at random (control)": dropped}
     files = {NOISY: folder / "noisy.jsonl", "audit's clean.jsonl": audited}
-    explicit = folder.with_name(folder.name + "-explicit") / "audit" / "clean.jsonl"
-    if explicit.is_file():
-        files["explicit audit's clean.jsonl"] = explicit
+    explicit_file = folder.with_name(folder.name + "-explicit") / "audit" / "clean.jsonl"
+    if explicit_file.is_file() and explicit:
+        files["explicit audit's clean.jsonl"] = explicit_file
     for name, drop in keep.items():
         path = folder / f"{TAGS[name]}-clean.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for i, r in enumerate(rows) if i not in drop))
@@ -97,11 +98,13 @@ def files_for(folder: Path, rows: list[dict[str, Any]], bad: set[int], seed: int
     return files
 
 
-def against_noisy(name: str, runs: list[Path], noisy: list[Path], n_resamples: int = 2000) -> list[dict[str, Any]]:
-    """Every study metric of ``runs`` (seeds pooled) against the noisy file's runs of the same seeds."""
+def paired(
+    name: str, runs: list[Path], runs_of_base: list[Path], base_name: str = NOISY, n_resamples: int = 2000
+) -> list[dict[str, Any]]:
+    """Every study metric of ``runs`` (seeds pooled) against ``runs_of_base`` of the same seeds, paired by pair."""
     from rewardsft.eval.paired import Group, compare_groups
 
-    base = Group(NOISY, noisy)
+    base = Group(base_name, runs_of_base)
     return compare_groups([Group(name, runs), base], base, "test-gap", n_resamples=n_resamples)
 
 
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if rows != rows_of(folder / "noisy.jsonl"):
                 raise SystemExit(f"{folder}/noisy.jsonl is not what --data, --share and --rows rebuild")
             steps = len(rows) // Grid().batch_size
-            for name, data in files_for(folder, rows, bad, seed).items():
+            for name, data in files_for(folder, rows, bad, seed, args.explicit).items():
                 out = train(data, folder / "clean-train" / f"sft-{TAGS[name]}", Path(args.model), lr, seed, steps)
                 evaluate_test_gap(out, study)
                 runs[kind][name][seed] = out
@@ -132,10 +135,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             seeds = sorted(by_seed)
             # seeds pooled against the same seeds' noisy files, paired by pair; then each seed against its own
-            per_seed = [against_noisy(name, [by_seed[s]], [noisy[s]], n_resamples=1) for s in seeds]
-            for row in against_noisy(name, [by_seed[s] for s in seeds], [noisy[s] for s in seeds]):
+            per_seed = [paired(name, [by_seed[s]], [noisy[s]], n_resamples=1) for s in seeds]
+            for row in paired(name, [by_seed[s] for s in seeds], [noisy[s] for s in seeds]):
                 matched = [next(r["mean"] for r in one if r["metric"] == row["metric"]) for one in per_seed]
                 rows_out.append({**row, "kind": kind, "seed_list": seeds, "per_seed_vs_own_noisy": matched})
+            control = by_file[CONTROL]
+            if name != CONTROL and all(s in control for s in seeds):
+                # against the random control: what *which* rows were removed adds to removing as many
+                mine, theirs = [by_seed[s] for s in seeds], [control[s] for s in seeds]
+                for row in paired(name, mine, theirs, CONTROL):
+                    rows_out.append({**row, "kind": kind, "against": CONTROL})
     return {"sft_lr": lr, "rows": rows_out, "minutes": (time.time() - began) / 60}
 
 
@@ -152,7 +161,7 @@ def markdown(record: dict[str, Any]) -> str:
         "| 95% CI | verdict | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_key = {(r["kind"], r["group"], r["metric"]): r for r in record["rows"]}
+    by_key = {(r["kind"], r["group"], r["metric"]): r for r in record["rows"] if "against" not in r}
     for (kind, group, metric), row in by_key.items():
         if metric != "gap":
             continue
@@ -163,6 +172,19 @@ def markdown(record: dict[str, Any]) -> str:
             cells.append(f"{fmt.format(r['mean'])} | [{fmt.format(lo)}, {fmt.format(hi)}] | {r['verdict']}")
         per_seed = ", ".join(f"{v:+.1f}" for v in row["per_seed_vs_own_noisy"])
         lines.append(f"| {kind} | {group} | {cells[0]} | {per_seed} | {cells[1]} | {row['seeds']} |")
+    lines += [
+        "",
+        "Against the random control (the same number of rows removed at random, same seeds), Δ held-out gap:",
+        "",
+        "| injected rows | trained on | Δ gap vs random removal | 95% CI | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        if "against" in row and row["metric"] == "gap":
+            lo, hi = row["ci95"]
+            lines.append(
+                f"| {row['kind']} | {row['group']} | {row['mean']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {row['verdict']} |"
+            )
     lines += ["", f"Wall time: {record['minutes']:.1f} min on this machine (this launch; finished runs are kept).", ""]
     return "\n".join(lines)
 
@@ -176,6 +198,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--share", type=float, default=0.25)
     parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--explicit", action="store_true", help="also train on the explicit audits' clean.jsonl")
     args = parser.parse_args()
     record = run(args)
     Path(args.audits, "audit_clean_real.json").write_text(json.dumps(record, indent=2, default=str))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -56,8 +57,15 @@ def noisy_rows(data: Path, domain: str, kind: str, share: float, n: int, seed: i
 
 
 def measure(scores: list[dict[str, Any]], rows: list[dict[str, Any]], bad: set[int], share: float) -> dict[str, Any]:
+    """Precision and recall against the baselines, and (descriptive, not a setting: chosen after the labels were
+    seen) those of the audit's *highest*-scored share: where the injected rows sit when the audit misses them."""
+    from rewardsft.audits.folds import flag, precision_recall
+
     # "row" counts the file's rows from 1; ``bad`` holds 0-based indices of the injected rows.
-    return against_baselines(scores, rows, [e["row"] - 1 in bad for e in scores], share)
+    truth = [e["row"] - 1 in bad for e in scores]
+    top = flag([-e["score"] if e["score"] is not None else math.inf for e in scores], share)
+    found = dict(zip(("precision", "recall"), precision_recall(top, truth), strict=True))
+    return {**against_baselines(scores, rows, truth, share), "highest-scored by the audit": found}
 
 
 def spin_lr(domain: str) -> float:

@@ -310,7 +310,8 @@ def audit(
 
     Scores every row of ``data`` out of fold with the reward learned from the other rows (``reward``:
     ``implicit``, SPIN's β·log π_θ/π_start, or ``explicit``, RFT's Bradley-Terry reward model), flags the lowest
-    ``flag_share`` (default 0.1) or those below ``flag_below``, and
+    ``flag_share`` (default 0.1) or those below ``flag_below``; ``against_samples=N`` scores each row against
+    the mean reward of N start-model samples for its prompt (default 0: the row's reward alone); and
     writes ``scores.jsonl``, ``flagged.jsonl``, ``clean.jsonl``, ``rejected.jsonl`` and a report into ``out``.
     Rerunning continues it. Returns what ``OUT/audit.json`` holds.
     """

@@ -191,6 +191,8 @@ def sample_responses(
     """``n`` sampled responses per prompt (prompt-major order), rendered and truncated by ``rendering``
     (:func:`rewardsft.layout.renderings_for`: a run renders as it trained); ``model_config`` loads the model with
     the user's settings (revision, dtype, ...), else ``rendering.path`` as a plain folder or hub id."""
+    if model_config is not None and model_config.name_or_path != rendering.path:
+        raise ValueError(f"model_config names {model_config.name_or_path}, the rendering {rendering.path}")
     settings = rendering.settings
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = model_config or ModelConfig(name_or_path=rendering.path)

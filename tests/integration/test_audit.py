@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -99,13 +100,26 @@ def test_the_audit_flags_injected_rows_better_than_the_likelihood_baseline(
     monkeypatch.chdir(out.parent)  # the same audit named by relative paths from another folder: continued too
     relative = [os.path.relpath(p, out.parent) for p in (base, noisy)]
     assert rewardsft.audit(*relative, "audit", reward=reward, folds=4, overrides=settings)["rows"] == 120
-    # a folder written before --against-samples existed (no such key; rewards.json a bare list) is continued
+    # a folder as the first version wrote it is continued: no against_samples key, rewards.json a bare list, and
+    # the paths (and the start model in the fingerprint) as typed, here relative to the current folder
+    from rewardsft.audits.runner import AuditSettings, fold_config, read_rows, row_key, start_model
+    from rewardsft.studies.split import fingerprint
+
+    typed = AuditSettings(model=relative[0], data=relative[1], out=Path("audit"), reward=reward, folds=4)
+    examples = read_rows(typed).examples
+    fold_of = assign_folds([row_key(ex) for ex in examples], 4, 0)
+    start, rendering = start_model(typed, fold_config(typed, out / "folds" / "0", "unused", 1))
     stored = json.loads((out / "settings.json").read_text())
     del stored["against_samples"]
+    stored |= {"model": relative[0], "data": relative[1], "out": "audit"}
+    stored["fingerprint"] = fingerprint([row_key(ex) for ex in examples], fold_of, start, asdict(rendering.settings))
+    assert (
+        start == relative[0] and stored["fingerprint"] != json.loads((out / "settings.json").read_text())["fingerprint"]
+    )
     (out / "settings.json").write_text(json.dumps(stored))
     for done in (out / "folds").glob("*/rewards.json"):
         done.write_text(json.dumps(json.loads(done.read_text())["rewards"]))
-    assert rewardsft.audit(base, noisy, out, reward=reward, folds=4, overrides=settings)["rows"] == 120
+    assert rewardsft.audit(*relative, "audit", reward=reward, folds=4, overrides=settings)["rows"] == 120
     with pytest.raises(rewardsft.ConfigError, match="folds=4"):
         rewardsft.audit(base, noisy, out, reward=reward, folds=3, overrides=settings)
     original = noisy.read_text()
@@ -152,6 +166,23 @@ def test_against_samples_scores_each_row_against_its_prompts_samples(
     assert [e["score"] for e in scores] == pytest.approx(standardise_within(adjusted, [e["fold"] for e in scores]))
     assert len({e["sample_reward"] for e in scores}) > 1  # samples differ: not a constant shift
     assert "minus the mean reward of 3 samples" in (out / "report.md").read_text()
+    # the samples are the start model's, drawn with the fold's seed (not the trained model's)
+    from rewardsft.config import ModelConfig
+    from rewardsft.generation import sample_responses
+    from rewardsft.layout import Rendering, render_settings, run_config
+    from rewardsft.training.step import derive_seed
+
+    trained = run_config(out / "folds" / "1" / "run")
+    kept = [json.loads(line) for line in (out / "folds" / "1" / "samples.jsonl").read_text().splitlines()]
+    prompts = [s["prompt"] for s in kept[::3]]
+    rendering = Rendering(str(base), render_settings(trained.data))
+    redrawn = sample_responses(rendering, prompts, trained.generation, derive_seed(0, "audit-samples", 1), 3)
+    assert [r.text for r in redrawn] == [s["completion"] for s in kept]
+    # a rerun continues from the finished folds (nothing trained, nothing sampled) to the same scores
+    monkeypatch.setattr("rewardsft.recipes.run_recipe", lambda *a, **k: pytest.fail("a finished fold was retrained"))
+    monkeypatch.setattr("rewardsft.generation.sample_responses", lambda *a, **k: pytest.fail("sampled again"))
+    rewardsft.audit(base, noisy, out, folds=2, passes=1, against_samples=3, overrides=IRFT)
+    assert [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()] == scores
     with pytest.raises(rewardsft.ConfigError, match="against_samples=3"):
         rewardsft.audit(base, noisy, out, folds=2, passes=1, overrides=IRFT)  # the same folder, other scoring
 

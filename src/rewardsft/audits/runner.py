@@ -25,7 +25,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -133,7 +133,7 @@ def run_audit(settings: AuditSettings) -> Path:
     from rewardsft.audits.report import write_outputs
 
     check_settings(settings)
-    settings = with_absolute_paths(settings)
+    typed, settings = settings, with_absolute_paths(settings)
     rows = read_rows(settings)
     try:
         fold_of = assign_folds([row_key(ex) for ex in rows.examples], settings.folds, settings.seed)
@@ -142,8 +142,12 @@ def run_audit(settings: AuditSettings) -> Path:
     template = fold_config(settings, settings.out / "folds" / "0", "unused", 1)
     start, rendering = start_model(settings, template)
     # Everything the finished folds' numbers depend on: a rerun on changed rows or settings must not reuse them.
-    stamp = fingerprint([row_key(ex) for ex in rows.examples], fold_of, start, asdict(rendering.settings))
-    out = prepare_out(settings, stamp)  # after every input check: --overwrite never clears for a failed start
+    keys, render = [row_key(ex) for ex in rows.examples], asdict(rendering.settings)
+    stamp = fingerprint(keys, fold_of, start, render)
+    # an audit written before paths were made absolute holds the start model as it was typed
+    legacy = fingerprint(keys, fold_of, start_model(typed, template)[0], render)
+    check_samples(settings, template)
+    out = prepare_out(settings, stamp, legacy)  # after every input check: --overwrite never clears for a failed start
     began = time.time()
     say(
         f"audit of {rows.source}: {len(rows.examples)} rows ({len(rows.rejected)} rejected), {settings.folds} folds, "
@@ -158,7 +162,10 @@ def run_audit(settings: AuditSettings) -> Path:
             rewards[i], against[i] = reward, sampled
         say(f"  fold {fold + 1}/{settings.folds} scored ({time.time() - began:.0f}s)")
     baseline = baseline_loglik(out, rows.examples, start_config(template, start), rendering.settings)
-    scores = standardise_within([r - a for r, a in zip(rewards, against, strict=True)], fold_of)
+    # a row none of whose samples could be scored (nan, written as null) keeps its reward alone
+    scores = standardise_within(
+        [r - (a if math.isfinite(a) else 0.0) for r, a in zip(rewards, against, strict=True)], fold_of
+    )
     share = settings.share if settings.share is not None or settings.below is not None else DEFAULT_SHARE
     flagged = flag(scores, share, settings.below)
     record = {
@@ -217,6 +224,17 @@ def check_settings(settings: AuditSettings) -> None:
             raise ConfigError(f"{key} is not used by the {settings.reward} audit: {why}")
 
 
+def check_samples(settings: AuditSettings, template: RunConfig) -> None:
+    from rewardsft.config import IRFTConfig, RFTConfig
+
+    assert isinstance(template, IRFTConfig | RFTConfig)  # the fold recipes, which both sample
+    if settings.against_samples > 1 and not template.generation.do_sample:
+        raise ConfigError(
+            f"--against-samples {settings.against_samples} with generation.do_sample=false draws the same greedy "
+            "answer every time: use 1, or sample"
+        )
+
+
 def parse_flat(overrides: Sequence[str]) -> list[str]:
     """The dotted keys of ``KEY=VALUE`` overrides (values checked by :func:`parse_overrides`)."""
     parse_overrides(list(overrides))
@@ -228,10 +246,11 @@ def row_key(ex: Example) -> str:
     return json.dumps([ex.prompt, ex.response], sort_keys=True, ensure_ascii=False)
 
 
-def prepare_out(settings: AuditSettings, stamp: str) -> Path:
+def prepare_out(settings: AuditSettings, stamp: str, legacy: str) -> Path:
     """A new folder, or this audit's own folder with the same settings and rows (continued); ``--overwrite``
-    empties an audit folder (any other non-empty folder is refused)."""
-    out = settings.out.expanduser().resolve()
+    empties an audit folder (any other non-empty folder is refused). ``legacy``: the fingerprint as a folder
+    written before paths were made absolute holds it (its paths as typed, read from the current folder)."""
+    out = settings.out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --out is the audit's folder")
     settings_file = out / "settings.json"
@@ -241,11 +260,14 @@ def prepare_out(settings: AuditSettings, stamp: str) -> Path:
         shutil.rmtree(out)
     now = {**portable(settings), "fingerprint": stamp}
     if out.is_dir() and any(out.iterdir()):
-        before = json.loads(settings_file.read_text())
-        free = ("overwrite", "keep_models", "share", "below")
         # a setting added since the folder was written has its default there
         defaults = {f.name: f.default for f in dataclasses.fields(AuditSettings)}
-        changed = [k for k in now if k not in free and before.get(k, defaults.get(k)) != now[k]]
+        before = {**defaults, **json.loads(settings_file.read_text())}
+        before |= {k: absolute(str(before[k])) for k in ("model", "data", "out")}
+        if before.get("fingerprint") == legacy:
+            before["fingerprint"] = stamp
+        free = ("overwrite", "keep_models", "share", "below")
+        changed = [k for k in now if k not in free and before.get(k) != now[k]]
         if changed == ["fingerprint"]:
             raise ConfigError(
                 f"{out} is an audit of other rows or another start model (the data or the model changed since): "
@@ -263,14 +285,15 @@ def prepare_out(settings: AuditSettings, stamp: str) -> Path:
 
 
 def with_absolute_paths(settings: AuditSettings) -> AuditSettings:
-    """Local paths made absolute (a hub id kept as given), so a rerun from another folder is the same audit."""
-
-    def absolute(path: str) -> str:
-        local = Path(path).expanduser()
-        return str(local.resolve()) if local.exists() else path
-
-    out = settings.out.expanduser().resolve()
+    """Local paths made absolute, so a rerun from another folder is the same audit."""
+    out = Path(absolute(str(settings.out), always=True))
     return dataclasses.replace(settings, model=absolute(settings.model), data=absolute(settings.data), out=out)
+
+
+def absolute(path: str, always: bool = False) -> str:
+    """``path`` made absolute where it exists (or ``always``); else as given (a hub id)."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if always or local.exists() else path
 
 
 def portable(settings: AuditSettings) -> dict[str, Any]:
@@ -392,7 +415,7 @@ def sample_rewards(
     model: ModelConfig,
     held: Sequence[Example],
     fold: int,
-    reward_of: Any,
+    reward_of: Callable[[Sequence[Example]], list[float]],
 ) -> list[float]:
     """Per held-out row, the mean reward of ``--against-samples`` samples of the start model for its prompt,
     drawn as the fold run drew its own (its rendering and sampling settings); the samples are kept beside."""
@@ -414,7 +437,7 @@ def sample_rewards(
     means = []
     for i in range(len(held)):
         usable = [v for v in values[i * n : (i + 1) * n] if math.isfinite(v)]
-        means.append(sum(usable) / len(usable) if usable else 0.0)  # no sample scored: the row's reward alone
+        means.append(sum(usable) / len(usable) if usable else math.nan)  # none scored: the row's reward alone
     return means
 
 
