@@ -205,6 +205,14 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, capsys: pytest.Cap
     assert "at least 2" in capsys.readouterr().err
     assert main(["audit", "--model", "m", "--data", str(enough), "--out", str(enough)]) == 2
     assert "is a file; --out is the audit's folder" in capsys.readouterr().err and enough.stat().st_size > 0
+    greedy = ["--against-samples", "2", "generation.do_sample=false"]
+    assert main(["audit", "--model", "m", "--data", str(enough), "--out", str(tmp_path / "c"), *greedy]) == 2
+    assert "same greedy answer every time" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert (
+        main(["audit", "--model", "m", "--data", str(enough), "--out", str(tmp_path / "c"), "--against-samples", "-1"])
+        == 2
+    )
+    assert "a number of samples" in capsys.readouterr().err
 
 
 def test_folds_keep_identical_rows_together_and_balance_sizes() -> None:
