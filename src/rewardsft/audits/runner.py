@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rewardsft.audits.folds import assign_folds, flag, percentiles, standardise_within
-from rewardsft.config import ModelConfig, RunConfig, load_config, parse_overrides
+from rewardsft.config import GenerationConfig, ModelConfig, RunConfig, load_config, parse_overrides
 from rewardsft.data import DataError, Example, load_rows
 from rewardsft.data.formats import parse_each_row
 from rewardsft.data.tokenize import RenderSettings
@@ -135,14 +135,15 @@ def run_audit(settings: AuditSettings) -> Path:
     check_settings(settings)
     typed, settings = settings, with_absolute_paths(settings)
     rows = read_rows(settings)
+    keys = [row_key(ex) for ex in rows.examples]
     try:
-        fold_of = assign_folds([row_key(ex) for ex in rows.examples], settings.folds, settings.seed)
+        fold_of = assign_folds(keys, settings.folds, settings.seed)
     except ValueError as err:
         raise DataError(f"{rows.source}: {err}") from None
     template = fold_config(settings, settings.out / "folds" / "0", "unused", 1)
     start, rendering = start_model(settings, template)
     # Everything the finished folds' numbers depend on: a rerun on changed rows or settings must not reuse them.
-    keys, render = [row_key(ex) for ex in rows.examples], asdict(rendering.settings)
+    render = asdict(rendering.settings)
     stamp = fingerprint(keys, fold_of, start, render)
     # an audit written before paths were made absolute holds the start model as it was typed
     legacy = fingerprint(keys, fold_of, start_model(typed, template)[0], render)
@@ -224,11 +225,16 @@ def check_settings(settings: AuditSettings) -> None:
             raise ConfigError(f"{key} is not used by the {settings.reward} audit: {why}")
 
 
-def check_samples(settings: AuditSettings, template: RunConfig) -> None:
+def fold_generation(config: RunConfig) -> GenerationConfig:
+    """How a fold run samples (both fold recipes, SPIN and RFT, sample)."""
     from rewardsft.config import IRFTConfig, RFTConfig
 
-    assert isinstance(template, IRFTConfig | RFTConfig)  # the fold recipes, which both sample
-    if settings.against_samples > 1 and not template.generation.do_sample:
+    assert isinstance(config, IRFTConfig | RFTConfig)
+    return config.generation
+
+
+def check_samples(settings: AuditSettings, template: RunConfig) -> None:
+    if settings.against_samples > 1 and not fold_generation(template).do_sample:
         raise ConfigError(
             f"--against-samples {settings.against_samples} with generation.do_sample=false draws the same greedy "
             "answer every time: use 1, or sample"
@@ -419,7 +425,6 @@ def sample_rewards(
 ) -> list[float]:
     """Per held-out row, the mean reward of ``--against-samples`` samples of the start model for its prompt,
     drawn as the fold run drew its own (its rendering and sampling settings); the samples are kept beside."""
-    from rewardsft.config import IRFTConfig, RFTConfig
     from rewardsft.generation import sample_responses
     from rewardsft.training.step import derive_seed
 
@@ -427,10 +432,8 @@ def sample_rewards(
     trained = run_config(run)
     rendering = Rendering(model.name_or_path, render_settings(trained.data))
     prompts = [ex.prompt for ex in held]
-    assert isinstance(trained, IRFTConfig | RFTConfig)  # the fold recipes, which both sample
-    generation = trained.generation
     seed = derive_seed(settings.seed, "audit-samples", fold)
-    drawn = sample_responses(rendering, prompts, generation, seed, n, model)
+    drawn = sample_responses(rendering, prompts, fold_generation(trained), seed, n, model)
     samples = [Example(prompts[j // n], r.text) for j, r in enumerate(drawn)]  # prompt-major, n per prompt
     write_rows(folder / "samples.jsonl", samples)
     values = reward_of(samples)
